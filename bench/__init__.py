@@ -1,0 +1,1 @@
+"""Benchmarks: each scenario measures paygate beside a baseline in the same run."""

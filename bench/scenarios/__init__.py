@@ -1,0 +1,1 @@
+"""One module per scenario; each exposes run(quick: bool) -> list[Row]."""

@@ -1,0 +1,76 @@
+"""Transactional outbox: side effects that must follow a commit (webhooks, e-notes, refunds).
+
+A message is inserted in the same transaction as the state change that causes it; the
+worker claims due messages with `FOR UPDATE SKIP LOCKED`, so several workers never take the
+same one, and a crash before `done()` simply leaves it to be claimed again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from billing.db import Base
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_due",
+            "topic",
+            "available_at",
+            postgresql_where=text("processed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    """Deduplication key: the same logical message is enqueued at most once."""
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+async def enqueue(session: AsyncSession, topic: str, key: str, payload: dict[str, Any]) -> None:
+    """Add a message in the caller's transaction; a repeated key is silently ignored."""
+    stmt = insert(OutboxMessage).values(topic=topic, key=key, payload=payload)
+    await session.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+
+
+async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[OutboxMessage]:
+    """Lock up to `limit` due messages of a topic for the caller's transaction."""
+    stmt = (
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.topic == topic,
+            OutboxMessage.processed_at.is_(None),
+            OutboxMessage.available_at <= func.now(),
+        )
+        .order_by(OutboxMessage.available_at, OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+def done(message: OutboxMessage, when: datetime) -> None:
+    message.processed_at = when
+    message.last_error = None
+
+
+def retry_later(message: OutboxMessage, when: datetime, delay: timedelta, error: str) -> None:
+    message.attempts += 1
+    message.available_at = when + delay
+    message.last_error = error[:2000]

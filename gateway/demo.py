@@ -1,0 +1,24 @@
+"""Demo data for `make run` / `paygate demo`: features register seeders here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from gateway.state import Resources
+
+log = structlog.get_logger(__name__)
+
+Seeder = Callable[[Resources], Awaitable[list[str]]]
+"""A seeder is idempotent and returns lines worth printing to the person running the demo."""
+
+SEEDERS: list[Seeder] = []
+
+
+async def seed(resources: Resources) -> list[str]:
+    lines: list[str] = []
+    for seeder in SEEDERS:
+        lines += await seeder(resources)
+    log.info("demo data seeded", seeders=len(SEEDERS))
+    return lines

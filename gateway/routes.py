@@ -1,0 +1,13 @@
+"""Every route handler the app serves; features add their controllers here."""
+
+from __future__ import annotations
+
+from litestar.types import ControllerRouterHandler
+
+from gateway.health import HealthController
+from gateway.pages import index
+
+ROUTES: list[ControllerRouterHandler] = [
+    HealthController,
+    index,
+]

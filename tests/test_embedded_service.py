@@ -1,0 +1,63 @@
+"""The service as `make run` starts it: embedded servers, ready, and nothing orphaned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.runner import free_port, wait_http
+
+
+def _processes_using(path: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "name", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if str(path) in cmd or (proc.info["name"] == "python" and "gateway.cli worker" in cmd):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_serve_embedded_ready_and_no_orphans(tmp_path: Path, how: signal.Signals) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env |= {
+        "PAYGATE_PORT": str(port),
+        "PAYGATE_PG_DIR": str(tmp_path / "pg"),
+        "PAYGATE_REDIS_DIR": str(tmp_path / "redis"),
+    }
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--demo"],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=90)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready") as resp:
+            assert resp.status == 200
+            assert b'"postgres":"up"' in resp.read()
+        assert _processes_using(tmp_path), "embedded servers should be running"
+    finally:
+        proc.send_signal(how)
+        proc.wait(timeout=60)
+    assert f"serving on http://127.0.0.1:{port}" in log.read_text()
+    deadline = time.monotonic() + 30
+    while _processes_using(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_using(tmp_path) == []
