@@ -20,11 +20,14 @@ def migrations_dir() -> Path:
 
 def target_metadata() -> MetaData:
     """The metadata of every model module, for autogenerate and drift checks."""
+    # Imported for their table definitions; each feature adds its model modules here.
     import billing.audit
+    import billing.models
     import billing.outbox
+    import settlement.models
     from billing.db import Base
 
-    del billing  # imported for their table definitions only
+    del billing, settlement
     return Base.metadata
 
 
