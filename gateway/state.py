@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
 
@@ -17,6 +18,7 @@ class Resources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     redis: aioredis.Redis
+    channels: ChannelRegistry
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -24,8 +26,18 @@ class Resources:
             raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before opening")
         engine = create_engine(settings.database.url, settings.database)
         redis = aioredis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
-        return cls(settings, engine, session_factory(engine), redis)
+        return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
 
     async def close(self) -> None:
+        for name in self.channels.names():
+            close = getattr(self.channels.get(name), "aclose", None)
+            if close is not None:
+                await close()
         await self.redis.aclose()
         await self.engine.dispose()
+
+
+def build_channels(settings: Settings) -> ChannelRegistry:
+    """Channel name → adapter, built once per process from settings."""
+    del settings  # each channel reads its own settings; channels register here as they land
+    return ChannelRegistry()

@@ -1,6 +1,6 @@
 """The background worker: a loop of periodic jobs (outbox delivery, recovery, expiry...).
 
-Jobs are registered in JOBS; each runs at its own interval. Every job must be safe to run
+Jobs are listed by default_jobs(); each runs at its own interval. Every job must be safe to run
 in several workers at once (they claim rows with SKIP LOCKED), and safe to repeat.
 """
 
@@ -31,13 +31,15 @@ class Job:
     run: JobFn
 
 
-JOBS: list[Job] = []
+def default_jobs() -> list[Job]:
+    """Every job the worker runs; features add theirs here."""
+    return []
 
 
 async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[str, int]:
     """Run every job once (used by tests and `paygate worker --once`)."""
     handled: dict[str, int] = {}
-    for job in jobs if jobs is not None else JOBS:
+    for job in jobs if jobs is not None else default_jobs():
         handled[job.name] = await job.run(resources)
     return handled
 
@@ -45,7 +47,7 @@ async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[
 async def run_forever(
     resources: Resources, jobs: list[Job] | None = None, parent_pid: int | None = None
 ) -> None:
-    jobs = list(jobs if jobs is not None else JOBS)
+    jobs = list(jobs if jobs is not None else default_jobs())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
