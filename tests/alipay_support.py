@@ -138,8 +138,8 @@ class Receiver:
         )
         await send({"type": "http.response.body", "body": answer})
 
-    async def wait_for(self, count: int, timeout: float = 15.0) -> list[bytes]:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, count: int, within: float = 15.0) -> list[bytes]:
+        deadline = time.monotonic() + within
         while len(self.bodies) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"expected {count} notifications, got {len(self.bodies)}")

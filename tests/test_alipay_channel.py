@@ -29,6 +29,12 @@ from gateway.settings import AlipaySettings
 from tests.alipay_support import Receiver, SimServer, free_port, settings_for
 
 
+def _browse(url: str) -> tuple[str, str]:
+    """What a buyer's browser does with a redirect URL: follow it, read the page."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.url), resp.read().decode()
+
+
 def _attempt() -> str:
     return f"T{secrets.token_hex(8)}"
 
@@ -45,9 +51,7 @@ def _create(attempt_id: str, amount: int, notify_url: str, mode: str = "qr") -> 
     )
 
 
-async def _paid(
-    alipay: AlipayAdapter, sim: SimServer, notify_url: str, amount: int = 8880
-) -> str:
+async def _paid(alipay: AlipayAdapter, sim: SimServer, notify_url: str, amount: int = 8880) -> str:
     attempt = _attempt()
     await alipay.create_payment(_create(attempt, amount, notify_url))
     assert sim.control("POST", f"/sim/trades/{attempt}/pay")[0] == 200
@@ -64,7 +68,8 @@ async def test_qr_lifecycle_query_and_close(
 ) -> None:
     attempt = _attempt()
     created = await alipay.create_payment(_create(attempt, 8880, notify_receiver.url))
-    assert created.qr_content and created.qr_content.endswith(f"/sim/cashier/{attempt}")
+    assert created.qr_content is not None
+    assert created.qr_content.endswith(f"/sim/cashier/{attempt}")
 
     # Before the scan Alipay has no trade: query says NOT_FOUND, close is rejected.
     assert (await alipay.query_payment(attempt)).state is TradeState.NOT_FOUND
@@ -84,7 +89,8 @@ async def test_qr_lifecycle_query_and_close(
     assert paid.amount == 8880
     assert paid.channel_trade_no
     assert paid.buyer_id
-    assert paid.paid_at is not None and paid.paid_at >= before
+    assert paid.paid_at is not None
+    assert paid.paid_at >= before
     assert paid.paid_at.utcoffset() == timedelta(hours=8)
 
     # Closing a paid trade is refused with Alipay's signed business error.
@@ -114,20 +120,20 @@ async def test_page_and_wap_pay_redirect_through_the_cashier(
 ) -> None:
     attempt = _attempt()
     created = await alipay.create_payment(_create(attempt, 1234, notify_receiver.url, mode))
-    assert created.redirect_url and created.redirect_url.startswith(alipay_sim.gateway_url)
+    assert created.redirect_url is not None
+    assert created.redirect_url.startswith(alipay_sim.gateway_url)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(created.redirect_url).query))
     assert query["method"] == f"alipay.trade.{mode}.pay"
 
     # The buyer's browser follows the signed URL: the simulator verifies it and redirects.
-    with urllib.request.urlopen(created.redirect_url, timeout=5) as resp:
-        assert resp.url.endswith(f"/sim/cashier/{attempt}")
-        assert "确认付款" in resp.read().decode()
+    final_url, page = await asyncio.to_thread(_browse, created.redirect_url)
+    assert final_url.endswith(f"/sim/cashier/{attempt}")
+    assert "确认付款" in page
     assert (await alipay.query_payment(attempt)).state is TradeState.PENDING
 
     # A tampered redirect is refused by signature.
     forged = created.redirect_url.replace("12.34", "0.01")
-    with urllib.request.urlopen(forged, timeout=5) as resp:
-        assert "isv.invalid-signature" in resp.read().decode()
+    assert "isv.invalid-signature" in (await asyncio.to_thread(_browse, forged))[1]
 
 
 async def test_notification_verified_and_retried_with_same_notify_id(
@@ -217,7 +223,9 @@ async def test_refunds_partial_rest_idempotent_and_query(
     attempt = await _paid(alipay, alipay_sim, notify_receiver.url, amount=10000)
     await notify_receiver.wait_for(1)
 
-    first = RefundRequest(refund_id=f"R{attempt}1", attempt_id=attempt, amount=3000, reason="重复缴款")
+    first = RefundRequest(
+        refund_id=f"R{attempt}1", attempt_id=attempt, amount=3000, reason="重复缴款"
+    )
     r1 = await alipay.refund(first)
     assert (r1.state, r1.amount) == (RefundState.SUCCEEDED, 3000)
     assert r1.refunded_at is not None
@@ -286,7 +294,8 @@ async def test_statement_fetch_and_parse(
     assert refund_line.amount == -1999
     assert refund_line.refund_id == f"R{refunded}"
     assert refund_line.occurred_at.date() == day
-    assert refund_line.channel_trade_no and "\t" not in refund_line.channel_trade_no
+    assert refund_line.channel_trade_no
+    assert "\t" not in refund_line.channel_trade_no
 
 
 async def test_unavailable_when_nothing_listens(alipay_keys: KeySet) -> None:
@@ -331,9 +340,7 @@ async def test_signature_mismatch_is_rejected_with_alipays_error(
 
     stranger = ensure_keys(Path(str(tmp_path)) / "other")
     adapter = AlipayAdapter(
-        settings_for(
-            alipay_keys, alipay_sim.gateway_url, app_private_key_path=stranger.app_private
-        )
+        settings_for(alipay_keys, alipay_sim.gateway_url, app_private_key_path=stranger.app_private)
     )
     try:
         with pytest.raises(Rejected) as bad:

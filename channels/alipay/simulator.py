@@ -59,6 +59,7 @@ NOTIFY_TIMEOUT_S = 5.0
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+_Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 BILL_HEADER = (
     "支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,操作员,"
@@ -72,7 +73,7 @@ SUMMARY_HEADER = (
 )
 
 
-class _Reply(Exception):  # noqa: N818 - control flow, not an error
+class _Reply(Exception):
     """Raised inside a handler to answer a business error as Alipay does."""
 
     def __init__(self, code: str, msg: str, sub_code: str, sub_msg: str) -> None:
@@ -174,7 +175,7 @@ def _load_public(pem: str) -> rsa.RSAPublicKey:
 class _GbkZipInfo(zipfile.ZipInfo):
     """zipfile writes non-ASCII names as UTF-8 with flag 0x800; Alipay's are plain GBK."""
 
-    def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # noqa: N802 - zipfile's hook name
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:
         return self.filename.encode("gbk"), self.flag_bits
 
 
@@ -269,7 +270,7 @@ class AlipaySimulator:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _route(self, req: _Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _route(self, req: _Request) -> _Response:
         path, method = req.path, req.method
         if path == "/gateway.do":
             return await self._gateway(req)
@@ -279,12 +280,12 @@ class AlipaySimulator:
         if parts[:1] == ["sim"]:
             handler = _ROUTES.get((method, parts[1] if len(parts) > 1 else "", len(parts)))
             if handler is not None:
-                return await handler(self, req, parts)
+                return await handler(self, req)
         return _json(404, {"error": "not found", "path": path})
 
     # ------------------------------------------------------------------ gateway
 
-    async def _gateway(self, req: _Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _gateway(self, req: _Request) -> _Response:
         params = {**req.query, **req.form}
         method = params.get("method", "")
         if self._gateway_count > 0:
@@ -302,7 +303,7 @@ class AlipaySimulator:
                 raise _Reply("40002", "Invalid Arguments", "isv.invalid-method", "不存在的方法名")
             self._check_request(params)
             biz = json.loads(params.get("biz_content") or "{}")
-            inner = {"code": "10000", "msg": "Success", **handler(self, req, params, biz)}
+            inner = {"code": "10000", "msg": "Success", **handler(self, _Call(req, params, biz))}
         except _Reply as reply:
             inner = reply.body
         except (ValueError, KeyError, TypeError):
@@ -324,15 +325,13 @@ class AlipaySimulator:
         if params.get("app_id") != self.app_id:
             raise _Reply("40002", "Invalid Arguments", "isv.invalid-app-id", "无效的AppID参数")
 
-    def _signed(self, key: str, inner: Mapping[str, Any]) -> tuple[int, Any, bytes]:
+    def _signed(self, key: str, inner: Mapping[str, Any]) -> _Response:
         content = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         sign = self._sign(content)
         body = b'{"' + key.encode() + b'":' + content + b',"sign":"' + sign.encode() + b'"}'
         return 200, [(b"content-type", b"text/html;charset=utf-8")], body
 
-    def _page_pay(
-        self, req: _Request, params: Mapping[str, str], method: str
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _page_pay(self, req: _Request, params: Mapping[str, str], method: str) -> _Response:
         try:
             self._check_request(params)
             biz = json.loads(params.get("biz_content") or "{}")
@@ -397,16 +396,13 @@ class AlipaySimulator:
             trade.status = "TRADE_CLOSED"
             trade.closed_at = trade.time_expire
 
-    def m_precreate(
-        self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        trade = self._new_trade(biz, params)
-        qr = f"{req.base_url}/sim/cashier/{urllib.parse.quote(trade.out_trade_no)}"
+    def m_precreate(self, call: _Call) -> dict[str, Any]:
+        trade = self._new_trade(call.biz, call.params)
+        qr = f"{call.req.base_url}/sim/cashier/{urllib.parse.quote(trade.out_trade_no)}"
         return {"out_trade_no": trade.out_trade_no, "qr_code": qr}
 
-    def m_query(
-        self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def m_query(self, call: _Call) -> dict[str, Any]:
+        biz = call.biz
         trade = self._visible(biz)
         out: dict[str, Any] = {
             "trade_no": trade.trade_no,
@@ -422,9 +418,8 @@ class AlipaySimulator:
             out["send_pay_date"] = trade.paid_at.strftime(TIME_FORMAT)
         return out
 
-    def m_close(
-        self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def m_close(self, call: _Call) -> dict[str, Any]:
+        biz = call.biz
         trade = self._visible(biz)
         if trade.status != "WAIT_BUYER_PAY":
             # Alipay's documented answer to closing anything but an unpaid trade.
@@ -433,9 +428,8 @@ class AlipaySimulator:
         trade.closed_at = self.now()
         return {"trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no}
 
-    def m_refund(
-        self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def m_refund(self, call: _Call) -> dict[str, Any]:
+        biz = call.biz
         trade = self._visible(biz)
         request_no = str(biz.get("out_request_no") or trade.out_trade_no)
         amount = yuan_to_fen(str(biz["refund_amount"]))
@@ -470,9 +464,8 @@ class AlipaySimulator:
             "buyer_user_id": trade.buyer_id,
         }
 
-    def m_refund_query(
-        self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def m_refund_query(self, call: _Call) -> dict[str, Any]:
+        biz = call.biz
         trade = self._visible(biz)
         out: dict[str, Any] = {"trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no}
         refund = trade.refunds.get(str(biz.get("out_request_no", "")))
@@ -489,9 +482,8 @@ class AlipaySimulator:
             out["gmt_refund_pay"] = refund.at.strftime(TIME_FORMAT)
         return out
 
-    def m_bill(
-        self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def m_bill(self, call: _Call) -> dict[str, Any]:
+        biz = call.biz
         if biz.get("bill_type") != "trade":
             raise _biz_error("ACQ.INVALID_PARAMETER", "仅支持 bill_type=trade")
         try:
@@ -503,7 +495,7 @@ class AlipaySimulator:
         token = secrets.token_urlsafe(16)
         name = f"{self.seller_id}_{day:%Y%m%d}.csv.zip"
         self._bills[token] = (time.monotonic() + BILL_URL_TTL_S, self.bill_zip(day), name)
-        return {"bill_download_url": f"{req.base_url}/sim/bill/{token}"}
+        return {"bill_download_url": f"{call.req.base_url}/sim/bill/{token}"}
 
     # ------------------------------------------------------------------ bill file
 
@@ -518,7 +510,16 @@ class AlipaySimulator:
         for trade in self.trades.values():
             if trade.paid_at is not None and trade.paid_at.date() == day:
                 fee = -self._fee(trade.amount)
-                rows.append(self._bill_row(trade, "交易", trade.amount, fee, trade.paid_at, ""))
+                rows.append(
+                    self._bill_row(
+                        trade,
+                        kind="交易",
+                        amount=trade.amount,
+                        fee=fee,
+                        at=trade.paid_at,
+                        request_no="",
+                    )
+                )
                 pays += 1
                 pay_total += trade.amount
                 fee_total += fee
@@ -527,7 +528,12 @@ class AlipaySimulator:
                     fee = self._fee(refund.amount)
                     rows.append(
                         self._bill_row(
-                            trade, "退款", -refund.amount, fee, refund.at, refund.out_request_no
+                            trade,
+                            kind="退款",
+                            amount=-refund.amount,
+                            fee=fee,
+                            at=refund.at,
+                            request_no=refund.out_request_no,
                         )
                     )
                     refunds += 1
@@ -540,12 +546,20 @@ class AlipaySimulator:
         out.write("#支付宝业务明细查询\r\n")
         out.write(f"#账号：[{self.seller_id}0156]\r\n")
         out.write(f"#起始日期：[{start}]   终止日期：[{end}]\r\n")
-        out.write("#-----------------------------------------业务明细列表----------------------------------------\r\n")  # noqa: E501
+        out.write(
+            "#-----------------------------------------业务明细列表----------------------------------------\r\n"
+        )
         out.write(BILL_HEADER + "\r\n")
         csv.writer(out, lineterminator="\r\n").writerows(rows)
-        out.write("#-----------------------------------------业务明细列表结束------------------------------------\r\n")  # noqa: E501
-        out.write(f"#交易合计：{pays}笔，商家实收：{fen_to_yuan(pay_total)}元，商家优惠：0.00元\r\n")
-        out.write(f"#退款合计：{refunds}笔，商家实收：{fen_to_yuan(refund_total)}元，商家优惠：0.00元\r\n")
+        out.write(
+            "#-----------------------------------------业务明细列表结束------------------------------------\r\n"
+        )
+        out.write(
+            f"#交易合计：{pays}笔，商家实收：{fen_to_yuan(pay_total)}元，商家优惠：0.00元\r\n"
+        )
+        out.write(
+            f"#退款合计：{refunds}笔，商家实收：{fen_to_yuan(refund_total)}元，商家优惠：0.00元\r\n"
+        )
         out.write(f"#导出时间：[{stamp}]\r\n")
         net = pay_total + refund_total + fee_total
         summary = io.StringIO()
@@ -569,7 +583,7 @@ class AlipaySimulator:
         return buf.getvalue()
 
     def _bill_row(
-        self, trade: SimTrade, kind: str, amount: int, fee: int, at: datetime, request_no: str
+        self, trade: SimTrade, *, kind: str, amount: int, fee: int, at: datetime, request_no: str
     ) -> list[str]:
         # Real bills pad most cells with a trailing TAB (to stop spreadsheets reformatting).
         tab = "\t"
@@ -726,7 +740,8 @@ class AlipaySimulator:
 
     # ------------------------------------------------------------------ control API
 
-    async def c_trade(self, req: _Request, parts: list[str]) -> Any:
+    async def c_trade(self, req: _Request) -> _Response:
+        parts = req.parts
         out_trade_no = urllib.parse.unquote(parts[2])
         action = parts[3] if len(parts) > 3 else ""
         data = req.json()
@@ -749,7 +764,7 @@ class AlipaySimulator:
             return _json(409, {"error": str(exc)})
         return _json(200, trade.public())
 
-    async def c_notifications(self, req: _Request, parts: list[str]) -> Any:
+    async def c_notifications(self, req: _Request) -> _Response:
         if req.method == "GET":
             return _json(200, [n.public() for n in self.notifications])
         data = req.json()  # POST /sim/notifications/next
@@ -760,7 +775,7 @@ class AlipaySimulator:
         )
         return _json(200, {"next": vars(self._plan)})
 
-    async def c_gateway(self, req: _Request, parts: list[str]) -> Any:
+    async def c_gateway(self, req: _Request) -> _Response:
         data = req.json()  # POST /sim/gateway/next
         self._gateway_delay_s = float(data.get("delay_s", 0.0))
         status = data.get("status")
@@ -768,12 +783,13 @@ class AlipaySimulator:
         self._gateway_count = int(data.get("count", 1))
         return _json(200, {"count": self._gateway_count})
 
-    async def c_clock(self, req: _Request, parts: list[str]) -> Any:
+    async def c_clock(self, req: _Request) -> _Response:
         data = req.json()  # POST /sim/clock {"offset_s": -86400}
         self._clock_offset = timedelta(seconds=float(data.get("offset_s", 0.0)))
         return _json(200, {"now": self.now().strftime(TIME_FORMAT)})
 
-    async def c_bill(self, req: _Request, parts: list[str]) -> Any:
+    async def c_bill(self, req: _Request) -> _Response:
+        parts = req.parts
         entry = self._bills.get(parts[2])
         if entry is None or time.monotonic() > entry[0]:
             self._bills.pop(parts[2], None)
@@ -786,7 +802,8 @@ class AlipaySimulator:
             data,
         )
 
-    async def c_cashier(self, req: _Request, parts: list[str]) -> Any:
+    async def c_cashier(self, req: _Request) -> _Response:
+        parts = req.parts
         out_trade_no = urllib.parse.unquote(parts[2])
         try:
             if req.method == "POST":
@@ -832,10 +849,20 @@ class _SimConflict(Exception):
     pass
 
 
+class _Call:
+    """One gateway call: the HTTP request, its merged params, the parsed biz_content."""
+
+    def __init__(self, req: _Request, params: Mapping[str, str], biz: Mapping[str, Any]) -> None:
+        self.req = req
+        self.params = params
+        self.biz = biz
+
+
 class _Request:
     def __init__(self, scope: Scope, body: bytes) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        self.parts = self.path.strip("/").split("/")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.headers = headers
         self.body = body
@@ -854,12 +881,12 @@ class _Request:
         return data if isinstance(data, dict) else {}
 
 
-def _json(status: int, data: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _json(status: int, data: Any) -> _Response:
     payload = json.dumps(data, ensure_ascii=False).encode("utf-8")
     return status, [(b"content-type", b"application/json")], payload
 
 
-def _html(status: int, page: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _html(status: int, page: str) -> _Response:
     return status, [(b"content-type", b"text/html;charset=utf-8")], page.encode("utf-8")
 
 
@@ -903,9 +930,7 @@ def _post_form(url: str, body: bytes) -> tuple[int | None, str]:
         return None, type(exc).__name__
 
 
-_Handler = Callable[
-    [AlipaySimulator, _Request, Mapping[str, str], Mapping[str, Any]], dict[str, Any]
-]
+_Handler = Callable[[AlipaySimulator, _Call], dict[str, Any]]
 _METHODS: dict[str, _Handler] = {
     "alipay.trade.precreate": AlipaySimulator.m_precreate,
     "alipay.trade.query": AlipaySimulator.m_query,
@@ -915,7 +940,7 @@ _METHODS: dict[str, _Handler] = {
     "alipay.data.dataservice.bill.downloadurl.query": AlipaySimulator.m_bill,
 }
 
-_Control = Callable[[AlipaySimulator, _Request, list[str]], Awaitable[Any]]
+_Control = Callable[[AlipaySimulator, _Request], Awaitable[_Response]]
 # (HTTP method, second path segment, number of segments) → handler
 _ROUTES: dict[tuple[str, str, int], _Control] = {
     ("GET", "trades", 3): AlipaySimulator.c_trade,

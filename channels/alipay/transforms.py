@@ -21,10 +21,10 @@ from channels.base import (
     Notification,
     OutcomeUnknown,
     PaymentStatus,
-    Rejected,
     RefundRequest,
     RefundResult,
     RefundState,
+    Rejected,
     StatementKind,
     StatementLine,
     TradeState,
@@ -224,7 +224,10 @@ COL_FINISHED = "完成时间"
 COL_AMOUNT = "订单金额（元）"
 COL_REFUND_NO = "退款批次号/请求号"
 COL_FEE = "服务费（元）"
-KIND_BY_TYPE: Mapping[str, StatementKind] = {"交易": StatementKind.PAYMENT, "退款": StatementKind.REFUND}
+KIND_BY_TYPE: Mapping[str, StatementKind] = {
+    "交易": StatementKind.PAYMENT,
+    "退款": StatementKind.REFUND,
+}
 
 
 def _header_key(name: str) -> str:
