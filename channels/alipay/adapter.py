@@ -130,25 +130,28 @@ class AlipayAdapter:
                 raise
 
         loop = asyncio.get_running_loop()
-        # Socket connect + read each get timeout_s; the extra second covers signing.
-        deadline = self._settings.timeout_s * 2 + 1.0
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, job), deadline)
+            future = loop.run_in_executor(self._pool, job)
+        except RuntimeError as exc:  # the pool is shut down: nothing was sent
+            raise Unavailable(f"alipay: {exc}") from exc
+        # Socket connect and read each get timeout_s; the extra second covers signing.
+        deadline = self._settings.timeout_s * 2 + 1.0
+        done, _ = await asyncio.wait({future}, timeout=deadline)
+        if not done:
+            future.cancel()  # drops it if still queued; a running call ends by socket timeout
+            if not started.is_set():
+                raise Unavailable("alipay: worker pool busy past the deadline")
+            raise OutcomeUnknown("alipay: no answer before the deadline")
+        try:
+            return future.result()
         except (Rejected, Unavailable, OutcomeUnknown):
             raise
-        except TimeoutError:
-            if not started.is_set():
-                raise Unavailable("alipay: worker pool busy past the deadline") from None
-            raise OutcomeUnknown("alipay: no answer before the deadline") from None
-        except RuntimeError as exc:  # pool shut down: nothing was sent
-            if not started.is_set():
-                raise Unavailable(f"alipay: {exc}") from exc
-            raise OutcomeUnknown(f"alipay: {type(exc).__name__}") from exc
-        except Exception as exc:
-            detail = f"{type(exc).__name__}"
+        except Exception as exc:  # the SDK raises bare Exceptions and TypeErrors
+            # Connect refused/timed out, TLS failure, signing failure: nothing was written.
             if not outcome.get("sent"):
-                raise Unavailable(f"alipay: nothing sent ({detail})") from exc
-            raise OutcomeUnknown(f"alipay: sent, no usable answer ({detail})") from exc
+                raise Unavailable(f"alipay: nothing sent ({type(exc).__name__})") from exc
+            # Read timeout, non-200 (the SDK then fails with TypeError), bad response sign.
+            raise OutcomeUnknown(f"alipay: sent, no usable answer ({type(exc).__name__})") from exc
 
     async def _call(self, request: Any, **context: str) -> Mapping[str, Any]:
         """One SDK `execute`: signed request, verified response → checked business body."""
