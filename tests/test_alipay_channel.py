@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import secrets
+import time
 import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta
 
 import pytest
 
-from channels.alipay.adapter import AlipayAdapter
+from channels.alipay.adapter import AlipayAdapter, load_public_key, verify_rsa2
 from channels.alipay.keys import KeySet
-from channels.alipay.transforms import BEIJING
+from channels.alipay.transforms import BEIJING, NOTIFY_UNSIGNED, sign_content
 from channels.base import (
     ChannelAdapter,
     CreatePayment,
@@ -33,6 +35,18 @@ def _browse(url: str) -> tuple[str, str]:
     """What a buyer's browser does with a redirect URL: follow it, read the page."""
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.url), resp.read().decode()
+
+
+def _click_pay(base_url: str, attempt: str) -> tuple[int, str]:
+    """POST the cashier's Pay form without following the redirect."""
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        conn.request("POST", f"/sim/cashier/{attempt}", body=b"")
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("location") or ""
+    finally:
+        conn.close()
 
 
 def _attempt() -> str:
@@ -116,7 +130,11 @@ async def test_close_unpaid_trade_then_precreate_again_is_refused(
 
 @pytest.mark.parametrize("mode", ["page", "wap"])
 async def test_page_and_wap_pay_redirect_through_the_cashier(
-    alipay: AlipayAdapter, alipay_sim: SimServer, notify_receiver: Receiver, mode: str
+    alipay: AlipayAdapter,
+    alipay_sim: SimServer,
+    notify_receiver: Receiver,
+    alipay_settings: AlipaySettings,
+    mode: str,
 ) -> None:
     attempt = _attempt()
     created = await alipay.create_payment(_create(attempt, 1234, notify_receiver.url, mode))
@@ -130,6 +148,20 @@ async def test_page_and_wap_pay_redirect_through_the_cashier(
     assert final_url.endswith(f"/sim/cashier/{attempt}")
     assert "确认付款" in page
     assert (await alipay.query_payment(attempt)).state is TradeState.PENDING
+
+    # The buyer clicks "Pay": back to our return_url with Alipay-signed parameters.
+    status, location = await asyncio.to_thread(_click_pay, alipay_sim.url, attempt)
+    assert status == 302
+    assert location.startswith("http://127.0.0.1:9/return?")
+    back = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+    assert (back["out_trade_no"], back["total_amount"]) == (attempt, "12.34")
+    content = sign_content(back, exclude=NOTIFY_UNSIGNED).encode()
+    assert verify_rsa2(load_public_key(alipay_settings.alipay_public_key()), content, back["sign"])
+    assert (await alipay.query_payment(attempt)).state is TradeState.SUCCEEDED
+    note = alipay.parse_notification(
+        (await notify_receiver.wait_for(1))[0], notify_receiver.content_types[0]
+    )
+    assert (note.attempt_id, note.amount) == (attempt, 1234)
 
     # A tampered redirect is refused by signature.
     forged = created.redirect_url.replace("12.34", "0.01")
@@ -208,7 +240,7 @@ async def test_forged_or_foreign_notifications_are_invalid(
 async def test_duplicate_and_late_notifications(
     alipay: AlipayAdapter, alipay_sim: SimServer, notify_receiver: Receiver
 ) -> None:
-    alipay_sim.control("POST", "/sim/notifications/next", {"duplicate": True, "delay_s": 0.3})
+    alipay_sim.control("POST", "/sim/notifications/next", {"duplicate": True, "delay_s": 1.0})
     attempt = await _paid(alipay, alipay_sim, notify_receiver.url)
     await asyncio.sleep(0.1)
     assert notify_receiver.bodies == []  # still held back
@@ -319,9 +351,11 @@ async def test_outcome_unknown_on_read_timeout_and_5xx(
         alipay_sim.control("POST", "/sim/gateway/next", {"delay_s": 1.5, "count": 1})
         with pytest.raises(OutcomeUnknown):
             await adapter.create_payment(_create(attempt, 100, notify_receiver.url))
-        # The request did reach Alipay: the trade exists (a query after scan finds it).
-        await asyncio.sleep(1.2)
-        assert alipay_sim.control("POST", f"/sim/trades/{attempt}/scan")[0] == 200
+        # The request did reach Alipay and took effect late: the trade appears.
+        deadline = time.monotonic() + 10
+        while alipay_sim.control("POST", f"/sim/trades/{attempt}/scan")[0] != 200:
+            assert time.monotonic() < deadline, "the delayed precreate never landed"
+            await asyncio.sleep(0.05)
 
         alipay_sim.control("POST", "/sim/gateway/next", {"status": 502, "count": 1})
         with pytest.raises(OutcomeUnknown):

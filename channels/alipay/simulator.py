@@ -824,7 +824,11 @@ class AlipaySimulator:
         fields = {
             "charset": "utf-8",
             "out_trade_no": trade.out_trade_no,
-            "method": "alipay.trade.page.pay.return",
+            "method": (
+                "alipay.trade.wap.pay.return"
+                if trade.product_code == "QUICK_WAP_WAY"
+                else "alipay.trade.page.pay.return"
+            ),
             "total_amount": fen_to_yuan(trade.amount),
             "trade_no": trade.trade_no,
             "auth_app_id": self.app_id,
