@@ -63,6 +63,7 @@ from gateway.settings import AlipaySettings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 _FORM = "application/x-www-form-urlencoded"
 _GBK_CHARSETS = frozenset({"gbk", "gb2312", "gb18030"})
@@ -153,8 +154,12 @@ class AlipayAdapter:
             # Read timeout, non-200 (the SDK then fails with TypeError), bad response sign.
             raise OutcomeUnknown(f"alipay: sent, no usable answer ({type(exc).__name__})") from exc
 
-    async def _call(self, request: Any, **context: str) -> Mapping[str, Any]:
-        """One SDK `execute`: signed request, verified response → checked business body."""
+    async def _call(
+        self, request: Any, parse: Callable[[Mapping[str, Any]], R], **context: str
+    ) -> R:
+        """One SDK `execute`: signed request, verified response, checked code, parsed body.
+
+        A verified 10000 answer whose fields we cannot read is OutcomeUnknown too."""
         method = request.get_params()["method"]
 
         def execute() -> Mapping[str, Any]:
@@ -169,10 +174,15 @@ class AlipayAdapter:
 
         body = await self._run(execute)
         try:
-            return transforms.check_result(body)
+            checked = transforms.check_result(body)
         except (Rejected, OutcomeUnknown) as exc:
             log.info("alipay_call_failed", method=method, code=exc.code, **context)
             raise
+        try:
+            return parse(checked)
+        except (KeyError, ValueError, TypeError) as exc:
+            detail = f"{type(exc).__name__}"
+            raise OutcomeUnknown(f"alipay {method}: unexpected response ({detail})") from exc
 
     @staticmethod
     def _request(request_cls: Any, biz: Mapping[str, Any]) -> Any:
@@ -187,8 +197,11 @@ class AlipayAdapter:
         if req.mode == "qr":
             request = self._request(AlipayTradePrecreateRequest, biz)
             request.notify_url = req.notify_url
-            body = await self._call(request, attempt_id=req.attempt_id)
-            return CreatedPayment(qr_content=str(body["qr_code"]))
+            return await self._call(
+                request,
+                lambda body: CreatedPayment(qr_content=str(body["qr_code"])),
+                attempt_id=req.attempt_id,
+            )
         cls = AlipayTradePagePayRequest if req.mode == "page" else AlipayTradeWapPayRequest
         request = self._request(cls, biz)
         request.notify_url = req.notify_url
@@ -201,37 +214,48 @@ class AlipayAdapter:
     async def query_payment(self, attempt_id: str) -> PaymentStatus:
         request = self._request(AlipayTradeQueryRequest, transforms.trade_biz(attempt_id))
         try:
-            body = await self._call(request, attempt_id=attempt_id)
+            return await self._call(
+                request,
+                lambda body: transforms.payment_status(attempt_id, body),
+                attempt_id=attempt_id,
+            )
         except Rejected as exc:
             if exc.code == transforms.TRADE_NOT_EXIST:
                 return PaymentStatus(attempt_id=attempt_id, state=TradeState.NOT_FOUND)
             raise
-        return transforms.payment_status(attempt_id, body)
 
     async def close_payment(self, attempt_id: str) -> None:
         """Close an unpaid trade. Before the QR is scanned Alipay has no trade and answers
         Rejected(ACQ.TRADE_NOT_EXIST) — the code stays payable until its time_expire."""
         request = self._request(AlipayTradeCloseRequest, transforms.trade_biz(attempt_id))
-        await self._call(request, attempt_id=attempt_id)
+        await self._call(request, lambda _: None, attempt_id=attempt_id)
 
     # -------------------------------------------------------------- refunds
 
     async def refund(self, req: RefundRequest) -> RefundResult:
         """Idempotent on req.refund_id (out_request_no): a retry answers fund_change=N."""
         request = self._request(AlipayTradeRefundRequest, transforms.refund_biz(req))
-        body = await self._call(request, attempt_id=req.attempt_id, refund_id=req.refund_id)
-        return transforms.refund_result(req, body)
+        return await self._call(
+            request,
+            lambda body: transforms.refund_result(req, body),
+            attempt_id=req.attempt_id,
+            refund_id=req.refund_id,
+        )
 
     async def query_refund(self, refund_id: str, attempt_id: str) -> RefundResult:
         biz = transforms.refund_query_biz(refund_id, attempt_id)
         request = self._request(AlipayTradeFastpayRefundQueryRequest, biz)
         try:
-            body = await self._call(request, attempt_id=attempt_id, refund_id=refund_id)
+            return await self._call(
+                request,
+                lambda body: transforms.refund_query_result(refund_id, body),
+                attempt_id=attempt_id,
+                refund_id=refund_id,
+            )
         except Rejected as exc:
             if exc.code == transforms.TRADE_NOT_EXIST:
                 return RefundResult(refund_id=refund_id, state=RefundState.NOT_FOUND)
             raise
-        return transforms.refund_query_result(refund_id, body)
 
     # -------------------------------------------------------------- notifications
 
@@ -276,8 +300,9 @@ class AlipayAdapter:
         request = self._request(
             AlipayDataDataserviceBillDownloadurlQueryRequest, transforms.bill_biz(day)
         )
-        body = await self._call(request, bill_date=day.isoformat())
-        url = str(body["bill_download_url"])
+        url = await self._call(
+            request, lambda body: str(body["bill_download_url"]), bill_date=day.isoformat()
+        )
         return await self._run(lambda: _download(url, self._settings.timeout_s))
 
     def parse_statement(self, raw: bytes) -> list[StatementLine]:
