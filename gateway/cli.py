@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -154,6 +155,59 @@ def demo() -> None:
     settings = _prepare()
     for line in _with_resources(settings, seed):
         click.echo(line)
+
+
+@main.group()
+def simulator() -> None:
+    """Channel simulators speaking the real wire protocols (for tests and the demo)."""
+
+
+@simulator.command("alipay")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", type=int, default=8101, show_default=True, help="Port.")
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiplier for Alipay's notification retry schedule (0.01: 4 min → 2.4 s).",
+)
+@click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/alipay"),
+    show_default=True,
+    help="Where the generated demo key pairs live (created on first run).",
+)
+@click.option("--app-id", default=None, help="Merchant app id (PAYGATE_ALIPAY_APP_ID).")
+def simulator_alipay(
+    host: str, port: int, time_scale: float, keys_dir: Path, app_id: str | None
+) -> None:
+    """Serve the Alipay gateway simulator (uvicorn + httptools, which routes the SDK's
+    absolute-form request target correctly)."""
+    import uvicorn
+
+    from channels.alipay.keys import ensure_keys
+    from channels.alipay.simulator import create_simulator
+
+    settings = Settings.from_env()
+    app_logging.configure(settings.log)
+    app_id = app_id or settings.alipay.app_id or "2021000000000001"
+    keys = ensure_keys(keys_dir)
+    app = create_simulator(
+        app_id=app_id,
+        app_public_key_pem=keys.app_public.read_text(encoding="ascii"),
+        alipay_private_key_pem=keys.alipay_private.read_text(encoding="ascii"),
+        time_scale=time_scale,
+    )
+    click.secho(f"Alipay simulator on http://{host}:{port}/gateway.do", fg="green", bold=True)
+    click.echo("Point paygate at it with:")
+    click.echo(f"  export PAYGATE_ALIPAY_APP_ID={app_id}")
+    click.echo(f"  export PAYGATE_ALIPAY_GATEWAY_URL=http://{host}:{port}/gateway.do")
+    click.echo(f"  export PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH={keys.app_private.resolve()}")
+    click.echo(f"  export PAYGATE_ALIPAY_PUBLIC_KEY_PATH={keys.alipay_public.resolve()}")
+    click.echo(f"Cashier for a trade: http://{host}:{port}/sim/cashier/<out_trade_no>")
+    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
