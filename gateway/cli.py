@@ -14,6 +14,7 @@ import click
 
 from gateway import __version__
 from gateway import logging as app_logging
+from gateway.procs import exit_with_parent, spawn_child, stop_children
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -71,17 +72,17 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
     host = host or settings.server.host
     port = port or settings.server.port
     workers = workers or settings.server.workers
-    worker_proc: subprocess.Popen[bytes] | None = None
+    children: list[subprocess.Popen[bytes]] = []
     if demo:
         from gateway.demo import seed
 
+        if not settings.alipay.enabled:
+            children.append(_start_alipay_simulator())
+            settings = Settings.from_env()  # now pointing at the simulator
         for line in _with_resources(settings, seed):
             click.echo(line)
-        # The child inherits DATABASE_URL/REDIS_URL, so it joins the same servers.
-        # --parent: the worker stops when we die, even by SIGKILL, so it never outlives us.
-        worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "worker", "--parent", str(os.getpid())]
-        )
+        # Children inherit DATABASE_URL/REDIS_URL and stop when we stop, even on SIGKILL.
+        children.append(spawn_child("worker"))
     click.secho(f"paygate {__version__} serving on http://{host}:{port}", fg="green", bold=True)
     click.echo(f"  API reference: http://{host}:{port}/schema   readiness: /health/ready")
     try:
@@ -99,9 +100,29 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
             timeout_graceful_shutdown=10,
         )
     finally:
-        if worker_proc is not None:
-            worker_proc.terminate()
-            worker_proc.wait(timeout=15)
+        stop_children(children)
+
+
+def _start_alipay_simulator() -> subprocess.Popen[bytes]:
+    """Demo mode without an Alipay account: run the simulator and point the adapter at it."""
+    from channels.alipay.keys import ensure_keys
+    from gateway.procs import free_port
+
+    keys_dir = Path("var/alipay").resolve()
+    keys = ensure_keys(keys_dir)
+    port = free_port()
+    app_id = "2021000000000001"
+    os.environ |= {
+        "PAYGATE_ALIPAY_APP_ID": app_id,
+        "PAYGATE_ALIPAY_GATEWAY_URL": f"http://127.0.0.1:{port}/gateway.do",
+        "PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH": str(keys.app_private),
+        "PAYGATE_ALIPAY_PUBLIC_KEY_PATH": str(keys.alipay_public),
+    }
+    child = spawn_child(
+        "simulator", "alipay", "--port", str(port), "--keys-dir", str(keys_dir), "--app-id", app_id
+    )
+    click.echo(f"  Alipay simulator (demo): http://127.0.0.1:{port}/sim/cashier/<attempt id>")
+    return child
 
 
 @main.command()
@@ -111,11 +132,13 @@ def worker(once: bool, parent: int | None) -> None:
     """Run the background worker loop."""
     from gateway import worker as w
 
+    if parent is not None:
+        exit_with_parent(parent)
     settings = _prepare()
     if once:
         click.echo(_with_resources(settings, w.run_once))
     else:
-        _with_resources(settings, lambda res: w.run_forever(res, parent_pid=parent))
+        _with_resources(settings, w.run_forever)
 
 
 @main.group()
@@ -180,8 +203,15 @@ def simulator() -> None:
     help="Where the generated demo key pairs live (created on first run).",
 )
 @click.option("--app-id", default=None, help="Merchant app id (PAYGATE_ALIPAY_APP_ID).")
+@click.option("--parent", type=int, default=None, help="Exit when this process id exits.")
 def simulator_alipay(
-    host: str, port: int, time_scale: float, keys_dir: Path, app_id: str | None
+    *,
+    host: str,
+    port: int,
+    time_scale: float,
+    keys_dir: Path,
+    app_id: str | None,
+    parent: int | None,
 ) -> None:
     """Serve the Alipay gateway simulator (uvicorn + httptools, which routes the SDK's
     absolute-form request target correctly)."""
@@ -190,6 +220,8 @@ def simulator_alipay(
     from channels.alipay.keys import ensure_keys
     from channels.alipay.simulator import create_simulator
 
+    if parent is not None:
+        exit_with_parent(parent)
     settings = Settings.from_env()
     app_logging.configure(settings.log)
     app_id = app_id or settings.alipay.app_id or "2021000000000001"

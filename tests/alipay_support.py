@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -31,17 +30,12 @@ import uvicorn
 from channels.alipay.adapter import AlipayAdapter
 from channels.alipay.keys import KeySet, ensure_keys
 from channels.alipay.simulator import AlipaySimulator, create_simulator
+from gateway.procs import free_port
 from gateway.settings import AlipaySettings
 
 APP_ID = "2021000000000001"
 # Alipay's 4m…15h retry schedule scaled to ≈ 0.05 s … 11 s.
 TIME_SCALE = 0.0002
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:
