@@ -161,6 +161,9 @@ class Deliverer:
         waves = -(-batch_size // max_connections)
         self.lease = timedelta(seconds=self.timeout_s * waves + 60)
         self._client: httpx.AsyncClient | None = None
+        # A send's deadline starts once it holds a connection slot, so a batch larger than
+        # the pool queues here instead of timing out while waiting for the pool.
+        self._slots = asyncio.Semaphore(max_connections)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -256,6 +259,11 @@ class Deliverer:
         ]
 
     async def _send(self, c: _Claimed) -> _Outcome:
+        # Sign, time and bound each send only once it holds a connection slot.
+        async with self._slots:
+            return await self._attempt(c)
+
+    async def _attempt(self, c: _Claimed) -> _Outcome:
         at = datetime.now(UTC)
         started = time.monotonic()
 
@@ -294,6 +302,10 @@ class Deliverer:
         except (TimeoutError, httpx.TimeoutException):
             return outcome(None, f"timeout after {self.timeout_s:g}s", None)
         except httpx.HTTPError as exc:
+            return outcome(None, f"{type(exc).__name__}: {exc}"[:500], None)
+        except Exception as exc:
+            # One bad endpoint (e.g. an unparsable URL) must not lose the batch's outcomes.
+            log.warning("webhook send failed unexpectedly", exc_info=True, event_id=str(c.event_id))
             return outcome(None, f"{type(exc).__name__}: {exc}"[:500], None)
 
     async def _record(

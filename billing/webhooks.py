@@ -42,9 +42,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+import httpx
 import msgspec
 import structlog
 from sqlalchemy import (
@@ -274,10 +274,14 @@ class Actor:
 
 
 def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    try:
+        parsed = httpx.URL(url)  # exactly what the delivery client will have to parse
+        _ = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InvalidInput(f"webhook_url is not a valid URL: {exc}", code="invalid_url") from exc
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
         raise InvalidInput("webhook_url must be an absolute http(s) URL", code="invalid_url")
-    if parts.username or parts.password:
+    if parsed.userinfo:
         raise InvalidInput("webhook_url must not carry credentials", code="invalid_url")
     return url
 

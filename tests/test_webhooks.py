@@ -22,6 +22,7 @@ from billing import outbox
 from billing import webhooks as wh
 from billing.audit import AuditEntry
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.models import Agency
 from billing.outbox import OutboxMessage
 from billing.webhook_delivery import Deliverer, ingest
 from billing.webhooks import WebhookEvent
@@ -295,6 +296,39 @@ async def test_agency_without_endpoint_records_attempt_and_retries(
         (attempt,) = await wh.list_attempts(s, agency.id, event.id)
     assert attempt.error == "endpoint_not_configured"
     assert receiver.received() == []
+
+
+async def test_a_broken_url_fails_alone_and_the_batch_is_recorded(
+    res: Resources, receiver: Receiver, agency: Hooked, deliverer: Deliverer
+) -> None:
+    broken = await _hooked_agency(res, receiver.url, name="考试院")
+    async with res.sessions() as s, s.begin():
+        agency_row = await s.get(Agency, broken.id)
+        assert agency_row is not None
+        agency_row.webhook_url = "http://[::1"  # bypasses set_endpoint's check on purpose
+    await _emit(res, broken.id)
+    await _emit(res, agency.id)
+    assert await _pump(res, deliverer) == 2
+    by_agency = {e.agency_id: e for e in await _events(res)}
+    assert by_agency[agency.id].status == "DELIVERED"
+    assert by_agency[broken.id].status == "PENDING"
+    async with res.sessions() as s:
+        (attempt,) = await wh.list_attempts(s, broken.id, by_agency[broken.id].id)
+    assert attempt.error
+    assert attempt.status_code is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.org/x", "http://[::1", "/relative", "https://user:pw@example.org/h", ""],
+)
+async def test_set_endpoint_rejects_bad_urls(res: Resources, url: str) -> None:
+    async with res.sessions() as s:
+        agency = await make_agency(s)
+        with pytest.raises(InvalidInput) as info:
+            await wh.set_endpoint(s, agency.id, url, SYSTEM)
+        assert info.value.code == "invalid_url"
+        assert agency.webhook_secret_enc is None
 
 
 async def test_redirect_is_not_followed(
