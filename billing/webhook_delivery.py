@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -311,69 +311,80 @@ class Deliverer:
     async def _record(
         self, sessions: async_sessionmaker[AsyncSession], outcomes: list[_Outcome]
     ) -> None:
+        """Attempts in one multi-row insert; event updates set-based, one per kind."""
+        delivered: list[uuid.UUID] = []
+        failed: list[tuple[uuid.UUID, int]] = []
+        retry: dict[int, list[tuple[uuid.UUID, int]]] = {}  # failures → (event, attempt_no)
+        for o in outcomes:
+            c = o.claimed
+            bound = log.bind(
+                event_id=str(c.event_id),
+                agency_id=str(c.agency_id),
+                event=c.event,
+                attempt_no=c.attempt_no,
+                status_code=o.status_code,
+                error=o.error,
+            )
+            if o.ok:
+                delivered.append(c.event_id)
+                bound.info("webhook delivered")
+            elif next_delay(c.failures + 1) is None:
+                failed.append((c.event_id, c.attempt_no))
+                bound.error("ALERT webhook delivery failed permanently", alert=True)
+            else:
+                retry.setdefault(c.failures + 1, []).append((c.event_id, c.attempt_no))
+                bound.warning("webhook delivery failed; retry scheduled")
+        pending = WebhookEvent.status == "PENDING"
+        # Only the current claim may reschedule or fail an event (a lapsed lease was
+        # re-claimed by another worker, whose attempt number is higher).
+        claim = tuple_(WebhookEvent.id, WebhookEvent.attempts)
         async with sessions() as session, session.begin():
-            for o in outcomes:
-                c = o.claimed
-                session.add(
-                    WebhookAttempt(
-                        event_id=c.event_id,
-                        attempt_no=c.attempt_no,
-                        at=o.at,
-                        url=o.url,
-                        status_code=o.status_code,
-                        error=o.error,
-                        duration_ms=o.duration_ms,
-                        response_excerpt=o.excerpt,
-                    )
-                )
-                bound = log.bind(
-                    event_id=str(c.event_id),
-                    agency_id=str(c.agency_id),
-                    event=c.event,
-                    attempt_no=c.attempt_no,
+            session.add_all(
+                WebhookAttempt(
+                    event_id=o.claimed.event_id,
+                    attempt_no=o.claimed.attempt_no,
+                    at=o.at,
+                    url=o.url,
                     status_code=o.status_code,
                     error=o.error,
+                    duration_ms=o.duration_ms,
+                    response_excerpt=o.excerpt,
                 )
-                pending = (WebhookEvent.id == c.event_id, WebhookEvent.status == "PENDING")
-                if o.ok:
-                    # A 2xx is a fact even if our lease lapsed meanwhile: record it once.
-                    await session.execute(
-                        update(WebhookEvent)
-                        .where(*pending)
-                        .values(
-                            status="DELIVERED",
-                            delivered_at=func.now(),
-                            next_attempt_at=None,
-                            lease_until=None,
-                            failures=0,
-                        )
+                for o in outcomes
+            )
+            if delivered:
+                # A 2xx is a fact even if our lease lapsed meanwhile: record it, once.
+                await session.execute(
+                    update(WebhookEvent)
+                    .where(pending, WebhookEvent.id.in_(delivered))
+                    .values(
+                        status="DELIVERED",
+                        delivered_at=func.now(),
+                        next_attempt_at=None,
+                        lease_until=None,
+                        failures=0,
                     )
-                    bound.info("webhook delivered")
-                    continue
-                failures = c.failures + 1
+                )
+            if failed:
+                await session.execute(
+                    update(WebhookEvent)
+                    .where(pending, claim.in_(failed))
+                    .values(
+                        status="FAILED",
+                        failures=WebhookEvent.failures + 1,
+                        next_attempt_at=None,
+                        lease_until=None,
+                    )
+                )
+            for failures, claims in retry.items():
                 delay = next_delay(failures)
-                # Only the current claim may reschedule (a lapsed lease was re-claimed).
-                mine = (*pending, WebhookEvent.attempts == c.attempt_no)
-                if delay is None:
-                    await session.execute(
-                        update(WebhookEvent)
-                        .where(*mine)
-                        .values(
-                            status="FAILED",
-                            failures=failures,
-                            next_attempt_at=None,
-                            lease_until=None,
-                        )
+                assert delay is not None
+                await session.execute(
+                    update(WebhookEvent)
+                    .where(pending, claim.in_(claims))
+                    .values(
+                        failures=failures,
+                        next_attempt_at=func.now() + delay,
+                        lease_until=None,
                     )
-                    bound.error("ALERT webhook delivery failed permanently", alert=True)
-                else:
-                    await session.execute(
-                        update(WebhookEvent)
-                        .where(*mine)
-                        .values(
-                            failures=failures,
-                            next_attempt_at=func.now() + delay,
-                            lease_until=None,
-                        )
-                    )
-                    bound.warning("webhook delivery failed; retry scheduled", retry_in=str(delay))
+                )

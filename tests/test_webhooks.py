@@ -261,6 +261,28 @@ async def test_timeout_schedules_a_retry_and_is_not_lost(
     assert receiver.event_ids(answered=None) == [str(event.id)] * 2
 
 
+async def test_a_lapsed_claim_cannot_reschedule_over_the_new_owner(
+    res: Resources, receiver: Receiver, agency: Hooked
+) -> None:
+    await _emit(res, agency.id)
+    await ingest(res.sessions)
+    async with Deliverer(timeout_ms=3000) as slow, Deliverer(timeout_ms=3000) as fast:
+        stale = await slow._claim(res.sessions)  # worker A claims, then stalls past its lease
+        assert [c.attempt_no for c in stale] == [1]
+        assert await fast.deliver_due(res.sessions) == 0  # leased: B cannot take it
+        await _time_passes(res)  # A's lease lapses
+        receiver.fail_next(2)
+        assert await fast.deliver_due(res.sessions) == 1  # B: attempt 2 → 500, retry in 1 min
+        event = await _one_event(res)
+        await slow._record(res.sessions, [await slow._send(c) for c in stale])  # A: 500, late
+    after = await _one_event(res)
+    assert (after.failures, after.attempts) == (1, 2)  # A's stale failure changed nothing
+    assert after.next_attempt_at == event.next_attempt_at
+    async with res.sessions() as s:
+        attempts = await wh.list_attempts(s, agency.id, event.id)
+    assert [(a.attempt_no, a.status_code) for a in attempts] == [(1, 500), (2, 500)]
+
+
 async def test_schedule_is_followed_then_failed_with_alert(
     res: Resources, receiver: Receiver, agency: Hooked, deliverer: Deliverer
 ) -> None:
