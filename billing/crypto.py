@@ -39,6 +39,13 @@ class DecryptError(ValueError):
     """A token that cannot be decrypted: unknown key version, wrong AAD, or tampered."""
 
 
+def _env_version(name: str) -> int:
+    raw = os.environ.get(name, "").strip() or "1"
+    if not raw.isdigit():
+        raise KeyConfigError(f"{name} must be an integer 1..255, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class KeySettings:
     data_key: str | None
@@ -53,7 +60,7 @@ class KeySettings:
     def from_env(cls) -> KeySettings:
         return cls(
             data_key=os.environ.get("PAYGATE_DATA_KEY", "").strip() or None,
-            key_version=int(os.environ.get("PAYGATE_DATA_KEY_VERSION", "").strip() or "1"),
+            key_version=_env_version("PAYGATE_DATA_KEY_VERSION"),
             old_keys=os.environ.get("PAYGATE_DATA_KEYS_OLD", "").strip(),
             key_file=Path(os.environ.get("PAYGATE_DATA_KEY_FILE", "").strip() or "var/data.key"),
             production=os.environ.get("PAYGATE_ENV", "").strip() == "production",
