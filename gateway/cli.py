@@ -6,9 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -16,6 +17,10 @@ from gateway import __version__
 from gateway import logging as app_logging
 from gateway.procs import exit_with_parent, spawn_child, stop_children
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from billing.webhooks import Actor
+    from gateway.state import Resources
 
 T = TypeVar("T")
 
@@ -250,6 +255,102 @@ def bench(scenarios: tuple[str, ...], quick: bool) -> None:
     from bench.runner import run
 
     sys.exit(run(list(scenarios), quick=quick))
+
+
+@main.group()
+def webhooks() -> None:
+    """Agency webhooks: endpoint, events, attempts, resend."""
+
+
+def _actor(actor: str | None) -> Actor:
+    from billing.webhooks import Actor
+
+    return Actor(type="finance", id=actor or f"cli:{os.environ.get('USER', 'unknown')}")
+
+
+def _service(fn: Callable[[Resources], Awaitable[T]]) -> T:
+    """Run a service call; a DomainError becomes a one-line CLI error, not a traceback."""
+    from billing.errors import DomainError
+
+    try:
+        return _with_resources(_prepare(), fn)
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+
+
+def _echo_json(value: object) -> None:
+    import msgspec
+
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+_AGENCY = click.option("--agency", "agency_id", type=click.UUID, required=True, help="Agency id.")
+_ACTOR = click.option("--actor", default=None, help="Who does this (audit log); default cli:$USER.")
+
+
+@webhooks.command("set-endpoint")
+@_AGENCY
+@click.option("--url", required=True, help="The agency's receiver URL.")
+@_ACTOR
+def webhooks_set_endpoint(agency_id: uuid.UUID, url: str, actor: str | None) -> None:
+    """Set the webhook URL with a new signing secret (printed once)."""
+    from billing import webhooks as wh
+
+    async def run(res: Resources) -> str:
+        async with res.sessions() as s, s.begin():
+            return await wh.set_endpoint(s, agency_id, url, _actor(actor))
+
+    secret = _service(run)
+    click.echo(f"webhook secret (store it now, it is not shown again): {secret}")
+
+
+@webhooks.command("list")
+@_AGENCY
+@click.option("--type", "event_type", default=None, help="bill.paid, enote.issued, ...")
+@click.option("--status", type=click.Choice(["PENDING", "DELIVERED", "FAILED"]), default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--cursor", default=None, help="next_cursor of the previous page.")
+def webhooks_list(
+    agency_id: uuid.UUID, event_type: str | None, status: str | None, limit: int, cursor: str | None
+) -> None:
+    """List an agency's webhook events, newest first (JSON)."""
+    from billing import webhooks as wh
+
+    async def run(res: Resources) -> wh.EventPage:
+        async with res.sessions() as s:
+            f = wh.EventFilter(type=event_type, status=status, limit=limit)
+            return await wh.list_events(s, agency_id, f, cursor)
+
+    _echo_json(_service(run))
+
+
+@webhooks.command("attempts")
+@_AGENCY
+@click.option("--event", "event_id", type=click.UUID, required=True, help="Event id.")
+def webhooks_attempts(agency_id: uuid.UUID, event_id: uuid.UUID) -> None:
+    """Show every delivery attempt of one event (JSON)."""
+    from billing import webhooks as wh
+
+    async def run(res: Resources) -> list[wh.AttemptView]:
+        async with res.sessions() as s:
+            return await wh.list_attempts(s, agency_id, event_id)
+
+    _echo_json(_service(run))
+
+
+@webhooks.command("resend")
+@_AGENCY
+@click.option("--event", "event_id", type=click.UUID, required=True, help="Event id.")
+@_ACTOR
+def webhooks_resend(agency_id: uuid.UUID, event_id: uuid.UUID, actor: str | None) -> None:
+    """Re-queue one event for immediate delivery (audited)."""
+    from billing import webhooks as wh
+
+    async def run(res: Resources) -> wh.EventView:
+        async with res.sessions() as s, s.begin():
+            return await wh.resend(s, agency_id, event_id, _actor(actor))
+
+    _echo_json(_service(run))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,20 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is at write time, not at configure time.
+
+    Binding the stream once breaks when it is swapped later (pytest's per-test capture
+    closes the stream that was current when an app configured logging).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(settings: LogSettings) -> None:
     use_json = settings.json if settings.json is not None else not sys.stderr.isatty()
     level = logging.getLevelNamesMapping().get(settings.level, logging.INFO)
@@ -48,7 +62,8 @@ def configure(settings: LogSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # PrintLogger only calls write() and flush(); it is typed as wanting a full TextIO.
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,  # tests reconfigure per app,
     )
     # Route stdlib logging (uvicorn, alembic, sqlalchemy) through the same renderer.
@@ -56,7 +71,7 @@ def configure(settings: LogSettings) -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

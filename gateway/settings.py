@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from billing.crypto import KeySettings
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
@@ -160,12 +162,32 @@ class AlipaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    timeout_ms: int
+    """Whole-request deadline for one delivery (connect + send + response)."""
+    max_connections: int
+    """Connection pool bound of the worker's one HTTP client."""
+    batch_size: int
+    """Events claimed per delivery round; they are sent concurrently."""
+
+    @classmethod
+    def from_env(cls) -> WebhookSettings:
+        return cls(
+            timeout_ms=_env_int("PAYGATE_WEBHOOK_TIMEOUT_MS", 10_000),
+            max_connections=_env_int("PAYGATE_WEBHOOK_MAX_CONNECTIONS", 20),
+            batch_size=_env_int("PAYGATE_WEBHOOK_BATCH", 50),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings.from_env)
     redis: RedisSettings = field(default_factory=RedisSettings.from_env)
     server: ServerSettings = field(default_factory=ServerSettings.from_env)
     log: LogSettings = field(default_factory=LogSettings.from_env)
     alipay: AlipaySettings = field(default_factory=AlipaySettings.from_env)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings.from_env)
+    crypto: KeySettings = field(default_factory=KeySettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod

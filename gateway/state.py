@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from billing import crypto
 from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
@@ -24,6 +25,7 @@ class Resources:
     def open(cls, settings: Settings) -> Resources:
         if settings.database.url is None or settings.redis.url is None:
             raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before opening")
+        crypto.configure(settings.crypto)  # a missing/bad data key fails here, at start-up
         engine = create_engine(settings.database.url, settings.database)
         redis = aioredis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))

@@ -28,18 +28,66 @@ class Job:
     name: str
     interval_s: float
     run: JobFn
+    close: Callable[[], Awaitable[None]] | None = None
+    """Releases what the job holds (e.g. an HTTP client) when the worker stops."""
+
+
+def _webhook_jobs() -> list[Job]:
+    from billing import webhook_delivery
+
+    # One HTTP client per worker process, built on first use from the worker's settings.
+    holder: list[webhook_delivery.Deliverer] = []
+
+    async def deliver(res: Resources) -> int:
+        if not holder:
+            cfg = res.settings.webhooks
+            holder.append(
+                webhook_delivery.Deliverer(
+                    timeout_ms=cfg.timeout_ms,
+                    max_connections=cfg.max_connections,
+                    batch_size=cfg.batch_size,
+                )
+            )
+        return await holder[0].deliver_due(res.sessions)
+
+    async def ingest(res: Resources) -> int:
+        return await webhook_delivery.ingest(res.sessions)
+
+    async def close() -> None:
+        while holder:
+            await holder.pop().aclose()
+
+    return [
+        Job("webhooks.ingest", 1.0, ingest),
+        Job("webhooks.deliver", 1.0, deliver, close),
+    ]
 
 
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
-    return []
+    return [*_webhook_jobs()]
+
+
+async def close_jobs(jobs: list[Job]) -> None:
+    for job in jobs:
+        if job.close is not None:
+            try:
+                await job.close()
+            except Exception:
+                log.exception("job close failed", job=job.name)
 
 
 async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[str, int]:
     """Run every job once (used by tests and `paygate worker --once`)."""
     handled: dict[str, int] = {}
-    for job in jobs if jobs is not None else default_jobs():
-        handled[job.name] = await job.run(resources)
+    owned = jobs is None
+    jobs = default_jobs() if jobs is None else jobs
+    try:
+        for job in jobs:
+            handled[job.name] = await job.run(resources)
+    finally:
+        if owned:
+            await close_jobs(jobs)
     return handled
 
 
@@ -69,4 +117,5 @@ async def run_forever(resources: Resources, jobs: list[Job] | None = None) -> No
         if wake > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(wake, 1.0))
+    await close_jobs(jobs)
     log.info("worker stopped")
