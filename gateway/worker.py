@@ -33,7 +33,12 @@ class Job:
 
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
-    return []
+    from gateway import enotes
+
+    return [
+        Job("enote.issue", 1.0, enotes.issue_job),
+        Job("enote.red", 5.0, enotes.red_job),
+    ]
 
 
 async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[str, int]:
