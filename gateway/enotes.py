@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from litestar import Controller, MediaType, Response, get
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import Conflict, InvalidInput, NotFound
@@ -101,9 +101,9 @@ class EnoteController(Controller):
         self,
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
-        code: str,
-        number: str,
-        check: str,
+        code: FromQuery[str],
+        number: FromQuery[str],
+        check: FromQuery[str],
     ) -> dict[str, Any]:
         result = await enotes.verify(db, code, number, check, keyring(resources.settings))
         return verification_body(result)
@@ -113,7 +113,7 @@ class EnoteController(Controller):
         self,
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
-        payment_code: str,
+        payment_code: FromQuery[str],
     ) -> list[dict[str, Any]]:
         notes = await enotes.notes_for_payment_code(
             db, payment_code, resources.settings.server.public_url
@@ -141,18 +141,18 @@ class EnoteController(Controller):
         self,
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
-        code: str,
-        filename: str,
-        check: str,
+        code: FromPath[str],
+        filename: FromPath[str],
+        check: FromQuery[str],
     ) -> Response[bytes]:
         number, dot, ext = filename.partition(".")
         if not dot or ext not in {"pdf", "png"}:
             raise NotFound("notes are served as .pdf or .png", code="enote_not_found")
         result = await enotes.verify(db, code, number, check, keyring(resources.settings))
-        await db.rollback()  # nothing to write; don't hold a transaction while rendering
         if result.status == "invalid":
             raise Conflict("this note fails verification", code="enote_invalid")
         view = enotes.note_view(result, resources.settings.server.public_url)
+        await db.rollback()  # nothing to write; don't hold a transaction while rendering
         pdf = await asyncio.to_thread(render_note, view)
         if ext == "pdf":
             return Response(
@@ -230,26 +230,24 @@ def _result_html(body: dict[str, Any], pdf_query: str) -> str:
 async def verify_page(
     db: NamedDependency[AsyncSession],
     resources: NamedDependency[Resources],
-    code: str = "",
-    number: str = "",
-    check_code: str = Parameter(query="check", default=""),
+    code: FromQuery[str] = "",
+    number: FromQuery[str] = "",
+    check: FromQuery[str] = "",
 ) -> Response[str]:
     """The public verification page the note's QR code points to."""
     result = ""
     status = 200
-    if code or number or check_code:
+    if code or number or check:
         try:
-            verification = await enotes.verify(
-                db, code, number, check_code, keyring(resources.settings)
-            )
-            result = _result_html(verification_body(verification), f"check={check_code}")
+            verification = await enotes.verify(db, code, number, check, keyring(resources.settings))
+            result = _result_html(verification_body(verification), f"check={check}")
         except (NotFound, InvalidInput) as exc:
             status = exc.status
             result = '<h2 class="invalid">查无此票据：请核对票据代码、号码和校验码</h2>'
     page = _PAGE.format(
         code=html.escape(code),
         number=html.escape(number),
-        check=html.escape(check_code),
+        check=html.escape(check),
         result=result,
     )
     return Response(page, status_code=status, media_type=MediaType.HTML)

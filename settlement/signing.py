@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 from tongsuopy.crypto import hashes, serialization
 from tongsuopy.crypto.asymciphers import ec
-from tongsuopy.crypto.exceptions import InvalidSignature
+from tongsuopy.crypto.exceptions import InternalError, InvalidSignature
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,8 @@ class SM2Verifier:
     def verify(self, message: bytes, signature: bytes) -> bool:
         try:
             self._public.verify(signature, message, ec.ECDSA(hashes.SM3()))
-        except (InvalidSignature, ValueError):
+        except (InvalidSignature, ValueError, InternalError):
+            # InternalError: Tongsuo could not even parse the DER (a mangled signature).
             return False
         return True
 
