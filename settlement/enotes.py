@@ -14,19 +14,22 @@ anyone holding the stored bytes and the public keys.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import queue
 import secrets
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -104,24 +107,14 @@ class NotReady(Exception):
 
 
 def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no spaces, UTF-8; floats are refused (amounts are integer fen)."""
+    """Sorted keys, no spaces, UTF-8. Content is built from str and int only (amounts are
+    integer fen from BIGINT columns), which JSON writes one way on every platform."""
 
-    def no_float(obj: Any) -> Any:
+    def refuse(obj: Any) -> Any:
         raise TypeError(f"not canonical: {type(obj).__name__}")
 
-    def check(obj: Any) -> None:
-        if isinstance(obj, float):
-            raise TypeError("floats are not allowed in note content")
-        if isinstance(obj, dict):
-            for v in obj.values():
-                check(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                check(v)
-
-    check(value)
     return json.dumps(
-        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=no_float
+        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=refuse
     ).encode()
 
 
@@ -176,6 +169,40 @@ def reduce_items(items: Sequence[dict[str, Any]], by: int) -> list[dict[str, Any
 def signed_by_supervisor(content: bytes, issuer_signature: bytes) -> bytes:
     """What the finance department signs: the content and the issuer's signature on it."""
     return content + issuer_signature
+
+
+Signed = tuple[bytes, datetime, bytes, datetime]
+
+
+def sign_pipelined(signers: NoteSigners, contents: Sequence[bytes]) -> list[Signed]:
+    """Issuer signatures on this thread, supervisor countersignatures on another, overlapped.
+
+    Each key is used by one thread only (a shared key object serialises inside the C
+    library); the supervisor signs note i as soon as the issuer has, so a batch of n notes
+    costs about n + 1 signature times on two cores instead of 2n.
+    """
+    handoff: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
+
+    def countersign() -> list[tuple[bytes, datetime]]:
+        out: list[tuple[bytes, datetime]] = []
+        while (item := handoff.get()) is not None:
+            content, issuer_sig = item
+            signature = signers.supervisor.sign(signed_by_supervisor(content, issuer_sig))
+            out.append((signature, datetime.now(UTC)))
+        return out
+
+    issued: list[tuple[bytes, datetime]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-supervisor") as pool:
+        future = pool.submit(countersign)
+        try:
+            for content in contents:
+                signature = signers.issuer.sign(content)
+                issued.append((signature, datetime.now(UTC)))
+                handoff.put((content, signature))
+        finally:
+            handoff.put(None)  # always release the countersigning thread
+        countered = future.result()
+    return [(i[0], i[1], c[0], c[1]) for i, c in zip(issued, countered, strict=True)]
 
 
 @dataclass(slots=True)
@@ -280,77 +307,83 @@ async def _insert_drafts(
     issued: list[IssuedNote] = []
     events: list[dict[str, Any]] = []
     issuer, supervisor = ctx.signers.issuer, ctx.signers.supervisor
+    numbered: list[tuple[_Draft, str, str, uuid.UUID, str, bytes]] = []
     for code in sorted(by_code):
         group = by_code[code]
         numbers = await _take_numbers(session, code, len(group))
         for draft, number in zip(group, numbers, strict=True):
             note_id = uuid.uuid4()
             check = check_code()
-            content = _content(draft, number, check, note_id)
-            issuer_sig = issuer.sign(content)
-            issuer_at = datetime.now(UTC)
-            supervisor_sig = supervisor.sign(signed_by_supervisor(content, issuer_sig))
-            rows.append(
-                {
-                    "id": note_id,
-                    "kind": draft.kind,
-                    "status": "VALID",
-                    "note_code": code,
-                    "note_number": number,
-                    "check_code": check,
-                    "agency_id": draft.agency_id,
-                    "bill_id": draft.bill_id,
-                    "receipt_id": draft.receipt_id,
-                    "refund_id": draft.refund_id,
-                    "original_id": draft.original_id,
-                    "total_amount": draft.total,
-                    "issued_at": draft.issued_at,
-                    "content": content,
-                    "signature_algorithm": ALGORITHM,
-                    "issuer_signature": issuer_sig,
-                    "issuer_key_id": issuer.key_id,
-                    "issuer_cert_serial": issuer.cert_serial,
-                    "issuer_signed_at": issuer_at,
-                    "supervisor_signature": supervisor_sig,
-                    "supervisor_key_id": supervisor.key_id,
-                    "supervisor_cert_serial": supervisor.cert_serial,
-                    "supervisor_signed_at": datetime.now(UTC),
-                }
+            numbered.append(
+                (draft, code, number, note_id, check, _content(draft, number, check, note_id))
             )
-            note = IssuedNote(
-                note_id,
-                draft.kind,
-                code,
-                number,
-                check,
-                draft.receipt_id,
-                draft.refund_id,
-                draft.total,
-            )
-            issued.append(note)
-            events.append(
-                {
-                    "topic": WEBHOOK_TOPIC,
-                    "key": f"enote.issued:{note_id}",
-                    "payload": {
-                        "event": "enote.issued",
-                        "agency_id": str(draft.agency_id),
-                        "bill_id": str(draft.bill_id),
-                        "data": {
-                            "note_id": str(note_id),
-                            "kind": draft.kind,
-                            "note_code": code,
-                            "note_number": number,
-                            "check_code": check,
-                            "total_amount": draft.total,
-                            "issued_at": draft.issued_at.astimezone(SHANGHAI).isoformat(),
-                            "receipt_id": str(draft.receipt_id),
-                            "refund_id": str(draft.refund_id) if draft.refund_id else None,
-                            **_urls(ctx.config.public_url, code, number, check),
-                        },
+    # Off the event loop: the C library releases the GIL while it signs.
+    signatures = await asyncio.to_thread(sign_pipelined, ctx.signers, [n[5] for n in numbered])
+    for (draft, code, number, note_id, check, content), sig in zip(
+        numbered, signatures, strict=True
+    ):
+        issuer_sig, issuer_at, supervisor_sig, supervisor_at = sig
+        rows.append(
+            {
+                "id": note_id,
+                "kind": draft.kind,
+                "status": "VALID",
+                "note_code": code,
+                "note_number": number,
+                "check_code": check,
+                "agency_id": draft.agency_id,
+                "bill_id": draft.bill_id,
+                "receipt_id": draft.receipt_id,
+                "refund_id": draft.refund_id,
+                "original_id": draft.original_id,
+                "total_amount": draft.total,
+                "issued_at": draft.issued_at,
+                "content": content,
+                "signature_algorithm": ALGORITHM,
+                "issuer_signature": issuer_sig,
+                "issuer_key_id": issuer.key_id,
+                "issuer_cert_serial": issuer.cert_serial,
+                "issuer_signed_at": issuer_at,
+                "supervisor_signature": supervisor_sig,
+                "supervisor_key_id": supervisor.key_id,
+                "supervisor_cert_serial": supervisor.cert_serial,
+                "supervisor_signed_at": supervisor_at,
+            }
+        )
+        note = IssuedNote(
+            note_id,
+            draft.kind,
+            code,
+            number,
+            check,
+            draft.receipt_id,
+            draft.refund_id,
+            draft.total,
+        )
+        issued.append(note)
+        events.append(
+            {
+                "topic": WEBHOOK_TOPIC,
+                "key": f"enote.issued:{note_id}",
+                "payload": {
+                    "event": "enote.issued",
+                    "agency_id": str(draft.agency_id),
+                    "bill_id": str(draft.bill_id),
+                    "data": {
+                        "note_id": str(note_id),
+                        "kind": draft.kind,
+                        "note_code": code,
+                        "note_number": number,
+                        "check_code": check,
+                        "total_amount": draft.total,
+                        "issued_at": draft.issued_at.astimezone(SHANGHAI).isoformat(),
+                        "receipt_id": str(draft.receipt_id),
+                        "refund_id": str(draft.refund_id) if draft.refund_id else None,
+                        **_urls(ctx.config.public_url, code, number, check),
                     },
-                }
-            )
+                },
+            }
+        )
     # Parents first: a re-issue references the note its refund red-letters, in this batch.
     await session.execute(insert(ENote), rows)
     if events:
@@ -606,7 +639,7 @@ def _uuid_of(message: outbox.OutboxMessage, field_name: str) -> uuid.UUID | None
 
 
 async def run_issue_job(
-    sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 50
+    sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 100
 ) -> int:
     """Claim `enote.issue` messages and issue their notes in one transaction.
 
@@ -620,9 +653,13 @@ async def run_issue_job(
                 return 0
             ids = [i for m in messages if (i := _uuid_of(m, "receipt_id")) is not None]
             await issue_for_receipts(session, ids, ctx)
-            now = datetime.now(UTC)
-            for m in messages:
-                outbox.done(m, now)
+            # One set-based UPDATE instead of a flush of `limit` row updates.
+            await session.execute(
+                update(outbox.OutboxMessage)
+                .where(outbox.OutboxMessage.id.in_([m.id for m in messages]))
+                .values(processed_at=func.now(), last_error=None)
+                .execution_options(synchronize_session=False)
+            )
             return len(messages)
     except Exception:
         log.warning("enote batch failed; retrying one by one", exc_info=True)

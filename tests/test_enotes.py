@@ -372,3 +372,20 @@ def test_other_keys_fail_and_keys_load_from_pem_or_hex(ctx: EnoteContext) -> Non
     # The interface is small enough for an HSM to stand in.
     both = NoteSigners(signer, hexed)
     assert set(both.keyring()) == {signer.key_id, hexed.key_id}
+
+
+def test_demo_keys_are_made_once_and_configured_keys_win(tmp_path: Path) -> None:
+    from settlement.signing import load_signer
+
+    demo = tmp_path / "enote" / "issuer.pem"
+    first = load_signer("", demo, "")
+    assert demo.stat().st_mode & 0o777 == 0o600
+    assert load_signer("", demo, "").key_id == first.key_id  # reused, not regenerated
+    assert first.cert_serial == f"DEMO-{first.key_id}"
+    configured = SM2Signer.generate()
+    as_text = load_signer(configured.pem().decode(), demo, "CN-42")
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(configured.pem())
+    as_path = load_signer(str(key_file), demo, "CN-42")
+    assert as_text.key_id == as_path.key_id == configured.key_id != first.key_id
+    assert as_path.cert_serial == "CN-42"
