@@ -19,6 +19,7 @@ from datetime import date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import pylopdf_fonts_zh_cn
 import qrcode
@@ -27,6 +28,7 @@ from PIL import Image, ImageStat
 
 from settlement.capitals import rmb_capitals
 
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 FONT = "NotoSansSC"
 BLACK = (0, 0, 0)
 RED = (200, 16, 30)
@@ -295,7 +297,7 @@ def render_bill_notice(
     fields = [
         ("缴款人", payer_name),
         ("通知书编号", bill_no or "—"),
-        ("开具日期", (issued_on or date.today()).isoformat()),  # noqa: DTZ011 - label only
+        ("开具日期", (issued_on or datetime.now(SHANGHAI).date()).isoformat()),
         ("缴款期限", f"{due_date.isoformat()} 前"),
     ]
     for label, value in fields:
