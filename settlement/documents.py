@@ -379,7 +379,7 @@ def render_note(note: NoteView) -> bytes:
     w = sheet.width
     sheet.qr(10, 8, 24, note.verify_url)
     sheet.text(8, 33, "扫码查验", size=6.5, width=28, align="C", color=GREY)
-    sheet.text(40, 12, note.name, size=15, width=w - 80, align="C", color=ink)
+    sheet.fit_text(38, 12, note.name, width=w - 104, size=15, align="C", color=ink)
     sheet.seal(w / 2, 30, 7.5, "财政部门", "监制章")
     right = w - 62
     for n, (label, value) in enumerate(
