@@ -247,6 +247,23 @@ def simulator_alipay(
     uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
 
 
+@main.command("enote-keys")
+def enote_keys() -> None:
+    """Print the e-note signing keys' ids, certificate serials and public keys.
+
+    Creates the demo keys under PAYGATE_ENOTE_KEY_DIR on first use when none are configured.
+    Needs no database: the public keys are what a verifier elsewhere registers.
+    """
+    from gateway.enotes import enote_context
+
+    signers = enote_context(Settings.from_env()).signers
+    for role, signer in (("issuer", signers.issuer), ("supervisor", signers.supervisor)):
+        point = getattr(signer, "point", b"")
+        click.echo(f"{role}: key_id={signer.key_id} cert_serial={signer.cert_serial}")
+        if point:
+            click.echo(f"  public key (SM2, uncompressed): {point.hex()}")
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("scenarios", nargs=-1)
 @click.option("--quick", is_flag=True, help="Short runs, for a smoke test.")

@@ -25,6 +25,7 @@ def target_metadata() -> MetaData:
     import billing.models
     import billing.outbox
     import billing.webhooks
+    import settlement.enote_models
     import settlement.models
     from billing.db import Base
 

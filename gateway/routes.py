@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from gateway.enotes import EnoteController, verify_page
 from gateway.health import HealthController
 from gateway.pages import index
 
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
     index,
+    EnoteController,
+    verify_page,
 ]

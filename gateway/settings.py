@@ -180,6 +180,37 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EnoteSettings:
+    """Fiscal e-notes: signing keys, certificate serials and the note-code parts."""
+
+    key_dir: Path
+    """Where demo keys are generated on first run when no key is configured (never committed)."""
+    issuer_key: str
+    """`PAYGATE_ENOTE_ISSUER_KEY`: the collecting unit's SM2 private key, PEM text or a path."""
+    issuer_cert_serial: str
+    supervisor_key: str
+    """`PAYGATE_ENOTE_SUPERVISOR_KEY`: the finance department's (监制) SM2 key, PEM or a path."""
+    supervisor_cert_serial: str
+    note_class: str
+    """Two-digit note class inside the note code (region + class + kind + year)."""
+    handler: str
+    checker: str
+
+    @classmethod
+    def from_env(cls) -> EnoteSettings:
+        return cls(
+            key_dir=Path(_env("PAYGATE_ENOTE_KEY_DIR", "var/enote")),
+            issuer_key=_env("PAYGATE_ENOTE_ISSUER_KEY"),
+            issuer_cert_serial=_env("PAYGATE_ENOTE_ISSUER_CERT_SERIAL"),
+            supervisor_key=_env("PAYGATE_ENOTE_SUPERVISOR_KEY"),
+            supervisor_cert_serial=_env("PAYGATE_ENOTE_SUPERVISOR_CERT_SERIAL"),
+            note_class=_env("PAYGATE_ENOTE_CLASS", "01"),
+            handler=_env("PAYGATE_ENOTE_HANDLER", "paygate"),
+            checker=_env("PAYGATE_ENOTE_CHECKER", "财政电子票据系统"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings.from_env)
     redis: RedisSettings = field(default_factory=RedisSettings.from_env)
@@ -188,6 +219,7 @@ class Settings:
     alipay: AlipaySettings = field(default_factory=AlipaySettings.from_env)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings.from_env)
     crypto: KeySettings = field(default_factory=KeySettings.from_env)
+    enote: EnoteSettings = field(default_factory=EnoteSettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod

@@ -65,7 +65,13 @@ def _webhook_jobs() -> list[Job]:
 
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
-    return [*_webhook_jobs()]
+    from gateway import enotes
+
+    return [
+        *_webhook_jobs(),
+        Job("enote.issue", 1.0, enotes.issue_job),
+        Job("enote.red", 5.0, enotes.red_job),
+    ]
 
 
 async def close_jobs(jobs: list[Job]) -> None:

@@ -1,0 +1,253 @@
+"""Fiscal e-notes over HTTP (public verification, PDF/PNG, the cashier's list) and the
+worker jobs that issue and red-letter them. Thin: parse → call settlement.enotes → shape."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from functools import lru_cache
+from typing import Any
+
+import structlog
+from litestar import Controller, MediaType, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.errors import Conflict, InvalidInput, NotFound
+from gateway.settings import Settings
+from gateway.state import Resources
+from settlement import enotes
+from settlement.documents import pdf_to_png, render_note, yuan
+from settlement.signing import NoteSigners, Verifier, load_signer
+
+log = structlog.get_logger(__name__)
+
+
+@lru_cache(maxsize=4)
+def enote_context(settings: Settings) -> enotes.EnoteContext:
+    """Signers and settings for e-notes, built once per process."""
+    cfg = settings.enote
+    signers = NoteSigners(
+        issuer=load_signer(cfg.issuer_key, cfg.key_dir / "issuer.pem", cfg.issuer_cert_serial),
+        supervisor=load_signer(
+            cfg.supervisor_key, cfg.key_dir / "supervisor.pem", cfg.supervisor_cert_serial
+        ),
+    )
+    return enotes.EnoteContext(
+        signers=signers,
+        config=enotes.EnoteConfig(
+            note_class=cfg.note_class,
+            handler=cfg.handler,
+            checker=cfg.checker,
+            public_url=settings.server.public_url,
+        ),
+    )
+
+
+def keyring(settings: Settings) -> dict[str, Verifier]:
+    return enote_context(settings).signers.keyring()
+
+
+async def issue_job(resources: Resources) -> int:
+    return await enotes.run_issue_job(resources.sessions, enote_context(resources.settings))
+
+
+async def red_job(resources: Resources) -> int:
+    return await enotes.run_red_job(resources.sessions, enote_context(resources.settings))
+
+
+def verification_body(result: enotes.Verification) -> dict[str, Any]:
+    note, main = result.note, result.content.get("main", {})
+    body: dict[str, Any] = {
+        "status": result.status,
+        "kind": note.kind,
+        "note_code": note.note_code,
+        "note_number": note.note_number,
+        "signatures": [
+            {
+                "role": s.role,
+                "algorithm": s.algorithm,
+                "key_id": s.key_id,
+                "cert_serial": s.cert_serial,
+                "signed_at": s.signed_at.isoformat(),
+                "valid": s.valid,
+            }
+            for s in result.signatures
+        ],
+        "problems": result.problems,
+    }
+    if result.status != "invalid":
+        body |= {
+            "name": main.get("name"),
+            "issued_at": main.get("issued_at"),
+            "total_amount": main.get("total"),
+            "total_capitals": main.get("total_capitals"),
+            "issuer": main.get("issuer"),
+            "payer": main.get("payer"),
+            "payment_code": main.get("payment_code"),
+            "original": main.get("original"),
+            "items": result.content.get("details"),
+        }
+    return body
+
+
+class EnoteController(Controller):
+    path = "/v1/enotes"
+    tags = ["enotes"]  # noqa: RUF012
+
+    @get("/verify", summary="Verify a fiscal e-note by code, number and check code", cache=False)
+    async def verify(
+        self,
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        code: FromQuery[str],
+        number: FromQuery[str],
+        check: FromQuery[str],
+    ) -> dict[str, Any]:
+        result = await enotes.verify(db, code, number, check, keyring(resources.settings))
+        return verification_body(result)
+
+    @get("/", summary="The notes of a bill, by its payment code (the cashier)", cache=False)
+    async def by_payment_code(
+        self,
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        payment_code: FromQuery[str],
+    ) -> list[dict[str, Any]]:
+        notes = await enotes.notes_for_payment_code(
+            db, payment_code, resources.settings.server.public_url
+        )
+        return [
+            {
+                "kind": n.kind,
+                "status": n.status,
+                "note_code": n.note_code,
+                "note_number": n.note_number,
+                "check_code": n.check_code,
+                "total_amount": n.total_amount,
+                "issued_at": n.issued_at.isoformat(),
+                **n.urls,
+            }
+            for n in notes
+        ]
+
+    @get(
+        "/{code:str}/{filename:str}",
+        summary="The note as a one-page PDF (`.pdf`) or PNG (`.png`)",
+        cache=False,
+    )
+    async def document(
+        self,
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        code: FromPath[str],
+        filename: FromPath[str],
+        check: FromQuery[str],
+    ) -> Response[bytes]:
+        number, dot, ext = filename.partition(".")
+        if not dot or ext not in {"pdf", "png"}:
+            raise NotFound("notes are served as .pdf or .png", code="enote_not_found")
+        result = await enotes.verify(db, code, number, check, keyring(resources.settings))
+        if result.status == "invalid":
+            raise Conflict("this note fails verification", code="enote_invalid")
+        view = enotes.note_view(result, resources.settings.server.public_url)
+        await db.rollback()  # nothing to write; don't hold a transaction while rendering
+        pdf = await asyncio.to_thread(render_note, view)
+        if ext == "pdf":
+            return Response(
+                pdf,
+                media_type="application/pdf",
+                headers={"Content-Disposition": f'inline; filename="{code}-{number}.pdf"'},
+            )
+        png = await asyncio.to_thread(pdf_to_png, pdf)
+        return Response(png, media_type="image/png")
+
+
+_PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>财政电子票据查验</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}
+label{{display:inline-block;margin:.3rem 1rem .3rem 0}} input{{font-size:1rem}}
+.valid{{color:#176f2c}} .invalid{{color:#b00020}} .red_lettered{{color:#c8101e}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2rem .5rem}}
+</style></head><body>
+<h1>财政电子票据查验</h1>
+<form method="get" action="/enotes/verify">
+<label>票据代码 <input name="code" value="{code}" size="8" maxlength="8" required></label>
+<label>票据号码 <input name="number" value="{number}" size="10" maxlength="10" required></label>
+<label>校验码 <input name="check" value="{check}" size="6" maxlength="6" required></label>
+<button type="submit">查验</button>
+</form>
+{result}
+</body></html>"""
+
+_STATUS_TEXT = {
+    "valid": "票据真实有效，两个签名验证通过",
+    "red_lettered": "票据已冲红（作废），签名验证通过",
+    "invalid": "票据验证失败：内容或签名不符",
+}
+
+
+def _result_html(body: dict[str, Any], pdf_query: str) -> str:
+    status = body["status"]
+    esc = html.escape
+    parts = [f'<h2 class="{status}">{esc(_STATUS_TEXT[status])}</h2>']
+    rows: list[tuple[str, str]] = [
+        ("票据代码", body["note_code"]),
+        ("票据号码", body["note_number"]),
+        ("票据种类", "红字票据" if body["kind"] == "RED" else "票据"),
+    ]
+    if status != "invalid":
+        payer = body.get("payer") or {}
+        issuer = body.get("issuer") or {}
+        rows += [
+            ("票据名称", str(body.get("name"))),
+            ("开票时间", str(body.get("issued_at"))),
+            ("开票单位", str(issuer.get("name"))),
+            ("交款人", f"{payer.get('name', '')} {payer.get('id_code', '')}".strip()),
+            ("金额", f"¥{yuan(int(body.get('total_amount') or 0))}"),
+            ("金额（大写）", str(body.get("total_capitals"))),
+        ]
+    for sig in body["signatures"]:
+        verdict = "通过" if sig["valid"] else "失败"
+        who = "开票单位签名" if sig["role"] == "issuer" else "财政监制签名"
+        rows.append((who, f"{verdict} · {sig['algorithm']} · 证书 {sig['cert_serial']}"))
+    parts.append("<table>")
+    parts += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows]
+    parts.append("</table>")
+    if status != "invalid":
+        base = f"/v1/enotes/{body['note_code']}/{body['note_number']}"
+        parts.append(
+            f'<p><a href="{esc(base)}.pdf?{esc(pdf_query)}">下载 PDF</a> · '
+            f'<a href="{esc(base)}.png?{esc(pdf_query)}">查看图片</a></p>'
+        )
+    return "\n".join(parts)
+
+
+@get("/enotes/verify", media_type=MediaType.HTML, include_in_schema=False, cache=False)
+async def verify_page(
+    db: NamedDependency[AsyncSession],
+    resources: NamedDependency[Resources],
+    code: FromQuery[str] = "",
+    number: FromQuery[str] = "",
+    check: FromQuery[str] = "",
+) -> Response[str]:
+    """The public verification page the note's QR code points to."""
+    result = ""
+    status = 200
+    if code or number or check:
+        try:
+            verification = await enotes.verify(db, code, number, check, keyring(resources.settings))
+            result = _result_html(verification_body(verification), f"check={check}")
+        except (NotFound, InvalidInput) as exc:
+            status = exc.status
+            result = '<h2 class="invalid">查无此票据：请核对票据代码、号码和校验码</h2>'
+    page = _PAGE.format(
+        code=html.escape(code),
+        number=html.escape(number),
+        check=html.escape(check),
+        result=result,
+    )
+    return Response(page, status_code=status, media_type=MediaType.HTML)

@@ -1,0 +1,452 @@
+"""The PDF toolkit shared by the fiscal e-note and the bill payment notice.
+
+fpdf2 draws; the CJK face is Noto Sans SC (SIL Open Font License 1.1) shipped as a wheel by
+`pylopdf-fonts-zh-cn`, so a fresh machine renders Chinese without a network or a system font,
+and the font's subset is embedded in every PDF (no viewer-side font needed). pypdfium2
+rasterises a PDF to PNG for the `.png` endpoints and for tests. QR codes are drawn as
+vector squares from the `qrcode` matrix, so they stay sharp at any zoom.
+
+Everything here takes plain values (no ORM rows), so any package can render a document.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import pylopdf_fonts_zh_cn
+import qrcode
+from fpdf import FPDF
+from PIL import Image, ImageStat
+
+from settlement.capitals import rmb_capitals
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+FONT = "NotoSansSC"
+BLACK = (0, 0, 0)
+RED = (200, 16, 30)
+GREY = (110, 110, 110)
+Color = tuple[int, int, int]
+
+
+@cache
+def font_path() -> Path:
+    path = Path(pylopdf_fonts_zh_cn.sans_path())
+    if not path.is_file():
+        raise RuntimeError(f"CJK font missing at {path}; reinstall pylopdf-fonts-zh-cn")
+    return path
+
+
+def yuan(fen: int) -> str:
+    """12345 → '123.45', -100 → '-1.00', 123456789 → '1,234,567.89'; integers only."""
+    sign = "-" if fen < 0 else ""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{sign}{whole:,}.{cents:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class DocItem:
+    """One line of a notice or a note; amounts in fen."""
+
+    code: str
+    name: str
+    unit: str
+    quantity: int
+    standard_fen: int
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    title: str
+    width: float
+    align: Literal["L", "C", "R"] = "L"
+
+
+class Sheet:
+    """A one-page drawing surface in millimetres with the CJK font loaded."""
+
+    def __init__(
+        self,
+        *,
+        page: Literal["A4", "A5"] = "A4",
+        landscape: bool = False,
+        title: str = "",
+        when: datetime | None = None,
+    ) -> None:
+        size = {"A4": (210.0, 297.0), "A5": (148.0, 210.0)}[page]
+        pdf = FPDF(orientation="L" if landscape else "P", unit="mm", format=size)
+        pdf.set_auto_page_break(auto=False)
+        pdf.set_margins(0, 0, 0)
+        pdf.add_font(FONT, fname=str(font_path()))
+        pdf.set_title(title)
+        pdf.set_creator("paygate")
+        if when is not None:
+            pdf.set_creation_date(when)
+        pdf.add_page()
+        self.pdf = pdf
+        self.width = float(pdf.w)
+        self.height = float(pdf.h)
+
+    def text(
+        self,
+        x: float,
+        y: float,
+        value: str,
+        *,
+        size: float = 9,
+        width: float = 0,
+        align: Literal["L", "C", "R"] = "L",
+        color: Color = BLACK,
+        height: float | None = None,
+    ) -> None:
+        """One line of text whose top-left is (x, y); `width` > 0 aligns inside a box."""
+        pdf = self.pdf
+        pdf.set_font(FONT, size=size)
+        pdf.set_text_color(*color)
+        pdf.set_xy(x, y)
+        pdf.cell(
+            w=width or pdf.get_string_width(value) + 0.5,
+            h=height or size * 0.45,
+            text=value,
+            align=align,
+        )
+
+    def fit_text(
+        self, x: float, y: float, value: str, *, width: float, size: float = 9, **kw: object
+    ) -> None:
+        """Shrink the font until `value` fits `width` (long names in fixed table cells)."""
+        self.pdf.set_font(FONT, size=size)
+        while size > 5 and self.pdf.get_string_width(value) > width - 1:
+            size -= 0.5
+            self.pdf.set_font(FONT, size=size)
+        align = kw.get("align", "L")
+        color = kw.get("color", BLACK)
+        assert align in ("L", "C", "R")
+        assert isinstance(color, tuple)
+        self.text(x, y, value, size=size, width=width, align=align, color=color)
+
+    def line(
+        self,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        *,
+        color: Color = BLACK,
+        width: float = 0.2,
+    ) -> None:
+        self.pdf.set_draw_color(*color)
+        self.pdf.set_line_width(width)
+        self.pdf.line(x1, y1, x2, y2)
+
+    def box(
+        self, x: float, y: float, w: float, h: float, *, color: Color = BLACK, width: float = 0.3
+    ) -> None:
+        self.pdf.set_draw_color(*color)
+        self.pdf.set_line_width(width)
+        self.pdf.rect(x, y, w, h)
+
+    def table(
+        self,
+        x: float,
+        y: float,
+        columns: Sequence[Column],
+        rows: Sequence[Sequence[str]],
+        *,
+        row_height: float = 6.5,
+        size: float = 8.5,
+        color: Color = BLACK,
+        min_rows: int = 0,
+    ) -> float:
+        """A ruled table; returns the y just below it. Blank rows pad to `min_rows`."""
+        total_w = sum(c.width for c in columns)
+        all_rows = [list(r) for r in rows]
+        all_rows += [[""] * len(columns)] * max(0, min_rows - len(all_rows))
+        height = row_height * (len(all_rows) + 1)
+        self.box(x, y, total_w, height, color=color)
+        for n in range(1, len(all_rows) + 1):
+            self.line(x, y + n * row_height, x + total_w, y + n * row_height, color=color)
+        cx = x
+        for col in columns[:-1]:
+            cx += col.width
+            self.line(cx, y, cx, y + height, color=color)
+        pad = (row_height - size * 0.42) / 2
+        cx = x
+        for col in columns:
+            self.fit_text(
+                cx, y + pad, col.title, width=col.width, size=size, align="C", color=color
+            )
+            cx += col.width
+        for n, row in enumerate(all_rows, start=1):
+            cx = x
+            for col, cell in zip(columns, row, strict=True):
+                if cell:
+                    self.fit_text(
+                        cx + 0.5,
+                        y + n * row_height + pad,
+                        cell,
+                        width=col.width - 1,
+                        size=size,
+                        align=col.align,
+                    )
+                cx += col.width
+        return y + height
+
+    def qr(self, x: float, y: float, size: float, data: str) -> None:
+        """A QR code (error correction M) as filled squares in a `size` mm square."""
+        code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=0)
+        code.add_data(data)
+        code.make(fit=True)
+        matrix = code.get_matrix()
+        cell = size / len(matrix)
+        pdf = self.pdf
+        pdf.set_fill_color(0, 0, 0)
+        for r, row in enumerate(matrix):
+            c = 0
+            while c < len(row):
+                if not row[c]:
+                    c += 1
+                    continue
+                start = c
+                while c < len(row) and row[c]:
+                    c += 1
+                # One rectangle per horizontal run keeps the PDF small.
+                pdf.rect(x + start * cell, y + r * cell, (c - start) * cell, cell, style="F")
+
+    def seal(self, cx: float, cy: float, radius: float, label: str, sub: str = "") -> None:
+        """A red seal placeholder (the real seal image is applied by the seal service)."""
+        pdf = self.pdf
+        pdf.set_draw_color(*RED)
+        pdf.set_line_width(0.6)
+        pdf.ellipse(cx - radius, cy - radius, 2 * radius, 2 * radius)
+        pdf.set_line_width(0.25)
+        pdf.ellipse(cx - radius + 1.2, cy - radius + 1.2, 2 * radius - 2.4, 2 * radius - 2.4)
+        self.fit_text(
+            cx - radius + 2, cy - 3, label, width=2 * radius - 4, size=7, align="C", color=RED
+        )
+        if sub:
+            self.fit_text(
+                cx - radius + 2, cy + 1.5, sub, width=2 * radius - 4, size=5.5, align="C", color=RED
+            )
+
+    @contextmanager
+    def rotated(self, angle: float, x: float, y: float) -> Iterator[None]:
+        with self.pdf.rotation(angle, x, y):
+            yield
+
+    def output(self) -> bytes:
+        return bytes(self.pdf.output())
+
+
+def pdf_to_png(pdf: bytes, *, scale: float = 2.0) -> bytes:
+    """Rasterise the first page (pdfium, a C library in a wheel; no poppler needed)."""
+    import pypdfium2
+
+    document = pypdfium2.PdfDocument(pdf)
+    try:
+        image = document[0].render(scale=scale).to_pil()
+    finally:
+        document.close()
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def ink_ratio(png: bytes) -> float:
+    """Share of pixels that are not near-white: 0 for a blank page."""
+    with Image.open(io.BytesIO(png)) as image:
+        grey = image.convert("L")
+        dark = grey.point(lambda v: 255 if v < 200 else 0)
+        return float(ImageStat.Stat(dark).mean[0]) / 255
+
+
+# ---------------------------------------------------------------- the bill payment notice
+
+
+def render_bill_notice(
+    *,
+    agency_name: str,
+    payer_name: str,
+    items: Sequence[DocItem],
+    amount_fen: int,
+    due_date: date,
+    payment_code: str,
+    pay_url: str,
+    bill_no: str = "",
+    issued_on: date | None = None,
+    remark: str = "",
+) -> bytes:
+    """A one-page A4 payment notice (缴款通知书) with a QR code to the citizen pay URL.
+
+    `pay_url` is `{PAYGATE_PUBLIC_URL}/pay/{payment_code}`; amounts are fen.
+    """
+    sheet = Sheet(page="A4", title=f"缴款通知书 {payment_code}")
+    w = sheet.width
+    sheet.text(0, 16, f"{agency_name}", size=11, width=w, align="C", color=GREY)
+    sheet.text(0, 24, "非税收入缴款通知书", size=20, width=w, align="C")
+    sheet.line(20, 36, w - 20, 36, width=0.5)
+    y = 42.0
+    fields = [
+        ("缴款人", payer_name),
+        ("通知书编号", bill_no or "—"),
+        ("开具日期", (issued_on or datetime.now(SHANGHAI).date()).isoformat()),
+        ("缴款期限", f"{due_date.isoformat()} 前"),
+    ]
+    for label, value in fields:
+        sheet.text(22, y, f"{label}：", size=10, color=GREY)
+        sheet.text(48, y, value, size=10)
+        y += 7
+    sheet.box(20, y + 2, w - 90, 20, color=RED, width=0.5)
+    sheet.text(24, y + 5, "缴款码", size=10, color=RED)
+    spaced = " ".join(payment_code[i : i + 4] for i in range(0, len(payment_code), 4))
+    sheet.text(24, y + 11, spaced, size=18, color=RED)
+    sheet.qr(w - 62, 40, 40, pay_url)
+    sheet.text(w - 66, 82, "扫码缴款", size=9, width=48, align="C", color=GREY)
+    y += 28
+    columns = [
+        Column("项目编码", 34),
+        Column("项目名称", 50),
+        Column("单位", 14, "C"),
+        Column("数量", 16, "R"),
+        Column("标准（元）", 28, "R"),
+        Column("金额（元）", 28, "R"),
+    ]
+    rows = [
+        [i.code, i.name, i.unit, str(i.quantity), yuan(i.standard_fen), yuan(i.amount_fen)]
+        for i in items
+    ]
+    y = sheet.table(20, y, columns, rows, min_rows=4)
+    sheet.box(20, y, w - 40, 8)
+    sheet.text(22, y + 2, f"合计（大写）：{rmb_capitals(amount_fen)}", size=10)
+    sheet.text(w - 80, y + 2, f"（小写）¥{yuan(amount_fen)}", size=10, width=58, align="R")
+    y += 14
+    notes = [
+        "请凭缴款码在缴款期限内通过支付宝、手机银行、网上银行、自助终端或银行柜面缴款。",
+        "缴款成功后可凭缴款码查询并下载财政电子票据。请勿重复缴款。",
+        f"在线缴款：{pay_url}",
+    ]
+    if remark:
+        notes.insert(0, f"备注：{remark}")
+    for line in notes:
+        sheet.fit_text(22, y, line, width=w - 44, size=9, color=GREY)
+        y += 6
+    return sheet.output()
+
+
+# ---------------------------------------------------------------- the fiscal e-note
+
+
+@dataclass(frozen=True, slots=True)
+class NoteView:
+    """What a printed note shows; built from the signed content by the e-note service."""
+
+    name: str
+    red: bool
+    red_lettered: bool
+    code: str
+    number: str
+    check_code: str
+    issued_at: str
+    issuer_name: str
+    issuer_credit_code: str
+    payer_name: str
+    payer_id_code: str
+    pay_mode: str
+    payment_code: str
+    items: Sequence[DocItem]
+    total_fen: int
+    total_capitals: str
+    handler: str
+    checker: str
+    remark: str
+    issuer_seal_id: str
+    supervisor_seal_id: str
+    verify_url: str
+
+
+def render_note(note: NoteView) -> bytes:
+    """A one-page A5 landscape fiscal e-note with seals placeholders and a QR code."""
+    ink = RED if note.red else BLACK
+    sheet = Sheet(page="A5", landscape=True, title=f"{note.name} {note.code}-{note.number}")
+    w = sheet.width
+    sheet.qr(10, 8, 24, note.verify_url)
+    sheet.text(8, 33, "扫码查验", size=6.5, width=28, align="C", color=GREY)
+    sheet.fit_text(38, 12, note.name, width=w - 104, size=15, align="C", color=ink)
+    sheet.seal(w / 2, 30, 7.5, "财政部门", "监制章")
+    right = w - 62
+    for n, (label, value) in enumerate(
+        [
+            ("票据代码", note.code),
+            ("票据号码", note.number),
+            ("校验码", note.check_code),
+            ("开票日期", note.issued_at[:10]),
+        ]
+    ):
+        sheet.text(right, 9 + n * 5.5, f"{label}：", size=8, color=GREY)
+        sheet.text(right + 16, 9 + n * 5.5, value, size=8.5, color=ink)
+    y = 42.0
+    payer_id = f"（{note.payer_id_code}）" if note.payer_id_code else ""
+    sheet.text(10, y, f"交款人：{note.payer_name}{payer_id}", size=8.5)
+    sheet.text(w / 2, y, f"缴款码：{note.payment_code}", size=8.5)
+    y += 5.5
+    sheet.text(10, y, f"交款方式：{note.pay_mode}", size=8.5)
+    sheet.text(w / 2, y, f"开票时间：{note.issued_at}", size=8.5)
+    y += 7
+    columns = [
+        Column("项目编码", 30),
+        Column("项目名称", 52),
+        Column("单位", 14, "C"),
+        Column("数量", 16, "R"),
+        Column("标准（元）", 30, "R"),
+        Column("金额（元）", 32, "R"),
+        Column("备注", w - 20 - 174),
+    ]
+    rows = [
+        [i.code, i.name, i.unit, str(i.quantity), yuan(i.standard_fen), yuan(i.amount_fen), ""]
+        for i in note.items
+    ]
+    y = sheet.table(10, y, columns, rows, min_rows=4, color=ink)
+    sheet.box(10, y, w - 20, 8, color=ink)
+    sheet.fit_text(
+        12, y + 2, f"金额合计（大写）：{note.total_capitals}", width=w - 90, size=9, color=ink
+    )
+    sheet.text(
+        w - 75, y + 2, f"（小写）¥{yuan(note.total_fen)}", size=9, width=63, align="R", color=ink
+    )
+    y += 8
+    sheet.box(10, y, w - 20, 12, color=ink)
+    sheet.fit_text(12, y + 1.5, f"备注：{note.remark}", width=w - 24, size=8)
+    sheet.fit_text(
+        12,
+        y + 6.5,
+        f"收款单位：{note.issuer_name}  统一社会信用代码：{note.issuer_credit_code}",
+        width=w - 24,
+        size=8,
+    )
+    y += 15
+    sheet.text(10, y, "收款单位（章）", size=8.5)
+    sheet.seal(50, y + 10, 10, note.issuer_name[:10] or "收款单位", "财务专用章")
+    sheet.text(w / 2 - 10, y, f"复核人：{note.checker}", size=8.5)
+    sheet.text(w - 62, y, f"收款人：{note.handler}", size=8.5)
+    sheet.text(w / 2 - 10, y + 8, f"印章：{note.issuer_seal_id}", size=6.5, color=GREY)
+    sheet.text(w / 2 - 10, y + 12, f"监制章：{note.supervisor_seal_id}", size=6.5, color=GREY)
+    if note.red_lettered:
+        with sheet.rotated(20, w / 2, sheet.height / 2):
+            sheet.text(
+                0,
+                sheet.height / 2 - 12,
+                "已冲红",
+                size=60,
+                width=w,
+                align="C",
+                color=(235, 120, 120),
+            )
+    return sheet.output()

@@ -1,0 +1,937 @@
+"""Issuing, red-lettering and verifying fiscal e-notes (财政电子票据, DOMAIN §7).
+
+A note is issued by the worker from the outbox (topic `enote.issue`), never in a payment's
+request path. One issuing transaction: lock the note code's counter row, skip receipts that
+already have a note, take the next numbers, build the data elements, serialise them
+canonically, sign (issuer, then the finance department's supervisory countersignature),
+insert, enqueue the agency webhook, mark the outbox messages done. A crash anywhere before
+the commit rolls all of it back, numbers included; the unique indexes are the last guard.
+
+Content is canonical JSON: UTF-8, keys sorted, no insignificant whitespace, integers only
+(amounts in fen) — the same bytes on every platform, so a signature can be re-checked by
+anyone holding the stored bytes and the public keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import queue
+import secrets
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from billing import outbox
+from billing.errors import Conflict, InvalidInput, NotFound
+from billing.models import Agency, Bill, BillLine, RevenueItem
+from settlement.capitals import rmb_capitals
+from settlement.documents import DocItem, NoteView
+from settlement.enote_models import ENote
+from settlement.models import Receipt, Refund
+from settlement.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier
+
+log = structlog.get_logger(__name__)
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+SPEC_VERSION = "1.0"
+ISSUE_TOPIC = "enote.issue"
+RED_TOPIC = "enote.red"
+WEBHOOK_TOPIC = "webhook.event"
+MAX_NUMBER = 9_999_999_999
+
+KIND_BY_CATEGORY = {"FINE": "03", "EXAM_FEE": "01", "TUITION": "01", "OTHER": "01"}
+"""Note kind inside the code: 01 general non-tax receipt, 03 non-tax general payment book."""
+NOTE_NAMES = {
+    "01": "非税收入统一票据（电子）",
+    "02": "非税收入专用票据（电子）",
+    "03": "非税收入一般缴款书（电子）",
+}
+PAY_MODES = {
+    "alipay": "支付宝",
+    "wechat": "微信支付",
+    "bank": "网上银行",
+    "mobilebank": "手机银行",
+    "kiosk": "自助终端",
+    "counter": "银行柜面",
+    "pos": "POS刷卡",
+}
+LATE_FEE_ITEM = ("LATE-FEE", "加处罚款", "元")
+
+
+@dataclass(frozen=True, slots=True)
+class EnoteConfig:
+    note_class: str = "01"
+    handler: str = "paygate"
+    checker: str = "财政电子票据系统"
+    public_url: str = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True, slots=True)
+class EnoteContext:
+    signers: NoteSigners
+    config: EnoteConfig = field(default_factory=EnoteConfig)
+    payer_id_decrypt: Callable[[bytes], str] | None = None
+    """Decrypts `bills.payer_id_enc`; the note only ever holds the masked form."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedNote:
+    id: uuid.UUID
+    kind: str
+    note_code: str
+    note_number: str
+    check_code: str
+    receipt_id: uuid.UUID
+    refund_id: uuid.UUID | None
+    total_amount: int
+
+
+class NotReady(Exception):
+    """The note a refund red-letters is not issued yet: retry later."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8. Content is built from str and int only (amounts are
+    integer fen from BIGINT columns), which JSON writes one way on every platform."""
+
+    def refuse(obj: Any) -> Any:
+        raise TypeError(f"not canonical: {type(obj).__name__}")
+
+    return json.dumps(
+        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=refuse
+    ).encode()
+
+
+def note_code(region_code: str, note_class: str, kind: str, when: datetime) -> str:
+    """Supervising region (2) + class (2) + kind (2) + year (2), year in Asia/Shanghai."""
+    year = when.astimezone(SHANGHAI).year % 100
+    code = f"{region_code[:2]}{note_class}{kind}{year:02d}"
+    if len(code) != 8 or not code.isdigit():
+        raise InvalidInput("note code parts must be digits", code="enote_bad_code")
+    return code
+
+
+def check_code() -> str:
+    return f"{secrets.randbelow(10**6):06d}"
+
+
+def mask_id_code(id_code: str) -> str:
+    """Keep the first 4 and last 4 characters of an identity number (3301**********1234)."""
+    if len(id_code) <= 8:
+        return "*" * len(id_code)
+    return id_code[:4] + "*" * (len(id_code) - 8) + id_code[-4:]
+
+
+def _quantity_for(amount: int, standard: int) -> tuple[int, int]:
+    """(quantity, standard) that multiply to `amount`, keeping the standard when it divides."""
+    if standard > 0 and amount % standard == 0:
+        return amount // standard, standard
+    return 1, amount
+
+
+def reduce_items(items: Sequence[dict[str, Any]], by: int) -> list[dict[str, Any]]:
+    """The items left after refunding `by` fen, taken from the last line backwards."""
+    left = by
+    out: list[dict[str, Any]] = []
+    for item in reversed(items):
+        amount = int(item["amount"])
+        take = min(amount, left)
+        left -= take
+        if amount - take > 0:
+            quantity, standard = _quantity_for(amount - take, int(item["standard"]))
+            out.append(
+                {**item, "amount": amount - take, "quantity": quantity, "standard": standard}
+            )
+    if left:
+        raise InvalidInput("refund exceeds the note's total", code="enote_refund_exceeds_note")
+    out.reverse()
+    for n, item in enumerate(out, start=1):
+        item["line"] = n
+    return out
+
+
+def signed_by_supervisor(content: bytes, issuer_signature: bytes) -> bytes:
+    """What the finance department signs: the content and the issuer's signature on it."""
+    return content + issuer_signature
+
+
+Signed = tuple[bytes, datetime, bytes, datetime]
+
+
+def sign_pipelined(signers: NoteSigners, contents: Sequence[bytes]) -> list[Signed]:
+    """Issuer signatures on this thread, supervisor countersignatures on another, overlapped.
+
+    Each key is used by one thread only (a shared key object serialises inside the C
+    library); the supervisor signs note i as soon as the issuer has, so a batch of n notes
+    costs about n + 1 signature times on two cores instead of 2n.
+    """
+    handoff: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
+
+    def countersign() -> list[tuple[bytes, datetime]]:
+        out: list[tuple[bytes, datetime]] = []
+        while (item := handoff.get()) is not None:
+            content, issuer_sig = item
+            signature = signers.supervisor.sign(signed_by_supervisor(content, issuer_sig))
+            out.append((signature, datetime.now(UTC)))
+        return out
+
+    issued: list[tuple[bytes, datetime]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-supervisor") as pool:
+        future = pool.submit(countersign)
+        try:
+            for content in contents:
+                signature = signers.issuer.sign(content)
+                issued.append((signature, datetime.now(UTC)))
+                handoff.put((content, signature))
+        finally:
+            handoff.put(None)  # always release the countersigning thread
+        countered = future.result()
+    return [(i[0], i[1], c[0], c[1]) for i, c in zip(issued, countered, strict=True)]
+
+
+@dataclass(slots=True)
+class _Draft:
+    kind: str
+    agency_id: uuid.UUID
+    bill_id: uuid.UUID
+    receipt_id: uuid.UUID
+    refund_id: uuid.UUID | None
+    original_id: uuid.UUID | None
+    code: str
+    main: dict[str, Any]
+    items: list[dict[str, Any]]
+    total: int
+    issued_at: datetime
+
+
+def _content(draft: _Draft, number: str, check: str, note_id: uuid.UUID) -> bytes:
+    local = draft.issued_at.astimezone(SHANGHAI)
+    main = {
+        **draft.main,
+        "code": draft.code,
+        "number": number,
+        "check_code": check,
+        "total": draft.total,
+        "total_capitals": rmb_capitals(draft.total),
+        "issue_date": local.strftime("%Y%m%d"),
+        "issue_time": local.strftime("%H%M%S"),
+        "issued_at": local.isoformat(timespec="seconds"),
+    }
+    return canonical_json(
+        {
+            "header": {
+                "tag": "EInvoice",
+                "version": SPEC_VERSION,
+                "id": str(note_id),
+                "kind": draft.kind,
+                "algorithm": ALGORITHM,
+                "signer_id": DEFAULT_SIGNER_ID,
+            },
+            "main": main,
+            "details": draft.items,
+        }
+    )
+
+
+def _urls(public_url: str, code: str, number: str, check: str) -> dict[str, str]:
+    query = f"code={code}&number={number}&check={check}"
+    return {
+        "verify_url": f"{public_url}/enotes/verify?{query}",
+        "pdf_url": f"{public_url}/v1/enotes/{code}/{number}.pdf?check={check}",
+        "png_url": f"{public_url}/v1/enotes/{code}/{number}.png?check={check}",
+    }
+
+
+def verify_url(public_url: str, code: str, number: str, check: str) -> str:
+    return _urls(public_url, code, number, check)["verify_url"]
+
+
+# ---------------------------------------------------------------- numbering
+
+
+async def _take_numbers(session: AsyncSession, code: str, count: int) -> list[str]:
+    """`count` consecutive numbers of a note code; the row lock is held until commit."""
+    row = await session.execute(
+        text(
+            "INSERT INTO enote_counters (note_code, last_number) VALUES (:code, :n)"
+            " ON CONFLICT (note_code) DO UPDATE"
+            " SET last_number = enote_counters.last_number + EXCLUDED.last_number"
+            " RETURNING last_number"
+        ),
+        {"code": code, "n": count},
+    )
+    last = int(row.scalar_one())
+    if last > MAX_NUMBER:
+        raise Conflict(f"note code {code} has run out of numbers", code="enote_numbers_exhausted")
+    return [f"{n:010d}" for n in range(last - count + 1, last + 1)]
+
+
+async def _lock_codes(session: AsyncSession, codes: Iterable[str]) -> None:
+    """Lock the counters first (sorted, so two batches never deadlock), creating them."""
+    for code in sorted(set(codes)):
+        await session.execute(
+            text(
+                "INSERT INTO enote_counters (note_code, last_number) VALUES (:code, 0)"
+                " ON CONFLICT (note_code) DO UPDATE SET last_number = enote_counters.last_number"
+            ),
+            {"code": code},
+        )
+
+
+# ---------------------------------------------------------------- issuing
+
+
+async def _insert_drafts(
+    session: AsyncSession, drafts: list[_Draft], ctx: EnoteContext
+) -> list[IssuedNote]:
+    by_code: dict[str, list[_Draft]] = defaultdict(list)
+    for d in drafts:
+        by_code[d.code].append(d)
+    rows: list[dict[str, Any]] = []
+    issued: list[IssuedNote] = []
+    events: list[dict[str, Any]] = []
+    issuer, supervisor = ctx.signers.issuer, ctx.signers.supervisor
+    numbered: list[tuple[_Draft, str, str, uuid.UUID, str, bytes]] = []
+    for code in sorted(by_code):
+        group = by_code[code]
+        numbers = await _take_numbers(session, code, len(group))
+        for draft, number in zip(group, numbers, strict=True):
+            note_id = uuid.uuid4()
+            check = check_code()
+            numbered.append(
+                (draft, code, number, note_id, check, _content(draft, number, check, note_id))
+            )
+    # Off the event loop: the C library releases the GIL while it signs.
+    signatures = await asyncio.to_thread(sign_pipelined, ctx.signers, [n[5] for n in numbered])
+    for (draft, code, number, note_id, check, content), sig in zip(
+        numbered, signatures, strict=True
+    ):
+        issuer_sig, issuer_at, supervisor_sig, supervisor_at = sig
+        rows.append(
+            {
+                "id": note_id,
+                "kind": draft.kind,
+                "status": "VALID",
+                "note_code": code,
+                "note_number": number,
+                "check_code": check,
+                "agency_id": draft.agency_id,
+                "bill_id": draft.bill_id,
+                "receipt_id": draft.receipt_id,
+                "refund_id": draft.refund_id,
+                "original_id": draft.original_id,
+                "total_amount": draft.total,
+                "issued_at": draft.issued_at,
+                "content": content,
+                "signature_algorithm": ALGORITHM,
+                "issuer_signature": issuer_sig,
+                "issuer_key_id": issuer.key_id,
+                "issuer_cert_serial": issuer.cert_serial,
+                "issuer_signed_at": issuer_at,
+                "supervisor_signature": supervisor_sig,
+                "supervisor_key_id": supervisor.key_id,
+                "supervisor_cert_serial": supervisor.cert_serial,
+                "supervisor_signed_at": supervisor_at,
+            }
+        )
+        note = IssuedNote(
+            note_id,
+            draft.kind,
+            code,
+            number,
+            check,
+            draft.receipt_id,
+            draft.refund_id,
+            draft.total,
+        )
+        issued.append(note)
+        events.append(
+            {
+                "topic": WEBHOOK_TOPIC,
+                "key": f"enote.issued:{note_id}",
+                "payload": {
+                    "event": "enote.issued",
+                    "agency_id": str(draft.agency_id),
+                    "bill_id": str(draft.bill_id),
+                    "data": {
+                        "note_id": str(note_id),
+                        "kind": draft.kind,
+                        "note_code": code,
+                        "note_number": number,
+                        "check_code": check,
+                        "total_amount": draft.total,
+                        "issued_at": draft.issued_at.astimezone(SHANGHAI).isoformat(),
+                        "receipt_id": str(draft.receipt_id),
+                        "refund_id": str(draft.refund_id) if draft.refund_id else None,
+                        **_urls(ctx.config.public_url, code, number, check),
+                    },
+                },
+            }
+        )
+    # Parents first: a re-issue references the note its refund red-letters, in this batch.
+    await session.execute(insert(ENote), rows)
+    if events:
+        await session.execute(
+            insert(outbox.OutboxMessage)
+            .values(events)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+    return issued
+
+
+def _payer(bill: Bill, ctx: EnoteContext) -> dict[str, Any]:
+    id_code = ""
+    if bill.payer_id_enc is not None and ctx.payer_id_decrypt is not None:
+        id_code = mask_id_code(ctx.payer_id_decrypt(bill.payer_id_enc))
+    return {"type": bill.payer_type, "id_code": id_code, "name": bill.payer_name}
+
+
+def _main(
+    agency: Agency, bill: Bill, receipt: Receipt, kind_code: str, ctx: EnoteContext
+) -> dict[str, Any]:
+    region = agency.region_code[:2]
+    return {
+        "name": NOTE_NAMES.get(kind_code, "非税收入票据（电子）"),
+        "specimen_code": f"{region}{ctx.config.note_class}{kind_code}0001",
+        "region": f"{region}0000",
+        "issuer": {"credit_code": agency.credit_code, "name": agency.name},
+        "payer": _payer(bill, ctx),
+        "pay_mode": PAY_MODES.get(receipt.channel, receipt.channel),
+        "payment_code": bill.payment_code,
+        "currency": "CNY",
+        "handler": ctx.config.handler,
+        "checker": ctx.config.checker,
+        "remark": bill.remark or "",
+        "issuer_seal_id": f"SEAL-{agency.credit_code}",
+        "supervisor_seal_id": f"SEAL-FIN-{region}0000",
+        "bill_no": bill.agency_bill_no,
+    }
+
+
+async def issue_for_receipts(
+    session: AsyncSession, receipt_ids: Sequence[uuid.UUID], ctx: EnoteContext
+) -> list[IssuedNote]:
+    """Issue the original note of each PAYMENT receipt that has none yet (caller commits).
+
+    Receipts that already have a note, and DUPLICATE receipts (refunded, never noted), are
+    skipped: calling this twice for the same receipt issues one note.
+    """
+    if not receipt_ids:
+        return []
+    found = (
+        await session.execute(
+            select(Receipt, Bill, Agency)
+            .join(Bill, Bill.id == Receipt.bill_id)
+            .join(Agency, Agency.id == Bill.agency_id)
+            .where(Receipt.id.in_(set(receipt_ids)), Receipt.kind == "PAYMENT")
+        )
+    ).all()
+    if not found:
+        return []
+    now = datetime.now(UTC)
+    codes = {
+        r.id: note_code(
+            a.region_code, ctx.config.note_class, KIND_BY_CATEGORY.get(b.category, "01"), now
+        )
+        for r, b, a in found
+    }
+    await _lock_codes(session, codes.values())
+    # Under the counter lock, every note issued before us is visible (READ COMMITTED).
+    done = set(
+        (
+            await session.scalars(
+                select(ENote.receipt_id).where(
+                    ENote.receipt_id.in_(list(codes)), ENote.refund_id.is_(None)
+                )
+            )
+        ).all()
+    )
+    todo = [(r, b, a) for r, b, a in found if r.id not in done]
+    if not todo:
+        return []
+    lines = (
+        await session.execute(
+            select(BillLine, RevenueItem)
+            .join(RevenueItem, RevenueItem.code == BillLine.item_code)
+            .where(BillLine.bill_id.in_({b.id for _, b, _ in todo}))
+            .order_by(BillLine.bill_id, BillLine.line_no)
+        )
+    ).all()
+    by_bill: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    for line, item in lines:
+        by_bill[line.bill_id].append(
+            {
+                "line": line.line_no,
+                "code": item.code,
+                "name": item.name,
+                "unit": item.unit,
+                "quantity": line.quantity,
+                "standard": line.unit_amount,
+                "amount": line.amount,
+            }
+        )
+    drafts: list[_Draft] = []
+    for receipt, bill, agency in todo:
+        items = [dict(i) for i in by_bill[bill.id]]
+        if receipt.late_fee_amount:
+            code, name, unit = LATE_FEE_ITEM
+            items.append(
+                {
+                    "line": len(items) + 1,
+                    "code": code,
+                    "name": name,
+                    "unit": unit,
+                    "quantity": 1,
+                    "standard": receipt.late_fee_amount,
+                    "amount": receipt.late_fee_amount,
+                }
+            )
+        total = sum(int(i["amount"]) for i in items)
+        if total != receipt.amount:
+            # The note must state what was paid; a mismatch is a data error to look at.
+            raise Conflict(
+                "receipt amount differs from the bill's lines",
+                code="enote_amount_mismatch",
+                receipt_id=str(receipt.id),
+            )
+        kind_code = codes[receipt.id][4:6]
+        drafts.append(
+            _Draft(
+                kind="BLUE",
+                agency_id=agency.id,
+                bill_id=bill.id,
+                receipt_id=receipt.id,
+                refund_id=None,
+                original_id=None,
+                code=codes[receipt.id],
+                main=_main(agency, bill, receipt, kind_code, ctx),
+                items=items,
+                total=total,
+                issued_at=now,
+            )
+        )
+    issued = await _insert_drafts(session, drafts, ctx)
+    log.info("enotes issued", count=len(issued))
+    return issued
+
+
+async def red_letter_for_refund(
+    session: AsyncSession, refund_id: uuid.UUID, ctx: EnoteContext
+) -> list[IssuedNote]:
+    """Red-letter the receipt's current note for a succeeded refund; re-issue the remainder.
+
+    Idempotent per refund. Raises NotReady while the original note is not issued yet.
+    """
+    refund = await session.get(Refund, refund_id)
+    if refund is None:
+        raise NotFound("refund not found", code="refund_not_found")
+    if refund.status != "SUCCEEDED":
+        raise InvalidInput("only a succeeded refund is red-lettered", code="refund_not_succeeded")
+    receipt = await session.get(Receipt, refund.receipt_id)
+    assert receipt is not None  # FK
+    if receipt.kind != "PAYMENT":
+        return []  # a duplicate payment never had a note
+    bill = await session.get(Bill, receipt.bill_id)
+    assert bill is not None
+    agency = await session.get(Agency, bill.agency_id)
+    assert agency is not None
+    now = datetime.now(UTC)
+    kind_code = KIND_BY_CATEGORY.get(bill.category, "01")
+    code = note_code(agency.region_code, ctx.config.note_class, kind_code, now)
+    await _lock_codes(session, [code])
+    already = await session.scalar(
+        select(ENote.id).where(ENote.refund_id == refund.id, ENote.kind == "RED")
+    )
+    if already is not None:
+        return []
+    current = await session.scalar(
+        select(ENote)
+        .where(ENote.receipt_id == receipt.id, ENote.kind == "BLUE", ENote.status == "VALID")
+        .with_for_update()
+    )
+    if current is None:
+        raise NotReady(f"receipt {receipt.id} has no valid note yet")
+    original = json.loads(current.content)
+    original_main = original["main"]
+    main = {
+        **original_main,
+        "name": original_main["name"] + "（红字）",
+        "remark": f"冲红 {current.note_code}-{current.note_number}：{refund.reason}",
+        "original": {
+            "code": current.note_code,
+            "number": current.note_number,
+            "total": current.total_amount,
+        },
+    }
+    red_items = [
+        {**i, "quantity": -int(i["quantity"]), "amount": -int(i["amount"])}
+        for i in original["details"]
+    ]
+    drafts = [
+        _Draft(
+            kind="RED",
+            agency_id=agency.id,
+            bill_id=bill.id,
+            receipt_id=receipt.id,
+            refund_id=refund.id,
+            original_id=current.id,
+            code=code,
+            main=main,
+            items=red_items,
+            total=-current.total_amount,
+            issued_at=now,
+        )
+    ]
+    remainder = current.total_amount - refund.amount
+    if remainder < 0:
+        raise InvalidInput("refund exceeds the note's total", code="enote_refund_exceeds_note")
+    if remainder:
+        drafts.append(
+            _Draft(
+                kind="BLUE",
+                agency_id=agency.id,
+                bill_id=bill.id,
+                receipt_id=receipt.id,
+                refund_id=refund.id,
+                original_id=current.id,
+                code=code,
+                main={
+                    **original_main,
+                    "remark": f"换开 {current.note_code}-{current.note_number}"
+                    f"（部分退付 {refund.amount} 分）",
+                    "replaces": {"code": current.note_code, "number": current.note_number},
+                },
+                items=reduce_items(original["details"], refund.amount),
+                total=remainder,
+                issued_at=now,
+            )
+        )
+    await session.execute(update(ENote).where(ENote.id == current.id).values(status="RED_LETTERED"))
+    issued = await _insert_drafts(session, drafts, ctx)
+    log.info("enote red-lettered", refund_id=str(refund.id), reissued=bool(remainder))
+    return issued
+
+
+# ---------------------------------------------------------------- worker jobs
+
+
+def _uuid_of(message: outbox.OutboxMessage, field_name: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(message.payload[field_name]))
+    except (KeyError, ValueError):
+        return None
+
+
+async def run_issue_job(
+    sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 100
+) -> int:
+    """Claim `enote.issue` messages and issue their notes in one transaction.
+
+    If the batch fails, each message is retried alone so one bad receipt cannot block the
+    others; a failing one is pushed back with a growing delay.
+    """
+    try:
+        async with sessions() as session, session.begin():
+            messages = await outbox.claim(session, ISSUE_TOPIC, limit)
+            if not messages:
+                return 0
+            ids = [i for m in messages if (i := _uuid_of(m, "receipt_id")) is not None]
+            await issue_for_receipts(session, ids, ctx)
+            # One set-based UPDATE instead of a flush of `limit` row updates.
+            await session.execute(
+                update(outbox.OutboxMessage)
+                .where(outbox.OutboxMessage.id.in_([m.id for m in messages]))
+                .values(processed_at=func.now(), last_error=None)
+                .execution_options(synchronize_session=False)
+            )
+            return len(messages)
+    except Exception:
+        log.warning("enote batch failed; retrying one by one", exc_info=True)
+    handled = 0
+    for _ in range(limit):
+        if not await _issue_one(sessions, ctx):
+            break
+        handled += 1
+    return handled
+
+
+async def _issue_one(sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext) -> bool:
+    async with sessions() as session, session.begin():
+        messages = await outbox.claim(session, ISSUE_TOPIC, 1)
+        if not messages:
+            return False
+        message = messages[0]
+        receipt_id = _uuid_of(message, "receipt_id")
+        now = datetime.now(UTC)
+        try:
+            async with session.begin_nested():
+                if receipt_id is not None:
+                    await issue_for_receipts(session, [receipt_id], ctx)
+        except (IntegrityError, Conflict, InvalidInput) as exc:
+            delay = timedelta(seconds=min(3600, 30 * 2**message.attempts))
+            outbox.retry_later(message, now, delay, f"{type(exc).__name__}: {exc}")
+            log.error("enote issue failed", receipt_id=str(receipt_id), error=str(exc))
+            return True
+        outbox.done(message, now)
+        return True
+
+
+async def run_red_job(
+    sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 20
+) -> int:
+    handled = 0
+    for _ in range(limit):
+        async with sessions() as session, session.begin():
+            messages = await outbox.claim(session, RED_TOPIC, 1)
+            if not messages:
+                return handled
+            message = messages[0]
+            refund_id = _uuid_of(message, "refund_id")
+            now = datetime.now(UTC)
+            try:
+                async with session.begin_nested():
+                    if refund_id is not None:
+                        await red_letter_for_refund(session, refund_id, ctx)
+            except NotReady as exc:
+                outbox.retry_later(message, now, timedelta(seconds=30), str(exc))
+            except (IntegrityError, Conflict, InvalidInput, NotFound) as exc:
+                delay = timedelta(seconds=min(3600, 30 * 2**message.attempts))
+                outbox.retry_later(message, now, delay, f"{type(exc).__name__}: {exc}")
+                log.error("enote red-letter failed", refund_id=str(refund_id), error=str(exc))
+            else:
+                outbox.done(message, now)
+            handled += 1
+    return handled
+
+
+# ---------------------------------------------------------------- verification and lookup
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    role: str
+    algorithm: str
+    key_id: str
+    cert_serial: str
+    signed_at: datetime
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    status: str
+    """valid | invalid | red_lettered"""
+    note: ENote
+    content: dict[str, Any]
+    """The signed data elements (empty when the stored bytes are not even JSON)."""
+    signatures: list[SignatureCheck]
+    problems: list[str]
+
+
+def verify_note(note: ENote, keyring: dict[str, Verifier]) -> Verification:
+    """Check both signatures and that the row's columns agree with the signed content."""
+    problems: list[str] = []
+
+    def check(role: str, key_id: str, message: bytes, signature: bytes) -> bool:
+        verifier = keyring.get(key_id)
+        if verifier is None:
+            problems.append(f"{role}: unknown key {key_id}")
+            return False
+        ok = verifier.verify(message, signature)
+        if not ok:
+            problems.append(f"{role}: signature does not verify")
+        return ok
+
+    issuer_ok = check("issuer", note.issuer_key_id, note.content, note.issuer_signature)
+    supervisor_ok = check(
+        "supervisor",
+        note.supervisor_key_id,
+        signed_by_supervisor(note.content, note.issuer_signature),
+        note.supervisor_signature,
+    )
+    try:
+        content: dict[str, Any] = json.loads(note.content)
+        main = content["main"]
+        expected = {
+            "code": note.note_code,
+            "number": note.note_number,
+            "check_code": note.check_code,
+            "total": note.total_amount,
+        }
+        for key, value in expected.items():
+            if main.get(key) != value:
+                problems.append(f"content {key} differs from the record")
+        if content["header"].get("kind") != note.kind or content["header"].get("id") != str(
+            note.id
+        ):
+            problems.append("content header differs from the record")
+        if sum(int(i["amount"]) for i in content["details"]) != note.total_amount:
+            problems.append("items do not add up to the total")
+    except (ValueError, KeyError, TypeError):
+        content = {}
+        problems.append("content is not a note")
+    checks = [
+        SignatureCheck(
+            "issuer",
+            note.signature_algorithm,
+            note.issuer_key_id,
+            note.issuer_cert_serial,
+            note.issuer_signed_at,
+            issuer_ok,
+        ),
+        SignatureCheck(
+            "supervisor",
+            note.signature_algorithm,
+            note.supervisor_key_id,
+            note.supervisor_cert_serial,
+            note.supervisor_signed_at,
+            supervisor_ok,
+        ),
+    ]
+    if problems:
+        status = "invalid"
+    elif note.status == "RED_LETTERED":
+        status = "red_lettered"
+    else:
+        status = "valid"
+    return Verification(status, note, content, checks, problems)
+
+
+def _valid_query(code: str, number: str, check: str) -> None:
+    if not (len(code) == 8 and code.isdigit() and len(number) == 10 and number.isdigit()):
+        raise InvalidInput("note code is 8 digits and note number 10", code="enote_bad_query")
+    if not (len(check) == 6 and check.isdigit()):
+        raise InvalidInput("check code is 6 digits", code="enote_bad_query")
+
+
+async def find_note(session: AsyncSession, code: str, number: str, check: str) -> ENote:
+    """The note with that code, number and check code; any mismatch is a plain 404."""
+    _valid_query(code, number, check)
+    note = await session.scalar(
+        select(ENote).where(ENote.note_code == code, ENote.note_number == number)
+    )
+    # Same answer for "no such note" and "wrong check code": numbers cannot be probed.
+    if note is None or not hmac.compare_digest(note.check_code, check):
+        raise NotFound("no note with that code, number and check code", code="enote_not_found")
+    return note
+
+
+async def verify(
+    session: AsyncSession, code: str, number: str, check: str, keyring: dict[str, Verifier]
+) -> Verification:
+    return verify_note(await find_note(session, code, number, check), keyring)
+
+
+@dataclass(frozen=True, slots=True)
+class NoteSummary:
+    id: uuid.UUID
+    kind: str
+    status: str
+    note_code: str
+    note_number: str
+    check_code: str
+    total_amount: int
+    issued_at: datetime
+    receipt_id: uuid.UUID
+    refund_id: uuid.UUID | None
+    urls: dict[str, str]
+
+
+def _summary(note: ENote, public_url: str) -> NoteSummary:
+    return NoteSummary(
+        note.id,
+        note.kind,
+        note.status,
+        note.note_code,
+        note.note_number,
+        note.check_code,
+        note.total_amount,
+        note.issued_at,
+        note.receipt_id,
+        note.refund_id,
+        _urls(public_url, note.note_code, note.note_number, note.check_code),
+    )
+
+
+async def notes_for_payment_code(
+    session: AsyncSession, payment_code: str, public_url: str
+) -> list[NoteSummary]:
+    """What the cashier shows a payer who knows the payment code."""
+    if not (payment_code.isdigit() and len(payment_code) <= 20):
+        raise InvalidInput("payment code is up to 20 digits", code="invalid_payment_code")
+    notes = await session.scalars(
+        select(ENote)
+        .join(Bill, Bill.id == ENote.bill_id)
+        .where(Bill.payment_code == payment_code)
+        .order_by(ENote.issued_at, ENote.note_number)
+    )
+    return [_summary(n, public_url) for n in notes]
+
+
+async def notes_for_bill(
+    session: AsyncSession, agency_id: uuid.UUID, bill_id: uuid.UUID, public_url: str
+) -> list[NoteSummary]:
+    """An agency's notes for one of its bills (for the agency-authenticated API)."""
+    notes = await session.scalars(
+        select(ENote)
+        .where(ENote.bill_id == bill_id, ENote.agency_id == agency_id)
+        .order_by(ENote.issued_at, ENote.note_number)
+    )
+    return [_summary(n, public_url) for n in notes]
+
+
+def note_view(verification: Verification, public_url: str) -> NoteView:
+    """What the printed note shows, taken from the signed content (not from the columns)."""
+    note, content = verification.note, verification.content
+    main = content["main"]
+    items = [
+        DocItem(
+            code=str(i["code"]),
+            name=str(i["name"]),
+            unit=str(i["unit"]),
+            quantity=int(i["quantity"]),
+            standard_fen=int(i["standard"]),
+            amount_fen=int(i["amount"]),
+        )
+        for i in content["details"]
+    ]
+    return NoteView(
+        name=str(main["name"]),
+        red=note.kind == "RED",
+        red_lettered=verification.status == "red_lettered",
+        code=note.note_code,
+        number=note.note_number,
+        check_code=note.check_code,
+        issued_at=str(main["issued_at"]).replace("T", " ")[:19],
+        issuer_name=str(main["issuer"]["name"]),
+        issuer_credit_code=str(main["issuer"]["credit_code"]),
+        payer_name=str(main["payer"]["name"]),
+        payer_id_code=str(main["payer"]["id_code"]),
+        pay_mode=str(main["pay_mode"]),
+        payment_code=str(main["payment_code"]),
+        items=items,
+        total_fen=int(main["total"]),
+        total_capitals=str(main["total_capitals"]),
+        handler=str(main["handler"]),
+        checker=str(main["checker"]),
+        remark=str(main["remark"]),
+        issuer_seal_id=str(main["issuer_seal_id"]),
+        supervisor_seal_id=str(main["supervisor_seal_id"]),
+        verify_url=verify_url(public_url, note.note_code, note.note_number, note.check_code),
+    )
