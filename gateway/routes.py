@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from gateway.channels_api import BankController, NotifyController
 from gateway.health import HealthController
 from gateway.pages import index
+from gateway.pay_api import PayController
 
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
     index,
+    PayController,
+    NotifyController,
+    BankController,
 ]

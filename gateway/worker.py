@@ -31,9 +31,31 @@ class Job:
     run: JobFn
 
 
+async def _recover_attempts(resources: Resources) -> int:
+    from settlement.attempts import recover_attempts
+
+    return await recover_attempts(resources.payment_context())
+
+
+async def _execute_refunds(resources: Resources) -> int:
+    from settlement.refunds import execute_refunds
+
+    return await execute_refunds(resources.payment_context())
+
+
+async def _recover_refunds(resources: Resources) -> int:
+    from settlement.refunds import recover_refunds
+
+    return await recover_refunds(resources.payment_context())
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
-    return []
+    return [
+        Job("payments.recover", 10.0, _recover_attempts),
+        Job("refunds.execute", 2.0, _execute_refunds),
+        Job("refunds.recover", 60.0, _recover_refunds),
+    ]
 
 
 async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[str, int]:
