@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from billing.errors import NotFound
 from channels.bank.adapter import BankAdapter, channel_name
@@ -25,7 +26,10 @@ class NotifyController(Controller):
 
     @post("/{channel:str}/notify", summary="A channel's asynchronous notification", status_code=200)
     async def notify(
-        self, channel: str, request: Request[Any, Any, Any], resources: NamedDependency[Resources]
+        self,
+        channel: FromPath[str],
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
     ) -> Response[bytes]:
         if channel not in resources.channels:
             raise NotFound("Unknown channel.", code="unknown_channel")
@@ -49,13 +53,19 @@ class BankController(Controller):
 
     @post("/query", summary="Bank queries a bill by payment code", status_code=200)
     async def query(
-        self, bank_code: str, request: Request[Any, Any, Any], resources: NamedDependency[Resources]
+        self,
+        bank_code: FromPath[str],
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
     ) -> Response[bytes]:
         return await self._handle("query", bank_code, request, resources)
 
     @post("/confirm", summary="Bank confirms a payment it took", status_code=200)
     async def confirm(
-        self, bank_code: str, request: Request[Any, Any, Any], resources: NamedDependency[Resources]
+        self,
+        bank_code: FromPath[str],
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
     ) -> Response[bytes]:
         return await self._handle("confirm", bank_code, request, resources)
 

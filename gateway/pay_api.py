@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from redis.exceptions import RedisError
 
 from billing.errors import NotFound, RateLimited
@@ -116,7 +117,7 @@ class PayController(Controller):
     @get("/pay/{payment_code:str}", summary="Bill summary for the payer", cache=False)
     async def summary(
         self,
-        payment_code: str,
+        payment_code: FromPath[str],
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
     ) -> BillSummary:
@@ -160,8 +161,8 @@ class PayController(Controller):
     @post("/pay/{payment_code:str}/attempts", summary="Start paying through a channel")
     async def create(
         self,
-        payment_code: str,
-        data: AttemptIn,
+        payment_code: FromPath[str],
+        data: JSONBody[AttemptIn],
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
     ) -> AttemptOut:
@@ -180,6 +181,6 @@ class PayController(Controller):
 
     @get("/attempts/{attempt_id:uuid}", summary="Poll a payment attempt", cache=False)
     async def attempt(
-        self, attempt_id: uuid.UUID, resources: NamedDependency[Resources]
+        self, attempt_id: FromPath[uuid.UUID], resources: NamedDependency[Resources]
     ) -> AttemptOut:
         return _attempt_out(await attempts.get_attempt(resources.payment_context(), attempt_id))
