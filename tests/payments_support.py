@@ -1,7 +1,8 @@
 """Shared fixtures for payment tests: the bank simulator and our service on real ports.
 
-Import the fixtures into a test module (`from tests.payments_support import *`-style explicit
-imports). Everything is real: uvicorn (httptools) on 127.0.0.1, real PostgreSQL and Redis.
+tests/conftest.py re-exports the fixtures (`world`, `simulator`, `gateway_server`...); the
+servers start only when a test asks. Everything is real: uvicorn (httptools) on 127.0.0.1,
+real PostgreSQL and Redis.
 """
 
 from __future__ import annotations

@@ -16,15 +16,7 @@ from gateway.state import Resources
 from settlement.attempts import create_attempt, recover_attempts
 from settlement.models import PaymentAttempt, Receipt, Refund
 from settlement.refunds import execute_refunds
-from tests.payments_support import (  # noqa: F401 - fixtures
-    BankWorld,
-    bank_channels,
-    bank_settings,
-    bill_for_test,
-    gateway_server,
-    simulator,
-    world,
-)
+from tests.payments_support import BankWorld, bill_for_test
 
 
 async def _state(res: Resources, bill_id: uuid.UUID) -> tuple[str, int, int]:

@@ -20,16 +20,7 @@ from gateway.state import Resources
 from settlement import bills
 from settlement.confirm import confirm_payment
 from settlement.models import PaymentAttempt
-from tests.payments_support import (  # noqa: F401 - fixtures
-    BankWorld,
-    bank_channels,
-    bank_settings,
-    bill_for_test,
-    gateway_server,
-    simulator,
-    valid_code,
-    world,
-)
+from tests.payments_support import BankWorld, bill_for_test, valid_code
 
 
 @pytest.fixture
