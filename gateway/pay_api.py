@@ -87,27 +87,38 @@ def _attempt_out(view: attempts.AttemptView) -> AttemptOut:
 
 
 async def rate_limit(
-    resources: Resources, request: Request[Any, Any, Any], bucket: str, limit: int
-) -> None:
-    """Fixed window per client IP in Redis; Redis down → allow (it guards lookups only)."""
+    resources: Resources,
+    request: Request[Any, Any, Any],
+    bucket: str,
+    limit: int,
+    *,
+    also_get: str | None = None,
+) -> bytes | None:
+    """Fixed window per client IP in Redis; Redis down → allow (it guards lookups only).
+
+    `also_get` fetches a cache key in the same round trip (the summary's hot path).
+    """
     window = resources.settings.payments.lookup_rate_window_s
     now = int(time.time())
     client = request.client.host if request.client else "unknown"
     key = f"rl:{bucket}:{client}:{now // window}"
     try:
-        async with resources.redis.pipeline(transaction=True) as pipe:
+        async with resources.redis.pipeline(transaction=False) as pipe:
             pipe.incr(key)
             pipe.expire(key, window)
-            count, _ = await pipe.execute()
+            if also_get is not None:
+                pipe.get(also_get)
+            answers = await pipe.execute()
     except RedisError:
         log.warning("rate limiter unavailable")
-        return
-    if int(count) > limit:
+        return None
+    if int(answers[0]) > limit:
         raise RateLimited(
             "Too many requests; slow down.",
             code="rate_limited",
             retry_after=window - now % window,
         )
+    return answers[2] if also_get is not None else None
 
 
 class PayController(Controller):
@@ -122,12 +133,21 @@ class PayController(Controller):
         resources: NamedDependency[Resources],
     ) -> BillSummary:
         pay = resources.settings.payments
-        await rate_limit(resources, request, "lookup", pay.lookup_rate_limit)
-        validate(payment_code)  # a mistyped code is a 422 before any lookup
-        async with resources.sessions() as session:
-            view = await bills.cached_view(
-                resources.redis, session, payment_code, pay.summary_cache_ttl_s
-            )
+        cached = await rate_limit(
+            resources,
+            request,
+            "lookup",
+            pay.lookup_rate_limit,
+            also_get=bills.cache_key(payment_code),
+        )
+        validate(payment_code)  # a mistyped code is a 422 before any database lookup
+        if cached is not None:
+            view: bills.BillView | None = bills.decode_cached(cached)
+        else:
+            async with resources.sessions() as session:
+                view = await bills.load_and_cache(
+                    resources.redis, session, payment_code, pay.summary_cache_ttl_s
+                )
         if view is None:
             raise NotFound("No bill has this payment code.", code="bill_not_found")
         now = datetime.now(UTC)

@@ -177,7 +177,7 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
         return problem
     bound = log.bind(channel=channel, bank_serial=serial)
 
-    attempt_id, answer = await _attempt_for(
+    ids, answer = await _attempt_for(
         ctx,
         channel=channel,
         code=code,
@@ -191,11 +191,13 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
     if answer is not None:
         bound.info("bank confirmation refused", code=answer.code)
         return answer
-    assert attempt_id is not None
+    assert ids is not None
+    attempt_id, bill_id = ids
     result = await confirm_payment(
         ctx.sessions,
         ctx.redis,
         attempt_id=attempt_id,
+        bill_id=bill_id,
         channel_trade_no=serial,
         amount=amount,
         paid_at=paid_at,
@@ -208,20 +210,23 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
         return BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
     if result.outcome == ConfirmOutcome.UNKNOWN_ATTEMPT:
         return BankAnswer(ResultCode.UNKNOWN_CODE, "unknown order")
-    async with ctx.sessions() as s:
-        receipt = (
-            await s.execute(
-                select(Receipt.id, Receipt.kind).where(Receipt.attempt_id == attempt_id)
-            )
-        ).first()
-    disposition = "PAID" if receipt is not None and receipt.kind == "PAYMENT" else "REFUND"
+    kind, receipt_id = result.receipt_kind, result.receipt_id
+    if kind is None:  # answered by the unique indexes: read what was recorded
+        async with ctx.sessions() as s:
+            row = (
+                await s.execute(
+                    select(Receipt.id, Receipt.kind).where(Receipt.attempt_id == attempt_id)
+                )
+            ).first()
+        kind, receipt_id = (row.kind, row.id) if row is not None else (None, None)
+    disposition = "PAID" if kind == "PAYMENT" else "REFUND"
     return BankAnswer(
         ResultCode.OK,
         "ok",
         {
             "order_id": str(attempt_id),
             "bank_serial": serial,
-            "receipt_id": str(receipt.id) if receipt is not None else None,
+            "receipt_id": str(receipt_id) if receipt_id is not None else None,
             "disposition": disposition,
         },
     )
@@ -238,7 +243,7 @@ async def _attempt_for(
     order_id: uuid.UUID | None,
     pay_mode: str,
     now: datetime,
-) -> tuple[uuid.UUID | None, BankAnswer | None]:
+) -> tuple[tuple[uuid.UUID, uuid.UUID] | None, BankAnswer | None]:
     """The attempt this confirmation is about: by bank serial, by order id, or a new one."""
     for _ in range(2):  # a second pass after losing an insert race on the serial
         try:
@@ -269,7 +274,7 @@ async def _attempt_once(  # noqa: PLR0911 - one answer per result code of the in
     order_id: uuid.UUID | None,
     pay_mode: str,
     now: datetime,
-) -> tuple[uuid.UUID | None, BankAnswer | None]:
+) -> tuple[tuple[uuid.UUID, uuid.UUID] | None, BankAnswer | None]:
     conflict = BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
     async with ctx.sessions() as s, s.begin():
         known = (
@@ -286,7 +291,7 @@ async def _attempt_once(  # noqa: PLR0911 - one answer per result code of the in
             attempt, known_code = known
             if known_code != code or attempt.amount != amount:
                 return None, conflict
-            return attempt.id, None  # a repeat: confirm_payment answers it idempotently
+            return (attempt.id, attempt.bill_id), None  # a repeat: confirm_payment answers it
         if order_id is not None:
             row = (
                 await s.execute(
@@ -301,7 +306,7 @@ async def _attempt_once(  # noqa: PLR0911 - one answer per result code of the in
                 return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs")
             if row[0].channel_trade_no not in (None, serial):
                 return None, conflict
-            return row[0].id, None
+            return (row[0].id, row[0].bill_id), None
         # 12005 accepted (see the module doc): open an attempt keyed by the serial.
         view = await bills.load_view(s, payment_code=code)
         if view is None:
@@ -312,4 +317,4 @@ async def _attempt_once(  # noqa: PLR0911 - one answer per result code of the in
         attempt = _new_attempt(ctx, view, channel, amount, now, serial=serial, mode=pay_mode)
         s.add(attempt)
         await s.flush()  # the unique (channel, serial) index decides a race
-        return attempt.id, None
+        return (attempt.id, attempt.bill_id), None

@@ -132,6 +132,23 @@ def cache_key(payment_code: str) -> str:
     return f"pay:bill:{payment_code}"
 
 
+def decode_cached(raw: bytes) -> BillView:
+    return _DECODER.decode(raw)
+
+
+async def load_and_cache(
+    redis: aioredis.Redis, session: AsyncSession, payment_code: str, ttl_s: int
+) -> BillView | None:
+    """From PostgreSQL, then into the cache (Redis down: just the database)."""
+    view = await load_view(session, payment_code=payment_code)
+    if view is not None:
+        try:
+            await redis.set(cache_key(payment_code), _ENCODER.encode(view), ex=ttl_s)
+        except RedisError:
+            log.warning("summary cache unavailable")
+    return view
+
+
 async def cached_view(
     redis: aioredis.Redis, session: AsyncSession, payment_code: str, ttl_s: int
 ) -> BillView | None:
@@ -144,13 +161,7 @@ async def cached_view(
         raw = None
     if raw is not None:
         return _DECODER.decode(raw)
-    view = await load_view(session, payment_code=payment_code)
-    if view is not None:
-        try:
-            await redis.set(key, _ENCODER.encode(view), ex=ttl_s)
-        except RedisError:
-            log.warning("summary cache unavailable")
-    return view
+    return await load_and_cache(redis, session, payment_code, ttl_s)
 
 
 async def invalidate(redis: aioredis.Redis, payment_code: str) -> None:

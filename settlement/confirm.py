@@ -76,6 +76,8 @@ class ConfirmResult:
     bill_id: uuid.UUID | None = None
     receipt_id: uuid.UUID | None = None
     refund_id: uuid.UUID | None = None
+    receipt_kind: str | None = None
+    """PAYMENT or DUPLICATE when known."""
 
     @property
     def acknowledged(self) -> bool:
@@ -136,14 +138,17 @@ async def confirm_payment(
     paid_at: datetime,
     source: str,
     cutoff_minutes: int = 0,
+    bill_id: uuid.UUID | None = None,
 ) -> ConfirmResult:
     """Record that the channel took `amount` fen for this attempt; safe to call any number
-    of times, concurrently. `source` says who told us (notify, query, bank confirm...)."""
+    of times, concurrently. `source` says who told us (notify, query, bank confirm...).
+    `bill_id`, when the caller knows it, saves a lookup (it is checked in the transaction)."""
     bound = log.bind(attempt_id=str(attempt_id), source=source)
-    async with sessions() as s:
-        bill_id = await s.scalar(
-            select(PaymentAttempt.bill_id).where(PaymentAttempt.id == attempt_id)
-        )
+    if bill_id is None:
+        async with sessions() as s:
+            bill_id = await s.scalar(
+                select(PaymentAttempt.bill_id).where(PaymentAttempt.id == attempt_id)
+            )
     if bill_id is None:
         bound.warning("confirmation for an unknown attempt")
         return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id)
@@ -172,7 +177,7 @@ async def confirm_payment(
     return result
 
 
-async def _apply(
+async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
     s: AsyncSession,
     *,
     attempt_id: uuid.UUID,
@@ -187,8 +192,8 @@ async def _apply(
     attempt = await s.scalar(
         select(PaymentAttempt).where(PaymentAttempt.id == attempt_id).with_for_update()
     )
-    assert bill is not None  # FK
-    assert attempt is not None  # attempts are never deleted
+    if bill is None or attempt is None or attempt.bill_id != bill.id:
+        return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id), ""
     code = bill.payment_code
     if channel_trade_no and attempt.channel_trade_no not in (None, channel_trade_no):
         log.error(
@@ -207,9 +212,19 @@ async def _apply(
         )
         return ConfirmResult(ConfirmOutcome.REJECTED_AMOUNT, attempt_id, bill_id), code
     if attempt.status == AttemptStatus.SUCCEEDED:
-        receipt_id = await s.scalar(select(Receipt.id).where(Receipt.attempt_id == attempt_id))
+        row = (
+            await s.execute(
+                select(Receipt.id, Receipt.kind).where(Receipt.attempt_id == attempt_id)
+            )
+        ).first()
         return (
-            ConfirmResult(ConfirmOutcome.ALREADY_CONFIRMED, attempt_id, bill_id, receipt_id),
+            ConfirmResult(
+                ConfirmOutcome.ALREADY_CONFIRMED,
+                attempt_id,
+                bill_id,
+                row.id if row else None,
+                receipt_kind=row.kind if row else None,
+            ),
             code,
         )
 
@@ -299,7 +314,12 @@ async def _apply(
         await outbox.enqueue(
             s, "enote.issue", f"enote.issue:{receipt.id}", {"receipt_id": str(receipt.id)}
         )
-        return ConfirmResult(ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt.id), code
+        return (
+            ConfirmResult(
+                ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt.id, receipt_kind="PAYMENT"
+            ),
+            code,
+        )
 
     refund = Refund(
         id=uuid.uuid4(),
@@ -339,7 +359,12 @@ async def _apply(
     )
     return (
         ConfirmResult(
-            ConfirmOutcome.DUPLICATE_REFUNDING, attempt_id, bill.id, receipt.id, refund.id
+            ConfirmOutcome.DUPLICATE_REFUNDING,
+            attempt_id,
+            bill.id,
+            receipt.id,
+            refund.id,
+            receipt_kind="DUPLICATE",
         ),
         code,
     )
