@@ -111,7 +111,8 @@ def _parse_banks(raw: str) -> tuple[BankSettings, ...]:
     for part in filter(None, (p.strip() for p in raw.split(","))):
         code, _, rest = part.partition("=")
         secret, _, url = rest.partition("@")
-        if not (code.isdigit() and secret and url):
+        if not (code.isdigit() and len(code) <= 11 and secret and url):
+            # the channel name `bank:<code>` must fit the 16-character channel columns
             raise ValueError("PAYGATE_BANKS entries are '<code>=<secret>@<base url>'")
         banks.append(BankSettings(code=code, secret=secret.encode(), base_url=url.rstrip("/")))
     return tuple(banks)

@@ -264,3 +264,17 @@ async def test_adapter_query_refund_statement_and_unavailable(world: BankWorld) 
             raise AssertionError("a refused connection is Unavailable (nothing was sent)")
     finally:
         await dead.aclose()
+
+
+def test_banks_are_read_from_the_environment_format() -> None:
+    import pytest
+
+    from gateway.settings import _parse_banks
+
+    banks = _parse_banks("102=s1@http://a:1/banks/102/, 103=s2@http://b:2/banks/103")
+    assert [(b.code, b.secret, b.base_url) for b in banks] == [
+        ("102", b"s1", "http://a:1/banks/102"),
+        ("103", b"s2", "http://b:2/banks/103"),
+    ]
+    with pytest.raises(ValueError, match="PAYGATE_BANKS"):
+        _parse_banks("icbc=s@http://x")
