@@ -78,6 +78,8 @@ class CreatedPayment:
     channel_trade_no: str | None = None
     qr_content: str | None = None
     redirect_url: str | None = None
+    instructions: str | None = None
+    """For channels the payer drives themselves (bank counter/app by payment code)."""
 
 
 @dataclass(frozen=True, slots=True)

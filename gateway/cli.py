@@ -264,6 +264,24 @@ def enote_keys() -> None:
             click.echo(f"  public key (SM2, uncompressed): {point.hex()}")
 
 
+@simulator.command("bank")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8100, show_default=True)
+def simulator_bank(host: str, port: int) -> None:
+    """Run the bank simulator (banks from PAYGATE_BANK_SIM="102=<secret>,103=<secret>")."""
+    import uvicorn
+
+    uvicorn.run(
+        "channels.bank.simulator:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+    )
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("scenarios", nargs=-1)
 @click.option("--quick", is_flag=True, help="Short runs, for a smoke test.")

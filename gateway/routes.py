@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from gateway.channels_api import BankController, NotifyController
 from gateway.enotes import EnoteController, verify_page
 from gateway.health import HealthController
 from gateway.pages import index
+from gateway.pay_api import PayController
 
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
     index,
     EnoteController,
     verify_page,
+    PayController,
+    NotifyController,
+    BankController,
 ]

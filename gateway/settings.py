@@ -211,6 +211,56 @@ class EnoteSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BankSettings:
+    """One bank on the DOMAIN §5 interface: its code, its HMAC secret and where it listens."""
+
+    code: str
+    """The bank's 3-digit code (e.g. ICBC 102, ABC 103); the channel is `bank:<code>`."""
+    secret: bytes
+    base_url: str
+
+
+def _parse_banks(raw: str) -> tuple[BankSettings, ...]:
+    """`PAYGATE_BANKS="102=<secret>@http://host:port/banks/102,103=..."`."""
+    banks: list[BankSettings] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        code, _, rest = part.partition("=")
+        secret, _, url = rest.partition("@")
+        if not (code.isdigit() and len(code) <= 11 and secret and url):
+            # the channel name `bank:<code>` must fit the 16-character channel columns
+            raise ValueError("PAYGATE_BANKS entries are '<code>=<secret>@<base url>'")
+        banks.append(BankSettings(code=code, secret=secret.encode(), base_url=url.rstrip("/")))
+    return tuple(banks)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSettings:
+    attempt_ttl_s: int
+    """How long a payment attempt stays open before the worker closes it."""
+    first_check_s: int
+    """Recovery queries an open attempt this long after creation (a notify may never come)."""
+    cutoff_minutes: int
+    """Business-day cutoff (日切) in minutes after 00:00 Asia/Shanghai."""
+    lookup_rate_limit: int
+    """Citizen lookups per client IP per window (against payment-code enumeration)."""
+    lookup_rate_window_s: int
+    summary_cache_ttl_s: int
+    banks: tuple[BankSettings, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> PaymentSettings:
+        return cls(
+            attempt_ttl_s=_env_int("PAYGATE_ATTEMPT_TTL_S", 30 * 60),
+            first_check_s=_env_int("PAYGATE_ATTEMPT_FIRST_CHECK_S", 3 * 60),
+            cutoff_minutes=_env_int("PAYGATE_BUSINESS_DAY_CUTOFF_MIN", 0),
+            lookup_rate_limit=_env_int("PAYGATE_LOOKUP_RATE_LIMIT", 30),
+            lookup_rate_window_s=_env_int("PAYGATE_LOOKUP_RATE_WINDOW_S", 60),
+            summary_cache_ttl_s=_env_int("PAYGATE_SUMMARY_CACHE_TTL_S", 300),
+            banks=_parse_banks(_env("PAYGATE_BANKS")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings.from_env)
     redis: RedisSettings = field(default_factory=RedisSettings.from_env)
@@ -220,6 +270,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings.from_env)
     crypto: KeySettings = field(default_factory=KeySettings.from_env)
     enote: EnoteSettings = field(default_factory=EnoteSettings.from_env)
+    payments: PaymentSettings = field(default_factory=PaymentSettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod

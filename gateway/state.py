@@ -8,9 +8,11 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import crypto
+from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
+from settlement.context import PaymentContext
 
 
 @dataclass
@@ -30,6 +32,20 @@ class Resources:
         redis = aioredis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
 
+    def payment_context(self) -> PaymentContext:
+        """What the payment services need, without the web layer."""
+        pay = self.settings.payments
+        return PaymentContext(
+            sessions=self.sessions,
+            redis=self.redis,
+            channels=self.channels,
+            public_url=self.settings.server.public_url,
+            attempt_ttl_s=pay.attempt_ttl_s,
+            first_check_s=pay.first_check_s,
+            cutoff_minutes=pay.cutoff_minutes,
+            summary_cache_ttl_s=pay.summary_cache_ttl_s,
+        )
+
     async def close(self) -> None:
         for name in self.channels.names():
             close = getattr(self.channels.get(name), "aclose", None)
@@ -46,4 +62,9 @@ def build_channels(settings: Settings) -> ChannelRegistry:
         from channels.alipay.adapter import AlipayAdapter
 
         registry.register(AlipayAdapter(settings.alipay))
+    # Banks on the DOMAIN §5 interface: one channel per bank, `bank:<code>`.
+    for bank in settings.payments.banks:
+        registry.register(
+            BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)
+        )
     return registry

@@ -63,6 +63,24 @@ def _webhook_jobs() -> list[Job]:
     ]
 
 
+async def _recover_attempts(resources: Resources) -> int:
+    from settlement.attempts import recover_attempts
+
+    return await recover_attempts(resources.payment_context())
+
+
+async def _execute_refunds(resources: Resources) -> int:
+    from settlement.refunds import execute_refunds
+
+    return await execute_refunds(resources.payment_context())
+
+
+async def _recover_refunds(resources: Resources) -> int:
+    from settlement.refunds import recover_refunds
+
+    return await recover_refunds(resources.payment_context())
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
     from gateway import enotes
@@ -71,6 +89,9 @@ def default_jobs() -> list[Job]:
         *_webhook_jobs(),
         Job("enote.issue", 1.0, enotes.issue_job),
         Job("enote.red", 5.0, enotes.red_job),
+        Job("payments.recover", 10.0, _recover_attempts),
+        Job("refunds.execute", 2.0, _execute_refunds),
+        Job("refunds.recover", 60.0, _recover_refunds),
     ]
 
 

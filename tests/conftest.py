@@ -16,6 +16,13 @@ from gateway import embedded, migrate
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import Resources
+from tests.payments_support import (  # noqa: F401 - fixtures for payment tests, started lazily
+    bank_channels,
+    bank_settings,
+    gateway_server,
+    simulator,
+    world,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

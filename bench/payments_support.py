@@ -1,0 +1,152 @@
+"""Seeding and signing shared by the payment benchmarks (bench DB only, never tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from billing.models import Agency, Bill, BillLine, RevenueItem
+from billing.payment_code import compose
+from channels.bank import transforms as t
+from channels.money import fen_to_yuan
+from gateway.db import create_engine
+
+BANK_CODE = "102"
+BANK_SECRET = secrets.token_hex(32)  # per run; handed to the server through PAYGATE_BANKS
+AMOUNT = 20_000
+
+
+async def _seed(n: int) -> list[str]:
+    engine = create_engine(os.environ["DATABASE_URL"])
+    codes = [compose("330100", 26, "FINE", secrets.randbelow(10**9)) for _ in range(n)]
+    item_code = f"BENCH-{secrets.token_hex(4)}"
+    agency_id = uuid.uuid4()
+    bill_ids = [uuid.uuid4() for _ in range(n)]
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(RevenueItem).values(
+                code=item_code,
+                name="道路交通违法罚款",
+                category="FINE",
+                budget_subject="103050101001",
+                split_l2_bp=10000,
+                min_amount=1,
+                max_amount=100_000_000,
+                active_from=date(2020, 1, 1),
+            )
+        )
+        await conn.execute(
+            insert(Agency).values(
+                id=agency_id,
+                credit_code="12" + "".join(secrets.choice("0123456789") for _ in range(16)),
+                name="某市公安局交通警察支队",
+                region_code="330100",
+            )
+        )
+        await conn.execute(
+            insert(Bill),
+            [
+                {
+                    "id": bid,
+                    "agency_id": agency_id,
+                    "agency_bill_no": f"B-{bid.hex[:16]}",
+                    "request_hash": secrets.token_bytes(32),
+                    "payment_code": code,
+                    "category": "FINE",
+                    "payer_type": "PERSON",
+                    "payer_name": "张三",
+                    "principal_amount": AMOUNT,
+                    "due_date": now.date() + timedelta(days=15),
+                    "expires_at": now + timedelta(days=30),
+                }
+                for bid, code in zip(bill_ids, codes, strict=True)
+            ],
+        )
+        await conn.execute(
+            insert(BillLine),
+            [
+                {
+                    "bill_id": bid,
+                    "line_no": 1,
+                    "item_code": item_code,
+                    "quantity": 1,
+                    "unit_amount": AMOUNT,
+                    "amount": AMOUNT,
+                }
+                for bid in bill_ids
+            ],
+        )
+    await engine.dispose()
+    return codes
+
+
+def seed_bills(n: int) -> list[str]:
+    """Insert n payable bills; return their payment codes."""
+    return asyncio.run(_seed(n))
+
+
+def confirm_requests(codes: list[str], path: Path) -> Path:
+    """One signed bank confirmation per bill (unique serial and nonce), as load.py reads."""
+    with path.open("w") as f:
+        for code in codes:
+            body = json.dumps(
+                {
+                    "payment_code": code,
+                    "bank_serial": f"{BANK_CODE}{secrets.token_hex(10).upper()}",
+                    "amount": fen_to_yuan(AMOUNT),
+                    "paid_at": t.format_time(datetime.now(UTC)),
+                    "pay_mode": "app",
+                },
+                separators=(",", ":"),
+            )
+            url_path = f"/v1/channels/bank/{BANK_CODE}/confirm"
+            headers = t.sign(BANK_SECRET.encode(), "POST", url_path, body.encode(), BANK_CODE)
+            f.write(
+                json.dumps({"method": "POST", "path": url_path, "headers": headers, "body": body})
+            )
+            f.write("\n")
+    return path
+
+
+@contextlib.contextmanager
+def env(**values: str) -> Iterator[None]:
+    """Set environment variables for the servers this scenario starts."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+async def _count_paid(codes: list[str]) -> int:
+    from sqlalchemy import func, select
+
+    engine = create_engine(os.environ["DATABASE_URL"])
+    async with engine.connect() as conn:
+        n = await conn.scalar(
+            select(func.count())
+            .select_from(Bill)
+            .where(Bill.payment_code.in_(codes), Bill.status == "PAID")
+        )
+    await engine.dispose()
+    return int(n or 0)
+
+
+def count_paid(codes: list[str]) -> int:
+    """How many of these bills the run really paid (bank answers are HTTP 200 either way)."""
+    return asyncio.run(_count_paid(codes))

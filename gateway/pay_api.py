@@ -1,0 +1,206 @@
+"""Citizen API: look a bill up by payment code, start a payment attempt, poll it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from redis.exceptions import RedisError
+
+from billing.errors import NotFound, RateLimited
+from billing.late_fee import shanghai_today
+from billing.payment_code import validate
+from gateway.state import Resources
+from settlement import attempts, bills
+
+log = structlog.get_logger(__name__)
+
+
+class ItemOut(msgspec.Struct):
+    item_code: str
+    name: str
+    quantity: int
+    unit_amount: int
+    amount: int
+
+
+class BillSummary(msgspec.Struct):
+    payment_code: str
+    agency_name: str
+    payer_name: str
+    """Masked."""
+    status: str
+    payable: bool
+    principal: int
+    late_fee: int
+    overdue_days: int
+    amount_due: int
+    """Fen, for today (Asia/Shanghai), late fee included."""
+    due_date: date
+    expires_at: datetime
+    items: list[ItemOut]
+    refusal_code: str | None = None
+
+
+class AttemptIn(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    mode: str = "default"
+    return_url: str | None = None
+
+
+class AttemptOut(msgspec.Struct):
+    attempt_id: uuid.UUID
+    channel: str
+    mode: str
+    status: str
+    amount: int
+    expires_at: datetime
+    bill_status: str | None
+    qr_content: str | None = None
+    redirect_url: str | None = None
+    instructions: str | None = None
+    failure_code: str | None = None
+
+
+def _attempt_out(view: attempts.AttemptView) -> AttemptOut:
+    payload: dict[str, Any] = view.client_payload
+    return AttemptOut(
+        attempt_id=view.id,
+        channel=view.channel,
+        mode=view.mode,
+        status=view.status,
+        amount=view.amount,
+        expires_at=view.expires_at,
+        bill_status=view.bill_status,
+        qr_content=payload.get("qr_content"),
+        redirect_url=payload.get("redirect_url"),
+        instructions=payload.get("instructions"),
+        failure_code=view.failure_code,
+    )
+
+
+async def rate_limit(
+    resources: Resources,
+    request: Request[Any, Any, Any],
+    bucket: str,
+    limit: int,
+    *,
+    also_get: str | None = None,
+) -> bytes | None:
+    """Fixed window per client IP in Redis; Redis down → allow (it guards lookups only).
+
+    `also_get` fetches a cache key in the same round trip (the summary's hot path).
+    """
+    window = resources.settings.payments.lookup_rate_window_s
+    now = int(time.time())
+    client = request.client.host if request.client else "unknown"
+    key = f"rl:{bucket}:{client}:{now // window}"
+    try:
+        async with resources.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window)
+            if also_get is not None:
+                pipe.get(also_get)
+            answers = await pipe.execute()
+    except RedisError:
+        log.warning("rate limiter unavailable")
+        return None
+    if int(answers[0]) > limit:
+        raise RateLimited(
+            "Too many requests; slow down.",
+            code="rate_limited",
+            retry_after=window - now % window,
+        )
+    return answers[2] if also_get is not None else None
+
+
+class PayController(Controller):
+    path = "/v1"
+    tags = ["citizen"]  # noqa: RUF012
+
+    @get("/pay/{payment_code:str}", summary="Bill summary for the payer", cache=False)
+    async def summary(
+        self,
+        payment_code: FromPath[str],
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
+    ) -> BillSummary:
+        pay = resources.settings.payments
+        cached = await rate_limit(
+            resources,
+            request,
+            "lookup",
+            pay.lookup_rate_limit,
+            also_get=bills.cache_key(payment_code),
+        )
+        validate(payment_code)  # a mistyped code is a 422 before any database lookup
+        if cached is not None:
+            view: bills.BillView | None = bills.decode_cached(cached)
+        else:
+            async with resources.sessions() as session:
+                view = await bills.load_and_cache(
+                    resources.redis, session, payment_code, pay.summary_cache_ttl_s
+                )
+        if view is None:
+            raise NotFound("No bill has this payment code.", code="bill_not_found")
+        now = datetime.now(UTC)
+        due = bills.due_on(view, shanghai_today(now))
+        refused = bills.refusal(view, now)
+        return BillSummary(
+            payment_code=view.payment_code,
+            agency_name=view.agency_name,
+            payer_name=bills.mask_name(view.payer_name),
+            status=view.status,
+            payable=refused is None,
+            principal=due.principal,
+            late_fee=due.late_fee,
+            overdue_days=due.overdue_days,
+            amount_due=due.total,
+            due_date=view.due_date,
+            expires_at=view.expires_at,
+            items=[
+                ItemOut(
+                    item_code=li.item_code,
+                    name=li.name,
+                    quantity=li.quantity,
+                    unit_amount=li.unit_amount,
+                    amount=li.amount,
+                )
+                for li in view.lines
+            ],
+            refusal_code=refused[0] if refused else None,
+        )
+
+    @post("/pay/{payment_code:str}/attempts", summary="Start paying through a channel")
+    async def create(
+        self,
+        payment_code: FromPath[str],
+        data: JSONBody[AttemptIn],
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
+    ) -> AttemptOut:
+        await rate_limit(
+            resources, request, "attempt", resources.settings.payments.lookup_rate_limit
+        )
+        validate(payment_code)
+        view = await attempts.create_attempt(
+            resources.payment_context(),
+            payment_code=payment_code,
+            channel=data.channel,
+            mode=data.mode,
+            return_url=data.return_url,
+        )
+        return _attempt_out(view)
+
+    @get("/attempts/{attempt_id:uuid}", summary="Poll a payment attempt", cache=False)
+    async def attempt(
+        self, attempt_id: FromPath[uuid.UUID], resources: NamedDependency[Resources]
+    ) -> AttemptOut:
+        return _attempt_out(await attempts.get_attempt(resources.payment_context(), attempt_id))

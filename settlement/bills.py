@@ -1,0 +1,182 @@
+"""The payer's view of a bill, the amount due on a day, and its Redis cache.
+
+The cached view holds principal, due date and each line's late-fee rule — never the amount
+due — so the late fee is always computed at read time for today (Asia/Shanghai). Every bill
+state change must call `invalidate(redis, payment_code)` after its commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.late_fee import AmountDue, amount_due
+from billing.models import Agency, Bill, BillLine, RevenueItem
+from billing.states import BillStatus
+
+log = structlog.get_logger(__name__)
+
+FIXED_DEADLINE_CATEGORIES = frozenset({"EXAM_FEE", "TUITION"})
+"""Past the expiry these can no longer be paid at all (registration forfeited, term over)."""
+
+
+class LineView(msgspec.Struct, frozen=True):
+    item_code: str
+    name: str
+    quantity: int
+    unit_amount: int
+    amount: int
+    late_fee_rule: str
+
+
+class BillView(msgspec.Struct, frozen=True):
+    bill_id: uuid.UUID
+    agency_id: uuid.UUID
+    agency_name: str
+    payment_code: str
+    category: str
+    status: str
+    payer_name: str
+    principal: int
+    due_date: date
+    expires_at: datetime
+    lines: tuple[LineView, ...]
+
+
+def due_on(view: BillView, day: date) -> AmountDue:
+    """Amount due on `day`: each late-fee rule applied to the principal it covers."""
+    by_rule: dict[str, int] = {}
+    for line in view.lines:
+        by_rule[line.late_fee_rule] = by_rule.get(line.late_fee_rule, 0) + line.amount
+    fee = 0
+    overdue = 0
+    for rule, principal in sorted(by_rule.items()):
+        part = amount_due(principal, view.due_date, day, rule=rule)
+        fee += part.late_fee
+        overdue = max(overdue, part.overdue_days)
+    return AmountDue(view.principal, overdue, fee)
+
+
+def refusal(view: BillView, now: datetime) -> tuple[str, str] | None:
+    """(code, message) when a new payment of this bill must be refused, else None."""
+    if view.status == BillStatus.CANCELLED:
+        return "bill_cancelled", "This bill was cancelled."
+    if view.status == BillStatus.EXPIRED:
+        return "bill_expired", "This bill has expired."
+    if view.status != BillStatus.ISSUED:
+        return "bill_not_payable", f"This bill is {view.status.lower()}."
+    if view.category in FIXED_DEADLINE_CATEGORIES and now > view.expires_at:
+        return "bill_past_deadline", "The payment deadline of this bill has passed."
+    return None
+
+
+async def load_view(
+    session: AsyncSession, *, payment_code: str | None = None, bill_id: uuid.UUID | None = None
+) -> BillView | None:
+    stmt = select(Bill, Agency.name).join(Agency, Agency.id == Bill.agency_id)
+    if payment_code is not None:
+        stmt = stmt.where(Bill.payment_code == payment_code)
+    else:
+        stmt = stmt.where(Bill.id == bill_id)
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        return None
+    bill, agency_name = row
+    lines = (
+        await session.execute(
+            select(BillLine, RevenueItem.name, RevenueItem.late_fee_rule)
+            .join(RevenueItem, RevenueItem.code == BillLine.item_code)
+            .where(BillLine.bill_id == bill.id)
+            .order_by(BillLine.line_no)
+        )
+    ).all()
+    return BillView(
+        bill_id=bill.id,
+        agency_id=bill.agency_id,
+        agency_name=agency_name,
+        payment_code=bill.payment_code,
+        category=bill.category,
+        status=bill.status,
+        payer_name=bill.payer_name,
+        principal=bill.principal_amount,
+        due_date=bill.due_date,
+        expires_at=bill.expires_at,
+        lines=tuple(
+            LineView(
+                item_code=line.item_code,
+                name=name,
+                quantity=line.quantity,
+                unit_amount=line.unit_amount,
+                amount=line.amount,
+                late_fee_rule=rule,
+            )
+            for line, name, rule in lines
+        ),
+    )
+
+
+# ------------------------------------------------------------------ cache
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(BillView)
+
+
+def cache_key(payment_code: str) -> str:
+    return f"pay:bill:{payment_code}"
+
+
+def decode_cached(raw: bytes) -> BillView:
+    return _DECODER.decode(raw)
+
+
+async def load_and_cache(
+    redis: aioredis.Redis, session: AsyncSession, payment_code: str, ttl_s: int
+) -> BillView | None:
+    """From PostgreSQL, then into the cache (Redis down: just the database)."""
+    view = await load_view(session, payment_code=payment_code)
+    if view is not None:
+        try:
+            await redis.set(cache_key(payment_code), _ENCODER.encode(view), ex=ttl_s)
+        except RedisError:
+            log.warning("summary cache unavailable")
+    return view
+
+
+async def cached_view(
+    redis: aioredis.Redis, session: AsyncSession, payment_code: str, ttl_s: int
+) -> BillView | None:
+    """The view from Redis, else from PostgreSQL (then cached). Redis down → DB only."""
+    key = cache_key(payment_code)
+    try:
+        raw = await redis.get(key)
+    except RedisError:
+        log.warning("summary cache unavailable")
+        raw = None
+    if raw is not None:
+        return _DECODER.decode(raw)
+    return await load_and_cache(redis, session, payment_code, ttl_s)
+
+
+async def invalidate(redis: aioredis.Redis, payment_code: str) -> None:
+    """Drop the cached view; call after every commit that changes a bill's state."""
+    try:
+        await redis.delete(cache_key(payment_code))
+    except RedisError:
+        # The TTL bounds the staleness; the status shown is advisory, payment is guarded
+        # by the database.
+        log.warning("summary cache invalidation failed", payment_code=payment_code)
+
+
+def mask_name(name: str) -> str:
+    """张三 → 张*, 欧阳娜娜 → 欧***: the payer recognises it, a stranger learns little."""
+    name = name.strip()
+    if len(name) <= 1:
+        return "*"
+    return name[0] + "*" * (len(name) - 1)

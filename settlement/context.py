@@ -1,0 +1,23 @@
+"""What the payment services need from the process, without depending on the web layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.base import ChannelRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentContext:
+    sessions: async_sessionmaker[AsyncSession]
+    redis: aioredis.Redis
+    channels: ChannelRegistry
+    public_url: str
+    """Where channels reach us (notify URLs)."""
+    attempt_ttl_s: int = 30 * 60
+    first_check_s: int = 3 * 60
+    cutoff_minutes: int = 0
+    summary_cache_ttl_s: int = 300
