@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -164,6 +164,124 @@ def bench(scenarios: tuple[str, ...], quick: bool) -> None:
     from bench.runner import run
 
     sys.exit(run(list(scenarios), quick=quick))
+
+
+@main.group()
+def agency() -> None:
+    """Collecting agencies and their API keys."""
+
+
+def _in_session(fn: Callable[..., Awaitable[T]]) -> T:
+    """Run fn(session) in one transaction, committed on success; DomainErrors are printed."""
+    from billing.errors import DomainError
+
+    settings = _prepare()
+
+    async def body(resources: Any) -> T:
+        async with resources.sessions() as session:
+            result = await fn(session)
+            await session.commit()
+            return result
+
+    try:
+        return _with_resources(settings, body)
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+
+
+@agency.command("create")
+@click.option("--credit-code", required=True, help="Unified social credit code (18 chars).")
+@click.option("--name", required=True)
+@click.option("--region", required=True, help="6-digit administrative region code.")
+@click.option("--item", "items", multiple=True, help="Revenue item code it may bill (repeat).")
+@click.option("--webhook-url", default=None)
+def agency_create(
+    credit_code: str, name: str, region: str, items: tuple[str, ...], webhook_url: str | None
+) -> None:
+    """Create an agency and its first API key (the secret is shown once)."""
+    from billing import agencies
+
+    async def run(session: Any) -> tuple[Any, Any]:
+        a = await agencies.create_agency(
+            session,
+            credit_code=credit_code,
+            name=name,
+            region_code=region,
+            item_codes=list(items),
+            webhook_url=webhook_url,
+        )
+        return a.id, await agencies.create_key(session, a.id)
+
+    agency_id, key = _in_session(run)
+    click.echo(f"agency {agency_id}")
+    click.echo(f"key id {key.key_id}")
+    click.echo(f"secret {key.secret}   (shown once: store it now)")
+
+
+@agency.command("list")
+def agency_list() -> None:
+    """List agencies with their live key ids."""
+    from sqlalchemy import select
+
+    from billing import agencies
+    from billing.models import Agency
+
+    async def run(session: Any) -> list[str]:
+        out = []
+        for a in await session.scalars(select(Agency).order_by(Agency.created_at)):
+            keys = ",".join(k.key_id for k in await agencies.live_keys(session, a.id)) or "-"
+            out.append(f"{a.id}  {a.credit_code}  {a.region_code}  {a.name}  keys={keys}")
+        return out
+
+    for line in _in_session(run):
+        click.echo(line)
+
+
+@agency.command("add-item")
+@click.argument("agency_id", type=click.UUID)
+@click.argument("item_code")
+def agency_add_item(agency_id: Any, item_code: str) -> None:
+    """Allow an agency to bill a revenue item."""
+    from billing import agencies
+
+    _in_session(lambda s: agencies.add_item(s, agency_id, item_code))
+    click.echo("ok")
+
+
+@agency.group("key")
+def agency_key() -> None:
+    """API keys: create, rotate (old key stays live for a grace period), revoke."""
+
+
+@agency_key.command("create")
+@click.argument("agency_id", type=click.UUID)
+def key_create(agency_id: Any) -> None:
+    from billing import agencies
+
+    key = _in_session(lambda s: agencies.create_key(s, agency_id))
+    click.echo(f"key id {key.key_id}\nsecret {key.secret}   (shown once: store it now)")
+
+
+@agency_key.command("rotate")
+@click.argument("key_id")
+@click.option("--grace-hours", type=float, default=24.0, show_default=True)
+def key_rotate(key_id: str, grace_hours: float) -> None:
+    from datetime import timedelta
+
+    from billing import agencies
+
+    key = _in_session(lambda s: agencies.rotate_key(s, key_id, grace=timedelta(hours=grace_hours)))
+    click.echo(f"new key id {key.key_id}\nsecret {key.secret}   (shown once: store it now)")
+    click.echo(f"{key_id} stays valid for {grace_hours} h")
+
+
+@agency_key.command("revoke")
+@click.argument("key_id")
+def key_revoke(key_id: str) -> None:
+    from billing import agencies
+
+    _in_session(lambda s: agencies.revoke_key(s, key_id))
+    click.echo(f"{key_id} revoked")
 
 
 if __name__ == "__main__":

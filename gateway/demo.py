@@ -13,7 +13,14 @@ log = structlog.get_logger(__name__)
 Seeder = Callable[[Resources], Awaitable[list[str]]]
 """A seeder is idempotent and returns lines worth printing to the person running the demo."""
 
-SEEDERS: list[Seeder] = []
+
+def _seeders() -> list[Seeder]:
+    from gateway.demo_billing import seed_billing
+
+    return [seed_billing]
+
+
+SEEDERS: list[Seeder] = _seeders()
 
 
 async def seed(resources: Resources) -> list[str]:

@@ -96,11 +96,33 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingSettings:
+    serial_key: bytes = field(repr=False)
+    """Key of the payment-code serial permutation (`PAYGATE_SERIAL_KEY`, base64)."""
+    clock_skew_s: int
+    nonce_ttl_s: int
+    late_fee_grace_days: int
+    """Overdue days not charged after the due date (local practice; national rule: 0)."""
+
+    @classmethod
+    def from_env(cls) -> BillingSettings:
+        from billing.serials import load_serial_key
+
+        return cls(
+            serial_key=load_serial_key(),
+            clock_skew_s=_env_int("PAYGATE_AUTH_CLOCK_SKEW_S", 300),
+            nonce_ttl_s=_env_int("PAYGATE_AUTH_NONCE_TTL_S", 600),
+            late_fee_grace_days=_env_int("PAYGATE_LATE_FEE_GRACE_DAYS", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings.from_env)
     redis: RedisSettings = field(default_factory=RedisSettings.from_env)
     server: ServerSettings = field(default_factory=ServerSettings.from_env)
     log: LogSettings = field(default_factory=LogSettings.from_env)
+    billing: BillingSettings = field(default_factory=BillingSettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod

@@ -31,9 +31,28 @@ class Job:
     run: JobFn
 
 
+async def expire_bills(resources: Resources) -> int:
+    from billing.bills import expire_due
+
+    async with resources.sessions() as session:
+        n = await expire_due(session)
+        await session.commit()
+    return n
+
+
+async def purge_auth_nonces(resources: Resources) -> int:
+    from gateway.auth import purge_nonces
+
+    await purge_nonces(resources)
+    return 0  # housekeeping: never makes the loop spin
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
-    return []
+    return [
+        Job("bills.expire", 30.0, expire_bills),
+        Job("auth.purge_nonces", 300.0, purge_auth_nonces),
+    ]
 
 
 async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[str, int]:
