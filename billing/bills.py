@@ -282,7 +282,7 @@ async def _existing(
             Bill.agency_id == agency_id, Bill.agency_bill_no.in_(numbers)
         )
     )
-    return {no: (bid, h, code) for no, bid, h, code in rows.tuples()}
+    return {no: (bid, h, code) for no, bid, h, code in rows}
 
 
 def _conflict(no: str) -> DomainError:
@@ -425,7 +425,7 @@ async def _insert(
         _INSERT, {**cols, "agency_id": agency_id, "actor_type": actor.type, "actor_id": actor.id}
     )
     code_of = dict(zip(cols["ids"], cols["codes"], strict=True))
-    return {no: (bid, code_of[bid]) for bid, no in rows.tuples()}
+    return {no: (bid, code_of[bid]) for bid, no in rows}
 
 
 async def issue_bill(

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, quote
 
 import structlog
 from litestar import Request
+from litestar.di import NamedDependency
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
@@ -171,7 +172,7 @@ async def verify(
 
 
 async def provide_principal(
-    request: Request[Any, Any, Any], resources: Resources
+    request: Request[Any, Any, Any], resources: NamedDependency[Resources]
 ) -> AgencyPrincipal:
     """Litestar dependency: the authenticated agency of this request."""
     return await verify(

@@ -17,7 +17,8 @@ import msgspec
 import qrcode
 import qrcode.image.svg
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -209,9 +210,9 @@ class BillsController(Controller):
     async def create(
         self,
         request: Request[Any, Any, Any],
-        principal: AgencyPrincipal,
-        db: AsyncSession,
-        resources: Resources,
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> Response[BillOut]:
         data = _decode(await request.body(), BillIn)
         bill_id, created = await svc.issue_bill(
@@ -234,9 +235,9 @@ class BillsController(Controller):
     async def batch(
         self,
         request: Request[Any, Any, Any],
-        principal: AgencyPrincipal,
-        db: AsyncSession,
-        resources: Resources,
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> BatchOut:
         data = _decode(await request.body(), BatchIn)
         results = await svc.issue_bills(
@@ -270,17 +271,17 @@ class BillsController(Controller):
         self,
         *,
         request: Request[Any, Any, Any],
-        principal: AgencyPrincipal,
-        db: AsyncSession,
-        resources: Resources,
-        agency_bill_no: str | None = None,
-        status: str | None = None,
-        issued_from: datetime | None = None,
-        issued_to: datetime | None = None,
-        payer_id: str | None = None,
-        payment_code: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        agency_bill_no: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        issued_from: FromQuery[datetime | None] = None,
+        issued_to: FromQuery[datetime | None] = None,
+        payer_id: FromQuery[str | None] = None,
+        payment_code: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
     ) -> Response[BillPage] | Stream:
         if not 1 <= limit <= 500:
             raise InvalidInput("limit is 1–500.", code="limit_invalid")
@@ -298,7 +299,11 @@ class BillsController(Controller):
 
     @get("/bills/{bill_id:uuid}", summary="One bill of this agency")
     async def get_one(
-        self, bill_id: uuid.UUID, principal: AgencyPrincipal, db: AsyncSession, resources: Resources
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> BillOut:
         return _out(await svc.get_bill(db, principal.agency_id, bill_id), resources)
 
@@ -306,10 +311,10 @@ class BillsController(Controller):
     async def cancel(
         self,
         request: Request[Any, Any, Any],
-        bill_id: uuid.UUID,
-        principal: AgencyPrincipal,
-        db: AsyncSession,
-        resources: Resources,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> BillOut:
         body = await request.body()
         data = _decode(body, CancelIn) if body.strip() else CancelIn()
@@ -321,14 +326,22 @@ class BillsController(Controller):
 
     @get("/bills/{bill_id:uuid}/qr.png", summary="QR code of the citizen pay URL (PNG)")
     async def qr_png(
-        self, bill_id: uuid.UUID, principal: AgencyPrincipal, db: AsyncSession, resources: Resources
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> Response[bytes]:
         view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
         return Response(qr_png(pay_url(resources, view.bill.payment_code)), media_type="image/png")
 
     @get("/bills/{bill_id:uuid}/qr.svg", summary="QR code of the citizen pay URL (SVG)")
     async def qr_svg(
-        self, bill_id: uuid.UUID, principal: AgencyPrincipal, db: AsyncSession, resources: Resources
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> Response[bytes]:
         view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
         return Response(
