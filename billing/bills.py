@@ -14,6 +14,8 @@ issuance events from arrays (`unnest`).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +25,8 @@ from typing import Any, Literal
 
 import msgspec
 import structlog
-from sqlalchemy import Select, select, text, tuple_
+from sqlalchemy import Select, String, cast, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
@@ -108,12 +111,17 @@ def request_hash(bill: NewBill) -> bytes:
     """Keyed hash of the canonical request (sorted keys, normalised types)."""
     # The same instant written in another offset is the same request.
     bill = replace(bill, expires_at=bill.expires_at.astimezone(UTC))
-    canonical = msgspec.json.encode(bill, order="sorted").decode()
-    return keyring().keyed_hash(canonical, purpose=b"bill_request")
+    canonical = msgspec.json.encode(bill, order="sorted")
+    return _keyed_hash(b"bill_request", canonical)
 
 
 def payer_id_hash(id_number: str) -> bytes:
-    return keyring().keyed_hash(id_number.strip().upper(), purpose=b"payer_id")
+    return _keyed_hash(b"payer_id", id_number.strip().upper().encode())
+
+
+def _keyed_hash(purpose: bytes, value: bytes) -> bytes:
+    """Byte-for-byte `keyring().keyed_hash`, on the one-shot C path (batches hash 10⁴ values)."""
+    return hmac.digest(keyring().hash_key, purpose + b"\x00" + value, hashlib.sha256)
 
 
 def _aad(column: str, bill_id: uuid.UUID) -> bytes:
@@ -279,7 +287,9 @@ async def _existing(
         return {}
     rows = await session.execute(
         select(Bill.agency_bill_no, Bill.id, Bill.request_hash, Bill.payment_code).where(
-            Bill.agency_id == agency_id, Bill.agency_bill_no.in_(numbers)
+            Bill.agency_id == agency_id,
+            # One array parameter, not 10⁴ bind parameters.
+            Bill.agency_bill_no == func.any(cast(numbers, ARRAY(String))),
         )
     )
     return {no: (bid, h, code) for no, bid, h, code in rows}

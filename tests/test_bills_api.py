@@ -417,3 +417,11 @@ async def test_auth_nonce_table_is_created_and_purged(res: Resources) -> None:
     async with res.engine.connect() as conn:
         left = (await conn.execute(text("SELECT nonce FROM auth_nonces"))).scalars().all()
     assert left == ["new"]
+
+
+def test_fast_keyed_hash_matches_the_keyring() -> None:
+    from billing.bills import payer_id_hash
+    from billing.crypto import keyring
+
+    pid = resident_id()
+    assert payer_id_hash(pid) == keyring().keyed_hash(pid, purpose=b"payer_id")
