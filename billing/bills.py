@@ -35,6 +35,7 @@ from billing.crypto import keyring, mask_id_number
 from billing.errors import DomainError, IllegalTransition, InvalidInput, NotFound
 from billing.late_fee import SHANGHAI, AmountDue, DayCount, amount_due, shanghai_today
 from billing.models import Agency, AgencyItem, Bill, BillEvent, BillLine, RevenueItem
+from billing.payment_code import validate as validate_payment_code
 from billing.serials import allocate, payment_codes
 from billing.states import BILL, BillStatus
 
@@ -588,7 +589,8 @@ def _filtered(agency_id: uuid.UUID, f: BillFilter) -> Select[Bill]:
     if f.payer_id is not None:
         stmt = stmt.where(Bill.payer_id_hash == payer_id_hash(f.payer_id))
     if f.payment_code is not None:
-        stmt = stmt.where(Bill.payment_code == f.payment_code)
+        # A mistyped code is refused by its check digit before the database is asked.
+        stmt = stmt.where(Bill.payment_code == validate_payment_code(f.payment_code))
     return stmt
 
 

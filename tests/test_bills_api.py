@@ -425,3 +425,14 @@ def test_fast_keyed_hash_matches_the_keyring() -> None:
 
     pid = resident_id()
     assert payer_id_hash(pid) == keyring().keyed_hash(pid, purpose=b"payer_id")
+
+
+async def test_lookup_by_payment_code_checks_the_digit_first(api: AgencyClient) -> None:
+    bill = (await api.post("/v1/bills", json=bill_body("PC-1"))).json()
+    code = bill["payment_code"]
+    found = (await api.get("/v1/bills", params={"payment_code": code})).json()["items"]
+    assert [b["id"] for b in found] == [bill["id"]]
+    typo = code[:-1] + str((int(code[-1]) + 1) % 10)
+    resp = await api.get("/v1/bills", params={"payment_code": typo})
+    assert resp.status_code == 422
+    assert resp.json()["code"] == "payment_code_check_failed"
