@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, text, update
 
+from billing import bills as svc
 from billing.audit import AuditEntry
 from billing.models import Bill, BillEvent, BillLine
 from billing.outbox import OutboxMessage
 from billing.payment_code import is_valid
+from gateway.bills_api import BillIn
 from gateway.state import Resources
 from gateway.worker import default_jobs, run_once
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key, resident_id
@@ -436,3 +440,23 @@ async def test_lookup_by_payment_code_checks_the_digit_first(api: AgencyClient) 
     resp = await api.get("/v1/bills", params={"payment_code": typo})
     assert resp.status_code == 422
     assert resp.json()["code"] == "payment_code_check_failed"
+
+
+async def test_concurrent_creates_of_one_number_make_one_bill(res: Resources) -> None:
+    agency = await make_agency_with_key(res)
+    cfg = svc.BillingConfig(serial_key=res.settings.billing.serial_key)
+    new = msgspec.convert(bill_body("RACE-1"), BillIn).to_domain()
+
+    async def one() -> tuple[uuid.UUID, bool]:
+        async with res.sessions() as s:
+            out = await svc.issue_bill(
+                s, agency.agency_id, new, config=cfg, actor=svc.Actor("agency", "t")
+            )
+            await asyncio.sleep(0.05)  # hold the transaction open so the two overlap
+            await s.commit()
+            return out
+
+    results = await asyncio.gather(*(one() for _ in range(4)))
+    assert len({bid for bid, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert await _count(res, Bill) == 1
