@@ -19,7 +19,7 @@ import hmac
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -60,23 +60,22 @@ class BillingConfig:
     day_count: DayCount = field(default_factory=DayCount)
 
 
-@dataclass(frozen=True, slots=True)
-class Payer:
+# Requests are msgspec Structs (not dataclasses): a batch builds 10⁴ of them, and Structs
+# are several times cheaper to construct, and encode canonically for the request hash.
+class Payer(msgspec.Struct, frozen=True, gc=False):
     type: str
     name: str
     id_number: str | None = None
     phone: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(msgspec.Struct, frozen=True, gc=False):
     item_code: str
     quantity: int
     unit_amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewBill:
+class NewBill(msgspec.Struct, frozen=True):
     agency_bill_no: str
     payer: Payer
     lines: tuple[Line, ...]
@@ -111,7 +110,7 @@ def resident_id_valid(value: str) -> bool:
 def request_hash(bill: NewBill) -> bytes:
     """Keyed hash of the canonical request (sorted keys, normalised types)."""
     # The same instant written in another offset is the same request.
-    bill = replace(bill, expires_at=bill.expires_at.astimezone(UTC))
+    bill = msgspec.structs.replace(bill, expires_at=bill.expires_at.astimezone(UTC))
     canonical = msgspec.json.encode(bill, order="sorted")
     return _keyed_hash(b"bill_request", canonical)
 

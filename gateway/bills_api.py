@@ -34,14 +34,14 @@ BillNo = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-
 T = TypeVar("T")
 
 
-class PayerIn(msgspec.Struct, forbid_unknown_fields=True):
+class PayerIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     type: Literal["PERSON", "ORG"]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     id_number: Annotated[str, msgspec.Meta(max_length=18)] | None = None
     phone: Annotated[str, msgspec.Meta(max_length=20)] | None = None
 
 
-class LineIn(msgspec.Struct, forbid_unknown_fields=True):
+class LineIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     item_code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     quantity: Quantity
     unit_amount: Fen
