@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing import audit, outbox
 from billing.agencies import validate_credit_code
 from billing.crypto import keyring, mask_id_number
-from billing.errors import DomainError, IllegalTransition, InvalidInput, NotFound
+from billing.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
 from billing.late_fee import SHANGHAI, AmountDue, DayCount, amount_due, shanghai_today
 from billing.models import Agency, AgencyItem, Bill, BillEvent, BillLine, RevenueItem
 from billing.payment_code import validate as validate_payment_code
@@ -296,8 +296,6 @@ async def _existing(
 
 
 def _conflict(no: str) -> DomainError:
-    from billing.errors import Conflict
-
     return Conflict(
         f"Bill number {no!r} was already used with a different request.",
         code="bill_no_reused",
