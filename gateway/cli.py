@@ -284,5 +284,89 @@ def key_revoke(key_id: str) -> None:
     click.echo(f"{key_id} revoked")
 
 
+@main.group()
+def item() -> None:
+    """The revenue-item catalogue."""
+
+
+@item.command("list")
+def item_list() -> None:
+    """List revenue items."""
+    from sqlalchemy import select
+
+    from billing.models import RevenueItem
+
+    async def run(session: Any) -> list[str]:
+        rows = await session.scalars(select(RevenueItem).order_by(RevenueItem.code))
+        return [
+            f"{i.code}  {i.category}  {i.budget_subject}  "
+            f"{i.fixed_amount if i.fixed_amount else f'{i.min_amount}-{i.max_amount}'} fen  "
+            f"split={i.split()}  {i.name}"
+            for i in rows
+        ]
+
+    for line in _in_session(run):
+        click.echo(line)
+
+
+@item.command("seed-demo")
+def item_seed_demo() -> None:
+    """Insert or update the demo catalogue (fines, exam fees, tuition, school fees)."""
+    from billing import catalogue
+
+    click.echo(f"{_in_session(catalogue.seed_demo_items)} items")
+
+
+def _split(raw: str) -> dict[int, int]:
+    """'2:5000,3:5000' → {2: 5000, 3: 5000} (level: basis points)."""
+    try:
+        return {int(k): int(v) for k, v in (p.split(":") for p in raw.split(",") if p)}
+    except ValueError as exc:
+        raise click.BadParameter("use LEVEL:BASIS_POINTS[,LEVEL:BASIS_POINTS…]") from exc
+
+
+@item.command("add")
+@click.option("--code", required=True)
+@click.option("--name", required=True)
+@click.option("--category", type=click.Choice(["FINE", "EXAM_FEE", "TUITION", "OTHER"]))
+@click.option("--subject", required=True, help="12-digit budget subject code.")
+@click.option("--split", "split", required=True, help="LEVEL:BP,… summing to 10000.")
+@click.option("--fixed", type=int, default=None, help="Fixed amount in fen.")
+@click.option("--min", "min_", type=int, default=None, help="Minimum amount in fen.")
+@click.option("--max", "max_", type=int, default=None, help="Maximum amount in fen.")
+@click.option("--late-fee", type=click.Choice(["NONE", "FINE_DAILY_3PCT"]), default="NONE")
+@click.option("--not-refundable", is_flag=True)
+def item_add(
+    *,
+    code: str,
+    name: str,
+    category: str,
+    subject: str,
+    split: str,
+    fixed: int | None,
+    min_: int | None,
+    max_: int | None,
+    late_fee: str,
+    not_refundable: bool,
+) -> None:
+    """Add or update one revenue item (validated: split sums to 100%, amounts positive)."""
+    from billing import catalogue
+
+    spec = catalogue.ItemSpec(
+        code=code,
+        name=name,
+        category=category,
+        budget_subject=subject,
+        split_bp=_split(split),
+        fixed_amount=fixed,
+        min_amount=min_,
+        max_amount=max_,
+        late_fee_rule=late_fee,
+        refundable=not not_refundable,
+    )
+    _in_session(lambda s: catalogue.upsert_item(s, spec))
+    click.echo(f"item {code} saved")
+
+
 if __name__ == "__main__":
     main()

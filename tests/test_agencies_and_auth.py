@@ -207,6 +207,28 @@ async def test_transition_is_guarded_and_recorded(
         assert events == 2
 
 
+def test_cli_manages_the_catalogue(res: Resources) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli.main, ["item", "seed-demo"]).exit_code == 0
+    ok = runner.invoke(
+        cli.main,
+        ["item", "add", "--code", "X-1", "--name", "测试费", "--category", "OTHER",
+         "--subject", "103040100199", "--split", "2:6000,3:4000", "--fixed", "500"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(
+        cli.main,
+        ["item", "add", "--code", "X-2", "--name", "n", "--category", "OTHER",
+         "--subject", "103040100199", "--split", "2:6000,3:3000", "--fixed", "500"],
+    )  # fmt: skip
+    assert bad.exit_code != 0
+    assert "split_not_100_percent" in bad.output
+    listing = runner.invoke(cli.main, ["item", "list"]).output
+    assert "X-1" in listing
+    assert "FINE-ROAD-TRAFFIC" in listing
+    assert "X-2" not in listing
+
+
 def test_cli_creates_agency_and_keys(res: Resources) -> None:
     runner = CliRunner()
     out = runner.invoke(
