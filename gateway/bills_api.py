@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import bills as svc
 from billing.errors import InvalidInput
-from billing.late_fee import DayCount, shanghai_today
+from billing.late_fee import SHANGHAI, DayCount, shanghai_today
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.state import Resources
 
@@ -156,6 +156,13 @@ def _decode(body: bytes, type_: type[T]) -> T:
         raise InvalidInput(f"Malformed JSON: {exc}", code="malformed_body") from exc
 
 
+def _local(value: datetime | None) -> datetime | None:
+    """A time without an offset is business time (Asia/Shanghai), not UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=SHANGHAI)
+
+
 def pay_url(resources: Resources, payment_code: str) -> str:
     return f"{resources.settings.server.public_url}/pay/{payment_code}"
 
@@ -285,7 +292,9 @@ class BillsController(Controller):
     ) -> Response[BillPage] | Stream:
         if not 1 <= limit <= 500:
             raise InvalidInput("limit is 1–500.", code="limit_invalid")
-        f = svc.BillFilter(agency_bill_no, status, issued_from, issued_to, payer_id, payment_code)
+        f = svc.BillFilter(
+            agency_bill_no, status, _local(issued_from), _local(issued_to), payer_id, payment_code
+        )
         if "text/csv" in request.headers.get("accept", ""):
             return Stream(
                 _csv(resources, principal.agency_id, f),

@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text, update
 
 from billing import bills as svc
 from billing.audit import AuditEntry
+from billing.late_fee import SHANGHAI
 from billing.models import Bill, BillEvent, BillLine
 from billing.outbox import OutboxMessage
 from billing.payment_code import is_valid
@@ -460,3 +461,23 @@ async def test_concurrent_creates_of_one_number_make_one_bill(res: Resources) ->
     assert len({bid for bid, _ in results}) == 1
     assert sorted(created for _, created in results) == [False, False, False, True]
     assert await _count(res, Bill) == 1
+
+
+@pytest.mark.parametrize("naive", [False, True])
+async def test_list_by_issue_time(api: AgencyClient, naive: bool) -> None:
+    await api.post("/v1/bills", json=bill_body("IT-1"))
+    past = datetime.now(UTC) - timedelta(hours=1)
+    future = datetime.now(UTC) + timedelta(hours=1)
+
+    def fmt(d: datetime) -> str:  # naive times are read as Asia/Shanghai business time
+        return d.astimezone(SHANGHAI).replace(tzinfo=None).isoformat() if naive else d.isoformat()
+
+    hit = await api.get("/v1/bills", params={"issued_from": fmt(past), "issued_to": fmt(future)})
+    assert hit.status_code == 200, hit.text
+    assert [b["agency_bill_no"] for b in hit.json()["items"]] == ["IT-1"]
+    miss = await api.get("/v1/bills", params={"issued_from": fmt(future)})
+    assert miss.json()["items"] == []
+    utc_wall_clock = (datetime.now(UTC) + timedelta(minutes=5)).replace(tzinfo=None).isoformat()
+    # Read as Shanghai time, five minutes ahead in UTC wall-clock is ~8 h in the past.
+    earlier = await api.get("/v1/bills", params={"issued_from": utc_wall_clock})
+    assert len(earlier.json()["items"]) == 1
