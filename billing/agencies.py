@@ -22,6 +22,7 @@ from billing import audit
 from billing.crypto import keyring
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency, AgencyItem, ApiKey, RevenueItem
+from billing.tables import AuthNonce
 
 log = structlog.get_logger(__name__)
 
@@ -268,18 +269,30 @@ class KeyLookup:
     agency_id: uuid.UUID
     key_id: str
     secret: str
+    nonce_seen: bool
+    """The nonce is in the Postgres fallback store (used while Redis was down)."""
 
 
-async def find_live_key(session: AsyncSession, key_id: str) -> KeyLookup | None:
-    """The live key and its agency (active), secret decrypted; None when unusable."""
+async def find_live_key(session: AsyncSession, key_id: str, nonce: str = "") -> KeyLookup | None:
+    """The live key of an active agency, secret decrypted; None when unusable.
+
+    The same round trip tells whether `nonce` was recorded in `auth_nonces` during a Redis
+    outage, so a request accepted then cannot be replayed once Redis is back.
+    """
     now = datetime.now(UTC)
+    seen = (
+        select(AuthNonce.key_id)
+        .where(AuthNonce.key_id == key_id, AuthNonce.nonce == nonce, AuthNonce.expires_at > now)
+        .exists()
+    )
     row = (
         await session.execute(
-            select(ApiKey)
+            select(ApiKey, seen)
             .join(Agency, Agency.id == ApiKey.agency_id)
             .where(ApiKey.key_id == key_id, Agency.active.is_(True), _live(now))  # type: ignore[arg-type]
         )
-    ).scalar_one_or_none()
+    ).one_or_none()
     if row is None:
         return None
-    return KeyLookup(row.agency_id, row.key_id, decrypt_secret(row))
+    key, nonce_seen = row
+    return KeyLookup(key.agency_id, key.key_id, decrypt_secret(key), bool(nonce_seen))

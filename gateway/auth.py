@@ -14,7 +14,9 @@ canonical string — six lines joined with "\\n", no trailing newline:
 Checks, cheapest first and all before anything is written: header shape, clock skew
 (±300 s by default), key live and agency active, constant-time signature compare — and
 only then the nonce is recorded (Redis `SET NX EX`; when Redis errors, a unique row in
-`auth_nonces`). A nonce seen before is a replay. Every failure is a 401 with its own code.
+`auth_nonces`, which the key lookup also consults, so a nonce accepted during a Redis outage
+stays spent after Redis is back). A nonce seen before is a replay. Every failure is a 401
+with its own code.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ async def verify(
     if abs(now - int(p["ts"])) > cfg.clock_skew_s:
         raise Unauthorized("Timestamp outside the allowed clock skew.", code="auth_stale")
     async with resources.sessions() as session:
-        key = await find_live_key(session, p["key"])
+        key = await find_live_key(session, p["key"], p["nonce"])
     if key is None:
         raise Unauthorized("Unknown or revoked key.", code="auth_key")
     expected = sign(
@@ -165,7 +167,9 @@ async def verify(
     )
     if not hmac.compare_digest(expected, p["sig"].lower()):
         raise Unauthorized("Signature does not match.", code="auth_signature")
-    if not await _remember_nonce(resources, key.key_id, p["nonce"], cfg.nonce_ttl_s):
+    if key.nonce_seen or not await _remember_nonce(
+        resources, key.key_id, p["nonce"], cfg.nonce_ttl_s
+    ):
         raise Unauthorized("Nonce already used.", code="auth_replay")
     structlog.contextvars.bind_contextvars(agency_id=str(key.agency_id), key_id=key.key_id)
     return AgencyPrincipal(key.agency_id, key.key_id)

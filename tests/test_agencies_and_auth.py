@@ -149,6 +149,10 @@ async def test_nonce_falls_back_to_postgres_when_redis_is_down(res: Resources) -
     async with res.engine.connect() as conn:
         rows = (await conn.execute(text("SELECT key_id, nonce FROM auth_nonces"))).all()
     assert [tuple(r) for r in rows] == [(agency.key_id, "fallback-nonce-0001")]
+    # Redis is back: the nonce spent during the outage is still spent.
+    with pytest.raises(Unauthorized) as exc:
+        await verify(res, **kw)  # type: ignore[arg-type]
+    assert exc.value.code == "auth_replay"
 
 
 def test_catalogue_validation() -> None:
