@@ -643,13 +643,21 @@ async def export_rows(
     f: BillFilter,
     *,
     page: int = 1000,
+    day_count: DayCount | None = None,
 ) -> AsyncIterator[list[list[str]]]:
     """Pages of CSV rows (ID numbers masked), each page read in its own short session."""
     cursor: str | None = None
     while True:
         async with sessions() as session:
             views, cursor = await list_bills(
-                session, agency_id, f, cursor=cursor, limit=page, reveal=False, with_lines=False
+                session,
+                agency_id,
+                f,
+                cursor=cursor,
+                limit=page,
+                reveal=False,
+                with_lines=False,
+                day_count=day_count,
             )
         yield [
             [

@@ -167,9 +167,13 @@ def pay_url(resources: Resources, payment_code: str) -> str:
     return f"{resources.settings.server.public_url}/pay/{payment_code}"
 
 
+def _days(resources: Resources) -> DayCount:
+    return DayCount(resources.settings.billing.late_fee_grace_days)
+
+
 def _config(resources: Resources) -> svc.BillingConfig:
     b = resources.settings.billing
-    return svc.BillingConfig(serial_key=b.serial_key, day_count=DayCount(b.late_fee_grace_days))
+    return svc.BillingConfig(serial_key=b.serial_key, day_count=_days(resources))
 
 
 def _out(view: svc.BillView, resources: Resources) -> BillOut:
@@ -230,7 +234,7 @@ class BillsController(Controller):
             actor=_actor(principal),
         )
         await db.commit()
-        view = await svc.get_bill(db, principal.agency_id, bill_id)
+        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources))
         return Response(_out(view, resources), status_code=201 if created else 200)
 
     @post(
@@ -302,7 +306,7 @@ class BillsController(Controller):
                 headers={"Content-Disposition": 'attachment; filename="bills.csv"'},
             )
         views, next_cursor = await svc.list_bills(
-            db, principal.agency_id, f, cursor=cursor, limit=limit
+            db, principal.agency_id, f, cursor=cursor, limit=limit, day_count=_days(resources)
         )
         return Response(BillPage([_out(v, resources) for v in views], next_cursor))
 
@@ -314,7 +318,10 @@ class BillsController(Controller):
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
     ) -> BillOut:
-        return _out(await svc.get_bill(db, principal.agency_id, bill_id), resources)
+        return _out(
+            await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources)),
+            resources,
+        )
 
     @post("/bills/{bill_id:uuid}/cancel", summary="Cancel an unpaid bill", status_code=200)
     async def cancel(
@@ -331,7 +338,10 @@ class BillsController(Controller):
             db, principal.agency_id, bill_id, actor=_actor(principal), reason=data.reason
         )
         await db.commit()
-        return _out(await svc.get_bill(db, principal.agency_id, bill_id), resources)
+        return _out(
+            await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources)),
+            resources,
+        )
 
     @get("/bills/{bill_id:uuid}/qr.png", summary="QR code of the citizen pay URL (PNG)")
     async def qr_png(
@@ -375,7 +385,7 @@ async def _csv(resources: Resources, agency_id: uuid.UUID, f: svc.BillFilter) ->
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(svc.CSV_COLUMNS)
-    async for rows in svc.export_rows(resources.sessions, agency_id, f):
+    async for rows in svc.export_rows(resources.sessions, agency_id, f, day_count=_days(resources)):
         writer.writerows(rows)
         yield buf.getvalue()
         buf.seek(0)

@@ -481,3 +481,19 @@ async def test_list_by_issue_time(api: AgencyClient, naive: bool) -> None:
     # Read as Shanghai time, five minutes ahead in UTC wall-clock is ~8 h in the past.
     earlier = await api.get("/v1/bills", params={"issued_from": utc_wall_clock})
     assert len(earlier.json()["items"]) == 1
+
+
+async def test_late_fee_grace_days_come_from_settings(res: Resources, api: AgencyClient) -> None:
+    import dataclasses
+
+    from gateway.app import create_app
+
+    bill = (await api.post("/v1/bills", json=bill_body("G-1", due_in_days=-3))).json()
+    assert bill["amount_due_today"]["overdue_days"] == 3
+    graced = dataclasses.replace(
+        res.settings, billing=dataclasses.replace(res.settings.billing, late_fee_grace_days=2)
+    )
+    async with AsyncTestClient(app=create_app(graced)) as c:
+        again = await AgencyClient(c, api.key_id, api.secret).get(f"/v1/bills/{bill['id']}")
+    assert again.json()["amount_due_today"]["overdue_days"] == 1
+    assert again.json()["amount_due_today"]["late_fee"] == 600
