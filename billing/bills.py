@@ -547,6 +547,19 @@ async def get_bill(
     return _view(bill, lines, reveal=reveal, now=datetime.now(UTC), day_count=day_count)
 
 
+async def find_by_payment_code(session: AsyncSession, code: str) -> Bill:
+    """The bill a payer's code names (for channels and the citizen page, not agencies).
+
+    The check digit is verified first, so a mistyped code never reaches the database
+    (InvalidInput `payment_code_check_failed`); an unknown valid code is NotFound.
+    """
+    validate_payment_code(code)
+    bill = await session.scalar(select(Bill).where(Bill.payment_code == code))
+    if bill is None:
+        raise NotFound("No bill has this payment code.", code="payment_code_unknown")
+    return bill
+
+
 @dataclass(frozen=True, slots=True)
 class BillFilter:
     agency_bill_no: str | None = None

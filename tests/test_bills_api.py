@@ -497,3 +497,19 @@ async def test_late_fee_grace_days_come_from_settings(res: Resources, api: Agenc
         again = await AgencyClient(c, api.key_id, api.secret).get(f"/v1/bills/{bill['id']}")
     assert again.json()["amount_due_today"]["overdue_days"] == 1
     assert again.json()["amount_due_today"]["late_fee"] == 600
+
+
+async def test_find_by_payment_code(res: Resources, api: AgencyClient) -> None:
+    from billing.errors import InvalidInput, NotFound
+    from billing.payment_code import check_digit
+
+    bill = (await api.post("/v1/bills", json=bill_body("FC-1"))).json()
+    code = bill["payment_code"]
+    async with res.sessions() as s:
+        assert str((await svc.find_by_payment_code(s, code)).id) == bill["id"]
+        with pytest.raises(InvalidInput) as bad:
+            await svc.find_by_payment_code(s, code[:-1] + str((int(code[-1]) + 1) % 10))
+        assert bad.value.code == "payment_code_check_failed"
+        other = code[:10] + "000000001"
+        with pytest.raises(NotFound):
+            await svc.find_by_payment_code(s, other + check_digit(other))
