@@ -13,7 +13,6 @@ import json
 import os
 import pkgutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from gateway.procs import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,12 +51,6 @@ class Row:
         op, _, value = self.goal.partition(" ")
         target = float(value)
         self.met = self.ratio >= target if op == ">=" else self.ratio <= target
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PeakRSS:

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from gateway import __version__
 from gateway import logging as app_logging
+from gateway.procs import exit_with_parent, spawn_child, stop_children
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -70,17 +72,17 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
     host = host or settings.server.host
     port = port or settings.server.port
     workers = workers or settings.server.workers
-    worker_proc: subprocess.Popen[bytes] | None = None
+    children: list[subprocess.Popen[bytes]] = []
     if demo:
         from gateway.demo import seed
 
+        if not settings.alipay.enabled:
+            children.append(_start_alipay_simulator())
+            settings = Settings.from_env()  # now pointing at the simulator
         for line in _with_resources(settings, seed):
             click.echo(line)
-        # The child inherits DATABASE_URL/REDIS_URL, so it joins the same servers.
-        # --parent: the worker stops when we die, even by SIGKILL, so it never outlives us.
-        worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "worker", "--parent", str(os.getpid())]
-        )
+        # Children inherit DATABASE_URL/REDIS_URL and stop when we stop, even on SIGKILL.
+        children.append(spawn_child("worker"))
     click.secho(f"paygate {__version__} serving on http://{host}:{port}", fg="green", bold=True)
     click.echo(f"  API reference: http://{host}:{port}/schema   readiness: /health/ready")
     try:
@@ -98,9 +100,29 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
             timeout_graceful_shutdown=10,
         )
     finally:
-        if worker_proc is not None:
-            worker_proc.terminate()
-            worker_proc.wait(timeout=15)
+        stop_children(children)
+
+
+def _start_alipay_simulator() -> subprocess.Popen[bytes]:
+    """Demo mode without an Alipay account: run the simulator and point the adapter at it."""
+    from channels.alipay.keys import ensure_keys
+    from gateway.procs import free_port
+
+    keys_dir = Path("var/alipay").resolve()
+    keys = ensure_keys(keys_dir)
+    port = free_port()
+    app_id = "2021000000000001"
+    os.environ |= {
+        "PAYGATE_ALIPAY_APP_ID": app_id,
+        "PAYGATE_ALIPAY_GATEWAY_URL": f"http://127.0.0.1:{port}/gateway.do",
+        "PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH": str(keys.app_private),
+        "PAYGATE_ALIPAY_PUBLIC_KEY_PATH": str(keys.alipay_public),
+    }
+    child = spawn_child(
+        "simulator", "alipay", "--port", str(port), "--keys-dir", str(keys_dir), "--app-id", app_id
+    )
+    click.echo(f"  Alipay simulator (demo): http://127.0.0.1:{port}/sim/cashier/<attempt id>")
+    return child
 
 
 @main.command()
@@ -110,11 +132,13 @@ def worker(once: bool, parent: int | None) -> None:
     """Run the background worker loop."""
     from gateway import worker as w
 
+    if parent is not None:
+        exit_with_parent(parent)
     settings = _prepare()
     if once:
         click.echo(_with_resources(settings, w.run_once))
     else:
-        _with_resources(settings, lambda res: w.run_forever(res, parent_pid=parent))
+        _with_resources(settings, w.run_forever)
 
 
 @main.group()
@@ -154,6 +178,68 @@ def demo() -> None:
     settings = _prepare()
     for line in _with_resources(settings, seed):
         click.echo(line)
+
+
+@main.group()
+def simulator() -> None:
+    """Channel simulators speaking the real wire protocols (for tests and the demo)."""
+
+
+@simulator.command("alipay")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", type=int, default=8101, show_default=True, help="Port.")
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiplier for Alipay's notification retry schedule (0.01: 4 min → 2.4 s).",
+)
+@click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/alipay"),
+    show_default=True,
+    help="Where the generated demo key pairs live (created on first run).",
+)
+@click.option("--app-id", default=None, help="Merchant app id (PAYGATE_ALIPAY_APP_ID).")
+@click.option("--parent", type=int, default=None, help="Exit when this process id exits.")
+def simulator_alipay(
+    *,
+    host: str,
+    port: int,
+    time_scale: float,
+    keys_dir: Path,
+    app_id: str | None,
+    parent: int | None,
+) -> None:
+    """Serve the Alipay gateway simulator (uvicorn + httptools, which routes the SDK's
+    absolute-form request target correctly)."""
+    import uvicorn
+
+    from channels.alipay.keys import ensure_keys
+    from channels.alipay.simulator import create_simulator
+
+    if parent is not None:
+        exit_with_parent(parent)
+    settings = Settings.from_env()
+    app_logging.configure(settings.log)
+    app_id = app_id or settings.alipay.app_id or "2021000000000001"
+    keys = ensure_keys(keys_dir)
+    app = create_simulator(
+        app_id=app_id,
+        app_public_key_pem=keys.app_public.read_text(encoding="ascii"),
+        alipay_private_key_pem=keys.alipay_private.read_text(encoding="ascii"),
+        time_scale=time_scale,
+    )
+    click.secho(f"Alipay simulator on http://{host}:{port}/gateway.do", fg="green", bold=True)
+    click.echo("Point paygate at it with:")
+    click.echo(f"  export PAYGATE_ALIPAY_APP_ID={app_id}")
+    click.echo(f"  export PAYGATE_ALIPAY_GATEWAY_URL=http://{host}:{port}/gateway.do")
+    click.echo(f"  export PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH={keys.app_private.resolve()}")
+    click.echo(f"  export PAYGATE_ALIPAY_PUBLIC_KEY_PATH={keys.alipay_public.resolve()}")
+    click.echo(f"Cashier for a trade: http://{host}:{port}/sim/cashier/<out_trade_no>")
+    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

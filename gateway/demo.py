@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from gateway.demo_billing import seed_billing
 from gateway.state import Resources
 
 log = structlog.get_logger(__name__)
@@ -14,13 +15,7 @@ Seeder = Callable[[Resources], Awaitable[list[str]]]
 """A seeder is idempotent and returns lines worth printing to the person running the demo."""
 
 
-def _seeders() -> list[Seeder]:
-    from gateway.demo_billing import seed_billing
-
-    return [seed_billing]
-
-
-SEEDERS: list[Seeder] = _seeders()
+SEEDERS: list[Seeder] = [seed_billing]
 
 
 async def seed(resources: Resources) -> list[str]:

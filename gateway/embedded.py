@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -91,7 +92,10 @@ def _start_postgres(data_dir: Path) -> tuple[str, bool]:
 def _redis_socket(data_dir: Path) -> Path:
     sock = data_dir / "redis.sock"
     if len(str(sock)) > _MAX_SOCKET_PATH:
-        short = Path("/tmp") / f"paygate-redis-{abs(hash(str(data_dir))) % 10**8}"  # noqa: S108
+        # A stable digest (not hash(), which is salted per process) so every process of
+        # the run finds the same socket.
+        digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+        short = Path("/tmp") / f"paygate-redis-{digest}"  # noqa: S108
         short.mkdir(mode=0o700, exist_ok=True)
         sock = short / "redis.sock"
     return sock

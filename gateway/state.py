@@ -39,5 +39,9 @@ class Resources:
 
 def build_channels(settings: Settings) -> ChannelRegistry:
     """Channel name → adapter, built once per process from settings."""
-    del settings  # each channel reads its own settings; channels register here as they land
-    return ChannelRegistry()
+    registry = ChannelRegistry()
+    if settings.alipay.enabled:
+        from channels.alipay.adapter import AlipayAdapter
+
+        registry.register(AlipayAdapter(settings.alipay))
+    return registry

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -63,9 +62,7 @@ async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[
     return handled
 
 
-async def run_forever(
-    resources: Resources, jobs: list[Job] | None = None, parent_pid: int | None = None
-) -> None:
+async def run_forever(resources: Resources, jobs: list[Job] | None = None) -> None:
     jobs = list(jobs if jobs is not None else default_jobs())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,9 +71,6 @@ async def run_forever(
     next_run = dict.fromkeys((j.name for j in jobs), 0.0)
     log.info("worker started", jobs=[j.name for j in jobs])
     while not stop.is_set():
-        if parent_pid is not None and os.getppid() != parent_pid:
-            log.info("parent process gone; stopping")
-            break
         now = time.monotonic()
         for job in jobs:
             if now < next_run[job.name]:

@@ -19,6 +19,9 @@ from gateway.state import Resources
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Channel fixtures (simulators over real HTTP) live in their own modules.
+pytest_plugins = ["tests.alipay_support"]
+
 
 @pytest.fixture(scope="session")
 def settings() -> Iterator[Settings]:

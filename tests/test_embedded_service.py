@@ -13,10 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.runner import free_port, wait_http
+from bench.runner import wait_http
+from gateway.procs import free_port
 
 
-def _processes_using(path: Path) -> list[psutil.Process]:
+def _processes_using(path: Path, parent: int | None = None) -> list[psutil.Process]:
+    """Embedded servers under `path`, and children started with `--parent <parent>`."""
     found = []
     for proc in psutil.process_iter(["cmdline", "name", "status"]):
         try:
@@ -25,7 +27,7 @@ def _processes_using(path: Path) -> list[psutil.Process]:
             cmd = " ".join(proc.info["cmdline"] or [])
         except psutil.Error:
             continue
-        if str(path) in cmd or (proc.info["name"] == "python" and "gateway.cli worker" in cmd):
+        if str(path) in cmd or (parent is not None and f"--parent {parent}" in cmd):
             found.append(proc)
     return found
 
@@ -52,12 +54,16 @@ def test_serve_embedded_ready_and_no_orphans(tmp_path: Path, how: signal.Signals
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready") as resp:
             assert resp.status == 200
             assert b'"postgres":"up"' in resp.read()
-        assert _processes_using(tmp_path), "embedded servers should be running"
+        running = _processes_using(tmp_path, proc.pid)
+        cmds = " ".join(" ".join(p.cmdline()) for p in running)
+        assert "postgres" in cmds, "embedded postgres should be running"
+        assert "gateway.cli worker" in cmds, "demo mode starts the worker"
+        assert "simulator alipay" in cmds, "demo mode starts the Alipay simulator"
     finally:
         proc.send_signal(how)
         proc.wait(timeout=60)
     assert f"serving on http://127.0.0.1:{port}" in log.read_text()
     deadline = time.monotonic() + 30
-    while _processes_using(tmp_path) and time.monotonic() < deadline:
+    while _processes_using(tmp_path, proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_using(tmp_path) == []
+    assert _processes_using(tmp_path, proc.pid) == []

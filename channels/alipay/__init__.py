@@ -1,0 +1,1 @@
+"""Alipay channel: `AlipayAdapter` (production, official SDK) and a wire-faithful simulator."""
