@@ -27,7 +27,7 @@ _counter = iter(range(10**9))
 
 
 @dataclass(frozen=True)
-class TestAgency:
+class SignedAgency:
     agency_id: uuid.UUID
     key_id: str
     secret: str
@@ -46,7 +46,7 @@ async def make_agency_with_key(
     region_code: str = "330100",
     items: tuple[str, ...] = ("FINE-ROAD-TRAFFIC", "EXAM-ACCT-JUNIOR", "TUITION-UNIV-YEAR"),
     name: str = "测试执收单位",
-) -> TestAgency:
+) -> SignedAgency:
     """Seed the demo catalogue, create an agency allowed `items`, and one live key."""
     async with res.sessions() as session:
         await catalogue.seed_demo_items(session)
@@ -61,7 +61,7 @@ async def make_agency_with_key(
         )
         key = await agencies.create_key(session, agency.id, actor="test")
         await session.commit()
-    return TestAgency(agency.id, key.key_id, key.secret, region_code, credit)
+    return SignedAgency(agency.id, key.key_id, key.secret, region_code, credit)
 
 
 def resident_id(first17: str = "33010219900101123") -> str:
