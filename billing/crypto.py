@@ -165,10 +165,12 @@ class Keyring:
         except InvalidTag as exc:
             raise DecryptError("ciphertext or associated data does not authenticate") from exc
 
-    def keyed_hash(self, value: str, *, purpose: bytes) -> bytes:
-        """Deterministic HMAC for exact-match search without storing the plaintext; `purpose`
-        separates uses so one column's hashes cannot be joined against another's."""
-        return hmac.new(self._hash_key, purpose + b"\x00" + value.encode(), hashlib.sha256).digest()
+    def keyed_hash(self, value: str | bytes, *, purpose: bytes) -> bytes:
+        """Deterministic HMAC-SHA256 for exact-match search without storing the plaintext;
+        `purpose` separates uses so one column's hashes cannot be joined against another's.
+        One-shot `hmac.digest` (the C path): batches hash 10⁴ values."""
+        data = value.encode() if isinstance(value, str) else value
+        return hmac.digest(self._hash_key, purpose + b"\x00" + data, hashlib.sha256)
 
     def needs_rotation(self, token: bytes) -> bool:
         """True when the token was sealed with an older key version than the current one."""

@@ -164,6 +164,8 @@ class Bill(Base):
     """SHA-256 of the canonical create request: same number + other body = 409."""
     payment_code: Mapped[str] = mapped_column(String(20), unique=True)
     category: Mapped[str] = mapped_column(String(16))
+    late_fee_rule: Mapped[str] = mapped_column(String(24), server_default="NONE")
+    """The items' late-fee rule, fixed at issuance (billing.late_fee)."""
     status: Mapped[str] = mapped_column(String(24), server_default="ISSUED")
     payer_type: Mapped[str] = mapped_column(String(8))
     payer_name: Mapped[str] = mapped_column(String(200))

@@ -78,7 +78,7 @@ class SerialPermutation:
 
     def _round(self, r: int, value: int, tweak: bytes) -> int:
         msg = tweak + bytes((r,)) + value.to_bytes(2, "big")
-        digest = hmac.new(self._key, msg, hashlib.sha256).digest()
+        digest = hmac.digest(self._key, msg, hashlib.sha256)  # one-shot C path: same bytes
         return int.from_bytes(digest[:2], "big") & self._MASK
 
     def _feistel(self, x: int, tweak: bytes) -> int:

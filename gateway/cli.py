@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -386,6 +386,208 @@ def webhooks_resend(agency_id: uuid.UUID, event_id: uuid.UUID, actor: str | None
             return await wh.resend(s, agency_id, event_id, _actor(actor))
 
     _echo_json(_service(run))
+
+
+@main.group()
+def agency() -> None:
+    """Collecting agencies and their API keys."""
+
+
+def _in_session(fn: Callable[..., Awaitable[T]]) -> T:
+    """Run fn(session) in one transaction, committed on success; DomainErrors are printed."""
+    from billing.errors import DomainError
+
+    settings = _prepare()
+
+    async def body(resources: Any) -> T:
+        async with resources.sessions() as session:
+            result = await fn(session)
+            await session.commit()
+            return result
+
+    try:
+        return _with_resources(settings, body)
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+
+
+@agency.command("create")
+@click.option("--credit-code", required=True, help="Unified social credit code (18 chars).")
+@click.option("--name", required=True)
+@click.option("--region", required=True, help="6-digit administrative region code.")
+@click.option("--item", "items", multiple=True, help="Revenue item code it may bill (repeat).")
+@click.option("--webhook-url", default=None)
+def agency_create(
+    credit_code: str, name: str, region: str, items: tuple[str, ...], webhook_url: str | None
+) -> None:
+    """Create an agency and its first API key (the secret is shown once)."""
+    from billing import agencies
+
+    async def run(session: Any) -> tuple[Any, Any]:
+        a = await agencies.create_agency(
+            session,
+            credit_code=credit_code,
+            name=name,
+            region_code=region,
+            item_codes=list(items),
+            webhook_url=webhook_url,
+        )
+        return a.id, await agencies.create_key(session, a.id)
+
+    agency_id, key = _in_session(run)
+    click.echo(f"agency {agency_id}")
+    click.echo(f"key id {key.key_id}")
+    click.echo(f"secret {key.secret}   (shown once: store it now)")
+
+
+@agency.command("list")
+def agency_list() -> None:
+    """List agencies with their live key ids."""
+    from sqlalchemy import select
+
+    from billing import agencies
+    from billing.models import Agency
+
+    async def run(session: Any) -> list[str]:
+        out = []
+        for a in await session.scalars(select(Agency).order_by(Agency.created_at)):
+            keys = ",".join(k.key_id for k in await agencies.live_keys(session, a.id)) or "-"
+            out.append(f"{a.id}  {a.credit_code}  {a.region_code}  {a.name}  keys={keys}")
+        return out
+
+    for line in _in_session(run):
+        click.echo(line)
+
+
+@agency.command("add-item")
+@click.argument("agency_id", type=click.UUID)
+@click.argument("item_code")
+def agency_add_item(agency_id: Any, item_code: str) -> None:
+    """Allow an agency to bill a revenue item."""
+    from billing import agencies
+
+    _in_session(lambda s: agencies.add_item(s, agency_id, item_code))
+    click.echo("ok")
+
+
+@agency.group("key")
+def agency_key() -> None:
+    """API keys: create, rotate (old key stays live for a grace period), revoke."""
+
+
+@agency_key.command("create")
+@click.argument("agency_id", type=click.UUID)
+def key_create(agency_id: Any) -> None:
+    from billing import agencies
+
+    key = _in_session(lambda s: agencies.create_key(s, agency_id))
+    click.echo(f"key id {key.key_id}\nsecret {key.secret}   (shown once: store it now)")
+
+
+@agency_key.command("rotate")
+@click.argument("key_id")
+@click.option("--grace-hours", type=float, default=24.0, show_default=True)
+def key_rotate(key_id: str, grace_hours: float) -> None:
+    from datetime import timedelta
+
+    from billing import agencies
+
+    key = _in_session(lambda s: agencies.rotate_key(s, key_id, grace=timedelta(hours=grace_hours)))
+    click.echo(f"new key id {key.key_id}\nsecret {key.secret}   (shown once: store it now)")
+    click.echo(f"{key_id} stays valid for {grace_hours} h")
+
+
+@agency_key.command("revoke")
+@click.argument("key_id")
+def key_revoke(key_id: str) -> None:
+    from billing import agencies
+
+    _in_session(lambda s: agencies.revoke_key(s, key_id))
+    click.echo(f"{key_id} revoked")
+
+
+@main.group()
+def item() -> None:
+    """The revenue-item catalogue."""
+
+
+@item.command("list")
+def item_list() -> None:
+    """List revenue items."""
+    from sqlalchemy import select
+
+    from billing.models import RevenueItem
+
+    async def run(session: Any) -> list[str]:
+        rows = await session.scalars(select(RevenueItem).order_by(RevenueItem.code))
+        return [
+            f"{i.code}  {i.category}  {i.budget_subject}  "
+            f"{i.fixed_amount if i.fixed_amount else f'{i.min_amount}-{i.max_amount}'} fen  "
+            f"split={i.split()}  {i.name}"
+            for i in rows
+        ]
+
+    for line in _in_session(run):
+        click.echo(line)
+
+
+@item.command("seed-demo")
+def item_seed_demo() -> None:
+    """Insert or update the demo catalogue (fines, exam fees, tuition, school fees)."""
+    from billing import catalogue
+
+    click.echo(f"{_in_session(catalogue.seed_demo_items)} items")
+
+
+def _split(raw: str) -> dict[int, int]:
+    """'2:5000,3:5000' → {2: 5000, 3: 5000} (level: basis points)."""
+    try:
+        return {int(k): int(v) for k, v in (p.split(":") for p in raw.split(",") if p)}
+    except ValueError as exc:
+        raise click.BadParameter("use LEVEL:BASIS_POINTS[,LEVEL:BASIS_POINTS…]") from exc
+
+
+@item.command("add")
+@click.option("--code", required=True)
+@click.option("--name", required=True)
+@click.option("--category", type=click.Choice(["FINE", "EXAM_FEE", "TUITION", "OTHER"]))
+@click.option("--subject", required=True, help="12-digit budget subject code.")
+@click.option("--split", "split", required=True, help="LEVEL:BP,… summing to 10000.")
+@click.option("--fixed", type=int, default=None, help="Fixed amount in fen.")
+@click.option("--min", "min_", type=int, default=None, help="Minimum amount in fen.")
+@click.option("--max", "max_", type=int, default=None, help="Maximum amount in fen.")
+@click.option("--late-fee", type=click.Choice(["NONE", "FINE_DAILY_3PCT"]), default="NONE")
+@click.option("--not-refundable", is_flag=True)
+def item_add(
+    *,
+    code: str,
+    name: str,
+    category: str,
+    subject: str,
+    split: str,
+    fixed: int | None,
+    min_: int | None,
+    max_: int | None,
+    late_fee: str,
+    not_refundable: bool,
+) -> None:
+    """Add or update one revenue item (validated: split sums to 100%, amounts positive)."""
+    from billing import catalogue
+
+    spec = catalogue.ItemSpec(
+        code=code,
+        name=name,
+        category=category,
+        budget_subject=subject,
+        split_bp=_split(split),
+        fixed_amount=fixed,
+        min_amount=min_,
+        max_amount=max_,
+        late_fee_rule=late_fee,
+        refundable=not not_refundable,
+    )
+    _in_session(lambda s: catalogue.upsert_item(s, spec))
+    click.echo(f"item {code} saved")
 
 
 if __name__ == "__main__":

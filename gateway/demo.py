@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from gateway.demo_billing import seed_billing
 from gateway.state import Resources
 
 log = structlog.get_logger(__name__)
@@ -13,7 +14,8 @@ log = structlog.get_logger(__name__)
 Seeder = Callable[[Resources], Awaitable[list[str]]]
 """A seeder is idempotent and returns lines worth printing to the person running the demo."""
 
-SEEDERS: list[Seeder] = []
+
+SEEDERS: list[Seeder] = [seed_billing]
 
 
 async def seed(resources: Resources) -> list[str]:

@@ -81,3 +81,7 @@ def configure(settings: LogSettings) -> None:
         logging.getLogger(name).propagate = True
     # Our access log line carries the request id; uvicorn's would not.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request line at INFO, query string included (which may carry
+    # personal data); our own calls log what matters with context instead.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

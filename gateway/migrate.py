@@ -24,6 +24,7 @@ def target_metadata() -> MetaData:
     import billing.audit
     import billing.models
     import billing.outbox
+    import billing.tables
     import billing.webhooks
     import settlement.enote_models
     import settlement.models

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from gateway.bills_api import BillsController
 from gateway.channels_api import BankController, NotifyController
 from gateway.enotes import EnoteController, verify_page
 from gateway.health import HealthController
@@ -12,6 +13,7 @@ from gateway.pay_api import PayController
 
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
+    BillsController,
     index,
     EnoteController,
     verify_page,

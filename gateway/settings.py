@@ -103,6 +103,27 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingSettings:
+    serial_key: bytes = field(repr=False)
+    """Key of the payment-code serial permutation (`PAYGATE_SERIAL_KEY`, base64)."""
+    clock_skew_s: int
+    nonce_ttl_s: int
+    late_fee_grace_days: int
+    """Overdue days not charged after the due date (local practice; national rule: 0)."""
+
+    @classmethod
+    def from_env(cls) -> BillingSettings:
+        from billing.serials import load_serial_key
+
+        return cls(
+            serial_key=load_serial_key(),
+            clock_skew_s=_env_int("PAYGATE_AUTH_CLOCK_SKEW_S", 300),
+            nonce_ttl_s=_env_int("PAYGATE_AUTH_NONCE_TTL_S", 600),
+            late_fee_grace_days=_env_int("PAYGATE_LATE_FEE_GRACE_DAYS", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class AlipaySettings:
     """The Alipay channel; disabled unless `PAYGATE_ALIPAY_APP_ID` is set.
 
@@ -271,6 +292,7 @@ class Settings:
     crypto: KeySettings = field(default_factory=KeySettings.from_env)
     enote: EnoteSettings = field(default_factory=EnoteSettings.from_env)
     payments: PaymentSettings = field(default_factory=PaymentSettings.from_env)
+    billing: BillingSettings = field(default_factory=BillingSettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod

@@ -81,6 +81,22 @@ async def _recover_refunds(resources: Resources) -> int:
     return await recover_refunds(resources.payment_context())
 
 
+async def expire_bills(resources: Resources) -> int:
+    from billing.bills import expire_due
+
+    async with resources.sessions() as session:
+        n = await expire_due(session)
+        await session.commit()
+    return n
+
+
+async def purge_auth_nonces(resources: Resources) -> int:
+    from gateway.auth import purge_nonces
+
+    await purge_nonces(resources)
+    return 0  # housekeeping: never makes the loop spin
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
     from gateway import enotes
@@ -92,6 +108,8 @@ def default_jobs() -> list[Job]:
         Job("payments.recover", 10.0, _recover_attempts),
         Job("refunds.execute", 2.0, _execute_refunds),
         Job("refunds.recover", 60.0, _recover_refunds),
+        Job("bills.expire", 30.0, expire_bills),
+        Job("auth.purge_nonces", 300.0, purge_auth_nonces),
     ]
 
 

@@ -1,0 +1,394 @@
+"""Agency bill API (/v1/bills): thin controllers over billing.bills, signed by HMAC.
+
+Request bodies are decoded here with msgspec in strict mode (amounts are integer fen:
+a float, a string, zero, a negative or anything above 10¹² fen is a 422).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+import qrcode
+import qrcode.image.svg
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing import bills as svc
+from billing.errors import InvalidInput
+from billing.late_fee import SHANGHAI, DayCount, shanghai_today
+from gateway.auth import AgencyPrincipal, provide_principal
+from gateway.state import Resources
+
+Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=svc.MAX_QUANTITY)]
+BillNo = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z._/-]+$")]
+T = TypeVar("T")
+
+
+class PayerIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    type: Literal["PERSON", "ORG"]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    id_number: Annotated[str, msgspec.Meta(max_length=18)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+
+
+class LineIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    quantity: Quantity
+    unit_amount: Fen
+    """Fen, an integer."""
+
+
+class BillIn(msgspec.Struct, forbid_unknown_fields=True):
+    agency_bill_no: BillNo
+    payer: PayerIn
+    lines: Annotated[list[LineIn], msgspec.Meta(min_length=1, max_length=svc.MAX_LINES)]
+    due_date: date
+    expires_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    remark: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+    def to_domain(self) -> svc.NewBill:
+        p = self.payer
+        return svc.NewBill(
+            agency_bill_no=self.agency_bill_no,
+            payer=svc.Payer(p.type, p.name, p.id_number, p.phone),
+            lines=tuple(svc.Line(x.item_code, x.quantity, x.unit_amount) for x in self.lines),
+            due_date=self.due_date,
+            expires_at=self.expires_at,
+            remark=self.remark,
+        )
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    bills: Annotated[list[BillIn], msgspec.Meta(min_length=1, max_length=svc.MAX_BATCH)]
+
+
+class CancelIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class PayerOut(msgspec.Struct):
+    type: str
+    name: str
+    id_number: str | None
+    phone: str | None
+
+
+class LineOut(msgspec.Struct):
+    line_no: int
+    item_code: str
+    quantity: int
+    unit_amount: int
+    amount: int
+
+
+class AmountDueOut(msgspec.Struct):
+    on: date
+    principal: int
+    late_fee: int
+    overdue_days: int
+    total: int
+
+
+class BillOut(msgspec.Struct):
+    id: uuid.UUID
+    agency_bill_no: str
+    payment_code: str
+    status: str
+    category: str
+    payer: PayerOut
+    principal_amount: int
+    paid_amount: int
+    refunded_amount: int
+    amount_due_today: AmountDueOut
+    payable: bool
+    due_date: date
+    expires_at: datetime
+    issued_at: datetime
+    paid_at: datetime | None
+    remark: str | None
+    lines: list[LineOut]
+    pay_url: str
+
+
+class BillPage(msgspec.Struct):
+    items: list[BillOut]
+    next_cursor: str | None
+
+
+class ErrorOut(msgspec.Struct):
+    status: int
+    code: str
+    detail: str
+
+
+class BatchResultOut(msgspec.Struct):
+    index: int
+    agency_bill_no: str
+    outcome: str
+    bill_id: uuid.UUID | None = None
+    payment_code: str | None = None
+    error: ErrorOut | None = None
+
+
+class BatchOut(msgspec.Struct):
+    created: int
+    existing: int
+    failed: int
+    results: list[BatchResultOut]
+
+
+def _decode(body: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(str(exc), code="validation_failed") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"Malformed JSON: {exc}", code="malformed_body") from exc
+
+
+def _local(value: datetime | None) -> datetime | None:
+    """A time without an offset is business time (Asia/Shanghai), not UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=SHANGHAI)
+
+
+def pay_url(resources: Resources, payment_code: str) -> str:
+    return f"{resources.settings.server.public_url}/pay/{payment_code}"
+
+
+def _days(resources: Resources) -> DayCount:
+    return DayCount(resources.settings.billing.late_fee_grace_days)
+
+
+def _config(resources: Resources) -> svc.BillingConfig:
+    b = resources.settings.billing
+    return svc.BillingConfig(serial_key=b.serial_key, day_count=_days(resources))
+
+
+def _out(view: svc.BillView, resources: Resources) -> BillOut:
+    b, due = view.bill, view.due_today
+    return BillOut(
+        id=b.id,
+        agency_bill_no=b.agency_bill_no,
+        payment_code=b.payment_code,
+        status=b.status,
+        category=b.category,
+        payer=PayerOut(b.payer_type, b.payer_name, view.payer_id_number, view.payer_phone),
+        principal_amount=b.principal_amount,
+        paid_amount=b.paid_amount,
+        refunded_amount=b.refunded_amount,
+        amount_due_today=AmountDueOut(
+            on=shanghai_today(datetime.now().astimezone()),
+            principal=due.principal,
+            late_fee=due.late_fee,
+            overdue_days=due.overdue_days,
+            total=due.total,
+        ),
+        payable=view.payable,
+        due_date=b.due_date,
+        expires_at=b.expires_at,
+        issued_at=b.issued_at,
+        paid_at=b.paid_at,
+        remark=b.remark,
+        lines=[
+            LineOut(x.line_no, x.item_code, x.quantity, x.unit_amount, x.amount) for x in view.lines
+        ],
+        pay_url=pay_url(resources, b.payment_code),
+    )
+
+
+def _actor(principal: AgencyPrincipal) -> svc.Actor:
+    return svc.Actor("agency", principal.key_id)
+
+
+class BillsController(Controller):
+    path = "/v1"
+    tags = ["bills"]  # noqa: RUF012
+    dependencies = {"principal": Provide(provide_principal)}  # noqa: RUF012
+
+    @post("/bills", summary="Issue a bill (idempotent per agency_bill_no)", status_code=201)
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> Response[BillOut]:
+        data = _decode(await request.body(), BillIn)
+        bill_id, created = await svc.issue_bill(
+            db,
+            principal.agency_id,
+            data.to_domain(),
+            config=_config(resources),
+            actor=_actor(principal),
+        )
+        await db.commit()
+        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources))
+        return Response(_out(view, resources), status_code=201 if created else 200)
+
+    @post(
+        "/bills:batch",
+        summary="Issue up to 10,000 bills; one result per bill",
+        status_code=200,
+        request_max_body_size=64 * 1024 * 1024,
+    )
+    async def batch(
+        self,
+        request: Request[Any, Any, Any],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> BatchOut:
+        data = _decode(await request.body(), BatchIn)
+        results = await svc.issue_bills(
+            db,
+            principal.agency_id,
+            [b.to_domain() for b in data.bills],
+            config=_config(resources),
+            actor=_actor(principal),
+        )
+        await db.commit()
+        out = [
+            BatchResultOut(
+                index=i,
+                agency_bill_no=r.agency_bill_no,
+                outcome=r.outcome,
+                bill_id=r.bill_id,
+                payment_code=r.payment_code,
+                error=ErrorOut(r.error.status, r.error.code, r.error.message) if r.error else None,
+            )
+            for i, r in enumerate(results)
+        ]
+        return BatchOut(
+            created=sum(r.outcome == "created" for r in results),
+            existing=sum(r.outcome == "existing" for r in results),
+            failed=sum(r.error is not None for r in results),
+            results=out,
+        )
+
+    @get("/bills", summary="List bills (cursor-paginated; Accept: text/csv streams a CSV)")
+    async def list_(
+        self,
+        *,
+        request: Request[Any, Any, Any],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        agency_bill_no: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        issued_from: FromQuery[datetime | None] = None,
+        issued_to: FromQuery[datetime | None] = None,
+        payer_id: FromQuery[str | None] = None,
+        payment_code: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+    ) -> Response[BillPage] | Stream:
+        if not 1 <= limit <= 500:
+            raise InvalidInput("limit is 1–500.", code="limit_invalid")
+        f = svc.BillFilter(
+            agency_bill_no, status, _local(issued_from), _local(issued_to), payer_id, payment_code
+        )
+        if "text/csv" in request.headers.get("accept", ""):
+            return Stream(
+                _csv(resources, principal.agency_id, f),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="bills.csv"'},
+            )
+        views, next_cursor = await svc.list_bills(
+            db, principal.agency_id, f, cursor=cursor, limit=limit, day_count=_days(resources)
+        )
+        return Response(BillPage([_out(v, resources) for v in views], next_cursor))
+
+    @get("/bills/{bill_id:uuid}", summary="One bill of this agency")
+    async def get_one(
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> BillOut:
+        return _out(
+            await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources)),
+            resources,
+        )
+
+    @post("/bills/{bill_id:uuid}/cancel", summary="Cancel an unpaid bill", status_code=200)
+    async def cancel(
+        self,
+        request: Request[Any, Any, Any],
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> BillOut:
+        body = await request.body()
+        data = _decode(body, CancelIn) if body.strip() else CancelIn()
+        await svc.cancel_bill(
+            db, principal.agency_id, bill_id, actor=_actor(principal), reason=data.reason
+        )
+        await db.commit()
+        return _out(
+            await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources)),
+            resources,
+        )
+
+    @get("/bills/{bill_id:uuid}/qr.png", summary="QR code of the citizen pay URL (PNG)")
+    async def qr_png(
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> Response[bytes]:
+        view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
+        return Response(qr_png(pay_url(resources, view.bill.payment_code)), media_type="image/png")
+
+    @get("/bills/{bill_id:uuid}/qr.svg", summary="QR code of the citizen pay URL (SVG)")
+    async def qr_svg(
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> Response[bytes]:
+        view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
+        return Response(
+            qr_svg(pay_url(resources, view.bill.payment_code)), media_type="image/svg+xml"
+        )
+
+
+def qr_png(data: str) -> bytes:
+    from qrcode.image.pure import PyPNGImage
+
+    buf = io.BytesIO()
+    qrcode.make(data, image_factory=PyPNGImage, border=2).save(buf)
+    return buf.getvalue()
+
+
+def qr_svg(data: str) -> bytes:
+    img = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+    return bytes(img.to_string(encoding="unicode").encode())
+
+
+async def _csv(resources: Resources, agency_id: uuid.UUID, f: svc.BillFilter) -> AsyncIterator[str]:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(svc.CSV_COLUMNS)
+    async for rows in svc.export_rows(resources.sessions, agency_id, f, day_count=_days(resources)):
+        writer.writerows(rows)
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    if buf.tell():
+        yield buf.getvalue()
