@@ -24,7 +24,9 @@ def target_metadata() -> MetaData:
     import billing.audit
     import billing.models
     import billing.outbox
+    import billing.staff
     import settlement.models
+    import settlement.tables
     from billing.db import Base
 
     del billing, settlement

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 
 
@@ -95,12 +96,42 @@ class LogSettings:
         )
 
 
+def _fee_rates(raw: str) -> dict[str, int]:
+    """`alipay:60,bank:0` → {"alipay": 60, "bank": 0} (basis points of the amount)."""
+    rates: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, bp = part.partition(":")
+        rates[name.strip()] = int(bp)
+    return rates
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementSettings:
+    cutoff: time
+    """`PAYGATE_DAY_CUTOFF` (HH:MM, Asia/Shanghai): payments at or after it belong to the
+    next business day (日切). Local practice; default midnight."""
+    hold_days: int
+    """`PAYGATE_RECON_HOLD_DAYS`: platform-only records wait this long for a late file."""
+    fee_rates_bp: dict[str, int]
+    """`PAYGATE_FEE_RATES` (e.g. `alipay:60`): expected fee per channel in basis points;
+    a channel not listed is not fee-checked."""
+
+    @classmethod
+    def from_env(cls) -> SettlementSettings:
+        return cls(
+            cutoff=time.fromisoformat(_env("PAYGATE_DAY_CUTOFF", "00:00")),
+            hold_days=_env_int("PAYGATE_RECON_HOLD_DAYS", 3),
+            fee_rates_bp=_fee_rates(_env("PAYGATE_FEE_RATES")),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings.from_env)
     redis: RedisSettings = field(default_factory=RedisSettings.from_env)
     server: ServerSettings = field(default_factory=ServerSettings.from_env)
     log: LogSettings = field(default_factory=LogSettings.from_env)
+    settlement: SettlementSettings = field(default_factory=SettlementSettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod
