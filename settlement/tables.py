@@ -233,7 +233,8 @@ class Settlement(Base):
     __tablename__ = "settlements"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    business_date: Mapped[date] = mapped_column(Date, unique=True)
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    """A day may settle in several runs: a later run sweeps what became ready since."""
     receipt_count: Mapped[int] = mapped_column(Integer)
     total: Mapped[int] = mapped_column(BigInteger)
     created_by: Mapped[str] = mapped_column(String(64))

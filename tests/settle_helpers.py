@@ -145,7 +145,8 @@ async def test_confirm(
     if await session.scalar(select(Receipt.id).where(Receipt.attempt_id == attempt_id)):
         return
     attempt = await session.get(PaymentAttempt, attempt_id, with_for_update=True)
-    assert attempt is not None and attempt.channel == channel
+    assert attempt is not None
+    assert attempt.channel == channel
     bill = await session.get(Bill, attempt.bill_id, with_for_update=True)
     assert bill is not None
     kind = "PAYMENT" if bill.status == "ISSUED" else "DUPLICATE"

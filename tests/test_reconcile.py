@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from billing.audit import AuditEntry
-from billing.errors import Conflict, NotFound
+from billing.errors import Conflict, InvalidInput, NotFound
 from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
 from settlement import ledger
@@ -167,7 +167,8 @@ async def test_rerun_is_idempotent_and_resent_file_not_double_counted(res: Resou
         res.sessions, channel="alipay", day=DAY, lines=list(lines), today=DAY + timedelta(days=1)
     )
     plain = await reconcile(res.sessions, channel="alipay", day=DAY, today=DAY + timedelta(days=1))
-    assert again.duplicate_file and not first.duplicate_file
+    assert again.duplicate_file
+    assert not first.duplicate_file
     assert first.counts == again.counts == plain.counts
     assert first.counts["matched"] == 4
     async with res.sessions() as s:
@@ -230,10 +231,9 @@ async def test_a_bad_file_fails_its_run_only(res: Resources) -> None:
         agency = await make_agency(s, items=[item])
         r = (await paid_bill(s, agency, item, 1000, channel="bank"))[2]
         await s.commit()
-    naive = StatementLine(
-        "T1", str(uuid.uuid4()), StatementKind.PAYMENT, 100, 0, datetime(2026, 11, 20, 10, 0)
-    )  # noqa: DTZ001 - the bad input
-    with pytest.raises(Exception, match="time without zone"):
+    bad_time = datetime(2026, 11, 20, 10, 0)  # noqa: DTZ001 - the malformed input under test
+    naive = StatementLine("T1", str(uuid.uuid4()), StatementKind.PAYMENT, 100, 0, bad_time)
+    with pytest.raises(InvalidInput, match="time without zone"):
         await reconcile(res.sessions, channel="alipay", day=DAY, lines=[naive])
     with pytest.raises(NotFound):
         await reconcile(res.sessions, channel="kiosk", day=DAY)

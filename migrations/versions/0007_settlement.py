@@ -211,7 +211,9 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_settlements")),
-        sa.UniqueConstraint("business_date", name=op.f("uq_settlements_business_date")),
+    )
+    op.create_index(
+        op.f("ix_settlements_business_date"), "settlements", ["business_date"], unique=False
     )
     op.create_table(
         "staff_users",
@@ -500,6 +502,7 @@ def downgrade() -> None:
     )
     op.drop_table("statement_files")
     op.drop_table("staff_users")
+    op.drop_index(op.f("ix_settlements_business_date"), table_name="settlements")
     op.drop_table("settlements")
     op.drop_table("ledger_accounts")
     op.drop_index(op.f("ix_journal_entries_business_date"), table_name="journal_entries")
