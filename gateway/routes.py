@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from gateway.finance import FinanceController
 from gateway.health import HealthController
 from gateway.pages import index
 
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
+    FinanceController,
     index,
 ]
