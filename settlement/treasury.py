@@ -44,6 +44,7 @@ import hashlib
 import io
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -176,10 +177,24 @@ class _Acc:
     refund_ids: list[uuid.UUID] = field(default_factory=list)
 
 
-async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResult:
+STAGES = ("check", "claim", "allocate", "batches", "mark", "ledger")
+
+
+def _quiet(stage: str) -> None:
+    del stage
+
+
+async def settle(
+    session: AsyncSession,
+    *,
+    day: date,
+    actor: str,
+    progress: Callable[[str], None] = _quiet,
+) -> SettleResult:
     """Settle whatever of `day` is ready; re-running settles only what became ready since.
 
-    Runs in the caller's transaction; the caller commits.
+    Runs in the caller's transaction; the caller commits. `progress` is told when each of
+    STAGES is done (the CLI draws a bar with it).
     """
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"settle:{day.isoformat()}"}
@@ -191,6 +206,7 @@ async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResul
             code="day_not_reconciled",
             channels=sorted(missing),
         )
+    progress("check")
     sid = uuid.uuid4()
     result = SettleResult(settlement_id=sid, business_date=day)
     session.add(Settlement(id=sid, business_date=day, receipt_count=0, total=0, created_by=actor))
@@ -198,6 +214,7 @@ async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResul
     claimed: CursorResult[Any] = await session.execute(  # type: ignore[assignment]  # DML
         text(_CLAIM), {"sid": sid, "day": day}
     )
+    progress("claim")
     acc: dict[tuple[str, int], _Acc] = defaultdict(_Acc)
     rows = (await session.execute(text(_ALLOCATE), {"sid": sid})).all()
     items = await _items(session, {item for _, item, _, _ in rows})
@@ -209,6 +226,7 @@ async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResul
                 cell[0] += share
                 cell[1] += int(n)
     result.refunds = await _treasury_refunds(session, acc)
+    progress("allocate")
     if not claimed.rowcount and not result.refunds:
         await session.execute(delete(Settlement).where(Settlement.id == sid))
         return SettleResult(settlement_id=None, business_date=day)
@@ -221,6 +239,7 @@ async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResul
         result.batches.append(batch_id)
         per_treasury[t.treasury_code] = sum(v[0] for v in a.deposits.values())
         refunds_per_treasury[t.treasury_code] = sum(v[0] for v in a.refunds.values())
+    progress("batches")
     per_channel = {
         ch: int(total) for ch, total, _ in await session.execute(text(_PER_CHANNEL), {"sid": sid})
     }
@@ -235,6 +254,7 @@ async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResul
         .where(Settlement.id == sid)
         .values(receipt_count=result.receipts, total=result.total)
     )
+    progress("mark")
     await ledger.post_sweep(
         session,
         settlement_id=sid,
@@ -252,6 +272,7 @@ async def settle(session: AsyncSession, *, day: date, actor: str) -> SettleResul
         object_id=str(sid),
         detail={"date": day.isoformat(), "receipts": result.receipts, "total": result.total},
     )
+    progress("ledger")
     log.info("day settled", day=day.isoformat(), receipts=result.receipts, total=result.total)
     return result
 

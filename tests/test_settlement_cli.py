@@ -1,0 +1,64 @@
+"""`paygate ledger verify`, `reconcile`, `settle` and `staff create` against the test DB."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+from sqlalchemy import select
+
+from billing.staff import StaffToken, StaffUser
+from gateway.cli import main
+from gateway.state import Resources
+from settlement.reconcile import reconcile
+from tests.factories import make_agency, make_item
+from tests.settle_helpers import DAY, line_for, paid_bill, seed_treasuries
+
+
+async def _invoke(*args: str) -> Result:
+    # The CLI runs its own event loop; give it a thread of its own.
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args))
+
+
+async def test_settle_export_and_verify_from_the_cli(res: Resources, tmp_path: Path) -> None:
+    async with res.sessions() as s:
+        await seed_treasuries(s)
+        item = await make_item(s, split={2: 5000, 3: 5000})
+        agency = await make_agency(s, items=[item])
+        r = (await paid_bill(s, agency, item, 1001))[2]
+        await s.commit()
+    unreconciled = await _invoke("settle", "--date", DAY.isoformat())
+    assert unreconciled.exit_code != 0
+    await reconcile(
+        res.sessions, channel="alipay", day=DAY, lines=[line_for(r)], today=DAY + timedelta(days=1)
+    )
+    out = tmp_path / "batches"
+    settled = await _invoke("settle", "--date", DAY.isoformat(), "--export", "--out", str(out))
+    assert settled.exit_code == 0, settled.output
+    assert "1 receipts, 10.01 yuan, 0 treasury refunds, 2 batches" in settled.output
+    csvs = sorted(out.glob("*.csv"))
+    assert len(csvs) == 2
+    assert sorted(p.read_text().splitlines()[0].rsplit(",", 1)[1] for p in csvs) == ["5.00", "5.01"]
+    verified = await _invoke("ledger", "verify")
+    assert verified.exit_code == 0, verified.output
+    assert "ledger OK" in verified.output
+    bad = await _invoke("reconcile", "--date", DAY.isoformat(), "--channel", "nowhere")
+    assert bad.exit_code == 1
+    assert "nowhere: FAILED" in bad.output
+
+
+async def test_staff_create_prints_the_token_once_and_stores_its_hash(res: Resources) -> None:
+    created = await _invoke("staff", "create", "--role", "auditor", "li")
+    assert created.exit_code == 0, created.output
+    token = created.output.strip().splitlines()[-1]
+    assert token.startswith("pgs_")
+    async with res.sessions() as s:
+        user = await s.scalar(select(StaffUser).where(StaffUser.name == "li"))
+        stored = (await s.scalars(select(StaffToken.token_hash))).all()
+    assert user is not None
+    assert user.role == "AUDITOR"
+    assert token.encode() not in stored
+    assert len(stored) == 1
+    assert len(stored[0]) == 32
