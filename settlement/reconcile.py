@@ -29,6 +29,7 @@ Flow per channel + business day, all set-based in SQL:
 from __future__ import annotations
 
 import hashlib
+import time as time_
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -357,6 +358,19 @@ FROM recon_pay
 """
 
 
+class _Phases:
+    """Seconds per phase of a run, for the debug log (where does a slow run spend?)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time_.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time_.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 async def _start_run(sessions: async_sessionmaker[AsyncSession], channel: str, day: date) -> int:
     async with sessions() as session:
         run = ReconRun(channel=channel, business_date=day, status="RUNNING")
@@ -388,6 +402,7 @@ async def reconcile(
     today = today or datetime.now(UTC).date()
     start, end = day_bounds(day, cutoff)
     result = ReconResult(run_id=run_id, channel=channel, business_date=day, file_id=None)
+    clock = _Phases()
     try:
         async with sessions() as session:
             await session.execute(
@@ -399,6 +414,7 @@ async def reconcile(
                     session, channel=channel, day=day, lines=lines, content_hash=content_hash
                 )
                 result.duplicate_file = ingested.duplicate
+                clock.lap("ingest")
             file_id = await session.scalar(
                 select(StatementFile.id).where(
                     StatementFile.channel == channel,
@@ -414,6 +430,7 @@ async def reconcile(
             params: dict[str, Any] = {"file": file_id, "ch": channel, "day": day}
             await session.execute(text(_MATCH), params)
             await session.execute(text("ANALYZE recon_pay"))
+            clock.lap("match")
             await session.execute(
                 text(_FOUND),
                 {
@@ -427,9 +444,11 @@ async def reconcile(
                 text(_UPSERT),
                 {**params, "today": today, "hold": day + timedelta(days=hold_days)},
             )
+            clock.lap("classify")
             await session.execute(text(_CLEAR), params)
             await session.execute(text(_AUTO_DUPLICATES), params)
             await _park_unknown_in_suspense(session, channel, day)
+            clock.lap("resolve")
             matched = (await session.execute(text(_MATCHED))).one()
             await _post_fees(session, channel, day, file_id, int(matched[2]))
             by_class = await session.execute(
@@ -453,6 +472,7 @@ async def reconcile(
                 .values(status="DONE", file_id=file_id, counts=counts, finished_at=func.now())
             )
             await session.commit()
+            clock.lap("commit")
     except Exception as exc:
         async with sessions() as session:
             await session.execute(
@@ -470,6 +490,7 @@ async def reconcile(
     if confirm is not None:
         result.healed = await auto_heal(sessions, channel=channel, day=day, confirm=confirm)
     log_.info("reconciled", run_id=run_id, **result.counts, healed=result.healed)
+    log_.debug("reconcile phases", **clock.laps)
     return result
 
 

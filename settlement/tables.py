@@ -115,17 +115,18 @@ class StatementFile(Base):
 
 
 class StatementRow(Base):
-    """Staging for a statement's lines, loaded with COPY; kept for the file's lifetime."""
+    """Staging for a statement's lines, loaded with COPY; kept for the file's lifetime.
+
+    Deliberately light for COPY speed: the primary key is (file, line) and there is no
+    foreign key (a per-row RI trigger would double the load time); lines are only ever
+    written by `reconcile.ingest` for a file it has just created.
+    """
 
     __tablename__ = "statement_lines"
-    __table_args__ = (
-        CheckConstraint("kind IN ('PAYMENT', 'REFUND')", name="kind_known"),
-        Index(None, "file_id"),
-    )
+    __table_args__ = (CheckConstraint("kind IN ('PAYMENT', 'REFUND')", name="kind_known"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("statement_files.id", ondelete="CASCADE"))
-    line_no: Mapped[int] = mapped_column(Integer)
+    file_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     channel_trade_no: Mapped[str] = mapped_column(String(64))
     attempt_id: Mapped[str] = mapped_column(String(64))
     """As the channel echoes our out_trade_no; text, since a channel may send anything."""

@@ -62,3 +62,16 @@ async def test_staff_create_prints_the_token_once_and_stores_its_hash(res: Resou
     assert token.encode() not in stored
     assert len(stored) == 1
     assert len(stored[0]) == 32
+
+
+async def test_demo_seeds_treasuries_idempotently(res: Resources) -> None:
+    from gateway.demo import seed
+    from settlement.tables import Treasury
+
+    first = await seed(res)
+    again = await seed(res)
+    async with res.sessions() as s:
+        count = len((await s.scalars(select(Treasury))).all())
+    assert count == 18
+    assert any("treasuries" in line for line in first)
+    assert not any("treasuries" in line for line in again)

@@ -386,7 +386,6 @@ def upgrade() -> None:
     op.create_index(op.f("ix_staff_tokens_staff_id"), "staff_tokens", ["staff_id"], unique=False)
     op.create_table(
         "statement_lines",
-        sa.Column("id", sa.BigInteger(), nullable=False),
         sa.Column("file_id", sa.BigInteger(), nullable=False),
         sa.Column("line_no", sa.Integer(), nullable=False),
         sa.Column("channel_trade_no", sa.String(length=64), nullable=False),
@@ -399,16 +398,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "kind IN ('PAYMENT', 'REFUND')", name=op.f("ck_statement_lines_kind_known")
         ),
-        sa.ForeignKeyConstraint(
-            ["file_id"],
-            ["statement_files.id"],
-            name=op.f("fk_statement_lines_file_id_statement_files"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_statement_lines")),
-    )
-    op.create_index(
-        op.f("ix_statement_lines_file_id"), "statement_lines", ["file_id"], unique=False
+        sa.PrimaryKeyConstraint("file_id", "line_no", name=op.f("pk_statement_lines")),
     )
     op.create_table(
         "deposit_lines",
@@ -484,7 +474,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_settled_receipts_settlement_id"), table_name="settled_receipts")
     op.drop_table("settled_receipts")
     op.drop_table("deposit_lines")
-    op.drop_index(op.f("ix_statement_lines_file_id"), table_name="statement_lines")
     op.drop_table("statement_lines")
     op.drop_index(op.f("ix_staff_tokens_staff_id"), table_name="staff_tokens")
     op.drop_table("staff_tokens")
