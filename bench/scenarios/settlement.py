@@ -59,7 +59,8 @@ _GENERATE = (
     (
         "INSERT INTO bills (id, agency_id, agency_bill_no, request_hash, payment_code, category,"
         " status, payer_type, payer_name, principal_amount, paid_amount, due_date, expires_at,"
-        " paid_at) SELECT md5('b' || i)::uuid, '{agency}', 'B' || i, '\\x00', lpad(i::text, 20, '0'),"
+        " paid_at) SELECT md5('b' || i)::uuid, '{agency}', 'B' || i, '\\x00',"
+        " lpad(i::text, 20, '0'),"
         " 'FINE', 'PAID', 'PERSON', 'bench', 100 + i % 10000, 100 + i % 10000, '{day}',"
         " '{paid}'::timestamptz + interval '30 days', '{paid}' FROM generate_series(1, {n}) i"
     ),
@@ -69,7 +70,8 @@ _GENERATE = (
         " FROM generate_series(1, {n}) i"
     ),
     (
-        "INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount, channel_trade_no,"
+        "INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount,"
+        " channel_trade_no,"
         " expires_at) SELECT md5('a' || i)::uuid, md5('b' || i)::uuid, 'alipay', 'qr', 'SUCCEEDED',"
         " 100 + i % 10000, '2026' || lpad(i::text, 12, '0'), '{paid}'"
         " FROM generate_series(1, {n}) i"
