@@ -31,9 +31,18 @@ class Job:
     run: JobFn
 
 
+async def _expire_recon_holds(resources: Resources) -> int:
+    from settlement.reconcile import expire_holds
+
+    async with resources.sessions() as session:
+        opened = await expire_holds(session)
+        await session.commit()
+    return opened
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
-    return []
+    return [Job("recon_hold_expiry", 3600.0, _expire_recon_holds)]
 
 
 async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[str, int]:

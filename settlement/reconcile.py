@@ -44,7 +44,7 @@ from billing import audit
 from billing.errors import Conflict, InvalidInput, NotFound
 from channels.base import StatementKind, StatementLine
 from settlement import ledger
-from settlement.business_day import day_bounds
+from settlement.business_day import SHANGHAI, day_bounds
 from settlement.tables import Discrepancy, ReconRun, StatementFile
 
 log = structlog.get_logger(__name__)
@@ -399,7 +399,7 @@ async def reconcile(
     """
     log_ = log.bind(channel=channel, day=day.isoformat())
     run_id = await _start_run(sessions, channel, day)
-    today = today or datetime.now(UTC).date()
+    today = today or datetime.now(SHANGHAI).date()
     start, end = day_bounds(day, cutoff)
     result = ReconResult(run_id=run_id, channel=channel, business_date=day, file_id=None)
     clock = _Phases()
@@ -596,6 +596,22 @@ async def auto_heal(
             await session.commit()
             healed += 1
     return healed
+
+
+async def expire_holds(session: AsyncSession, today: date | None = None) -> int:
+    """Platform-only differences whose late-file window has passed become OPEN (audited)."""
+    today = today or datetime.now(SHANGHAI).date()
+    result = await session.execute(
+        text(
+            "WITH opened AS (UPDATE discrepancies SET status = 'OPEN', updated_at = now()"
+            " WHERE status = 'HELD' AND hold_until < :today RETURNING id)"
+            " INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id, detail)"
+            " SELECT 'system', 'reconcile', 'discrepancy.hold_expired', 'discrepancy', id::text,"
+            " '{}' FROM opened"
+        ),
+        {"today": today},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # ------------------------------------------------------------------ people

@@ -267,3 +267,29 @@ async def test_people_resolve_or_accept_once_and_it_is_audited(res: Resources) -
     assert (await _discrepancies(res))[("AMOUNT_MISMATCH", str(r.attempt_id))].status == (
         "ACCEPTED"
     )
+
+
+async def test_worker_opens_platform_only_after_the_hold_window(res: Resources) -> None:
+    from gateway.worker import default_jobs, run_once
+
+    async with res.sessions() as s:
+        item = await make_item(s)
+        agency = await make_agency(s, items=[item])
+        old = DAY - timedelta(days=30)
+        a = (await paid_bill(s, agency, item, 1000, paid_at=at(old)))[2]
+        b = (await paid_bill(s, agency, item, 2000, paid_at=at(old)))[2]
+        await s.commit()
+    # Reconciled on the day itself; by the real today the hold window has passed.
+    await reconcile(res.sessions, channel="alipay", day=old, lines=[line_for(a)], today=old)
+    key = ("PLATFORM_ONLY", str(b.attempt_id))
+    assert (await _discrepancies(res))[key].status == "HELD"
+    handled = await run_once(res, [j for j in default_jobs() if j.name == "recon_hold_expiry"])
+    assert handled == {"recon_hold_expiry": 1}
+    assert (await _discrepancies(res))[key].status == "OPEN"
+    async with res.sessions() as s:
+        audited = await s.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(AuditEntry.action == "discrepancy.hold_expired")
+        )
+    assert audited == 1
