@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import date
 from pathlib import Path
@@ -326,6 +327,39 @@ def settle(day: date, export_: bool, out: Path | None, actor: str) -> None:
         for name, content in files.items():
             (out / name).write_bytes(content)
         click.echo(f"wrote {len(files)} files to {out}")
+
+
+@main.command()
+@click.option("--receipt", "receipt_id", required=True, type=click.UUID, help="Receipt id.")
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="Amount in fen.")
+@click.option("--reason", required=True, help="Why (kept with the refund and the audit).")
+@click.option("--actor", required=True, help="The finance officer requesting it.")
+@click.option("--refund-id", type=click.UUID, default=None, help="Idempotency key.")
+def refund(
+    receipt_id: uuid.UUID, amount: int, reason: str, actor: str, refund_id: uuid.UUID | None
+) -> None:
+    """Request a refund (退付) of a receipt, never beyond what is still available."""
+    from billing.errors import DomainError
+    from settlement import refunds
+
+    async def run(res: Resources) -> str:
+        async with res.sessions() as session:
+            r = await refunds.request_refund(
+                session,
+                receipt_id=receipt_id,
+                amount=amount,
+                reason=reason,
+                actor=refunds.Actor("finance", actor),
+                refund_id=refund_id,
+            )
+            line = f"refund {r.id}: {fen_to_yuan(r.amount)} yuan via {r.route} ({r.status})"
+            await session.commit()
+        return line
+
+    try:
+        click.echo(_with_resources(_prepare(), run))
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
 
 
 @main.group()

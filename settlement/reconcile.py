@@ -45,6 +45,7 @@ from billing.errors import Conflict, InvalidInput, NotFound
 from channels.base import StatementKind, StatementLine
 from settlement import ledger
 from settlement.business_day import SHANGHAI, day_bounds
+from settlement.models import Receipt
 from settlement.tables import Discrepancy, ReconRun, StatementFile
 
 log = structlog.get_logger(__name__)
@@ -447,6 +448,7 @@ async def reconcile(
             clock.lap("classify")
             await session.execute(text(_CLEAR), params)
             await session.execute(text(_AUTO_DUPLICATES), params)
+            await _refund_duplicates(session, channel, day)
             await _park_unknown_in_suspense(session, channel, day)
             clock.lap("resolve")
             matched = (await session.execute(text(_MATCHED))).one()
@@ -492,6 +494,41 @@ async def reconcile(
     log_.info("reconciled", run_id=run_id, **result.counts, healed=result.healed)
     log_.debug("reconcile phases", **clock.laps)
     return result
+
+
+async def _refund_duplicates(session: AsyncSession, channel: str, day: date) -> None:
+    """A duplicate the channel confirms and nobody refunds yet: open its refund (safe)."""
+    from settlement import refunds
+
+    rows = await session.scalars(
+        select(Discrepancy).where(
+            Discrepancy.channel == channel,
+            Discrepancy.business_date == day,
+            Discrepancy.klass == "DUPLICATE_PAYMENT",
+            Discrepancy.status == "OPEN",
+            Discrepancy.receipt_id.is_not(None),
+        )
+    )
+    for d in list(rows):
+        assert d.receipt_id is not None
+        receipt = await session.get(Receipt, d.receipt_id)
+        if receipt is None or receipt.kind != "DUPLICATE":
+            continue
+        available = receipt.amount - receipt.refunded_amount
+        if available > 0:
+            await refunds.request_refund(
+                session,
+                receipt_id=receipt.id,
+                amount=available,
+                reason="duplicate payment found by reconciliation",
+                actor=refunds.Actor("system", "reconcile"),
+                refund_id=uuid.uuid5(_DUPLICATE_REFUNDS, str(receipt.id)),
+            )
+        _close(session, d, status="RESOLVED", action="auto_refund_opened", who="system")
+
+
+_DUPLICATE_REFUNDS = uuid.UUID("5f0c1f9e-2d55-4b8e-9a51-6d1b0f5a7c11")
+"""Namespace of the deterministic refund id of a duplicate (one refund per receipt)."""
 
 
 async def _park_unknown_in_suspense(session: AsyncSession, channel: str, day: date) -> None:

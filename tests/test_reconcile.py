@@ -118,7 +118,17 @@ async def test_every_class_is_produced_and_classified(res: Resources) -> None:
     assert found[("PLATFORM_ONLY", str(platform_only.attempt_id))].our_amount == 6000
     mismatch = found[("AMOUNT_MISMATCH", str(short.attempt_id))]
     assert (mismatch.our_amount, mismatch.channel_amount, mismatch.status) == (7000, 6900, "OPEN")
-    assert found[("DUPLICATE_PAYMENT", str(dup_open.attempt_id))].status == "OPEN"
+    # A duplicate nobody refunds yet gets its full refund opened automatically.
+    opened = found[("DUPLICATE_PAYMENT", str(dup_open.attempt_id))]
+    assert (opened.status, opened.action) == ("RESOLVED", "auto_refund_opened")
+    async with res.sessions() as s:
+        auto_refund = await s.scalar(select(Refund).where(Refund.receipt_id == dup_open.id))
+    assert auto_refund is not None
+    assert (auto_refund.amount, auto_refund.route, auto_refund.requested_by_type) == (
+        8000,
+        "CHANNEL",
+        "system",
+    )
     auto = found[("DUPLICATE_PAYMENT", str(dup_refunding.attempt_id))]
     assert (auto.status, auto.action, auto.resolved_by) == (
         "RESOLVED",

@@ -75,3 +75,21 @@ async def test_demo_seeds_treasuries_idempotently(res: Resources) -> None:
     assert count == 18
     assert any("treasuries" in line for line in first)
     assert not any("treasuries" in line for line in again)
+
+
+async def test_refund_from_the_cli_is_guarded(res: Resources) -> None:
+    async with res.sessions() as s:
+        item = await make_item(s)
+        agency = await make_agency(s, items=[item])
+        r = (await paid_bill(s, agency, item, 1000))[2]
+        await s.commit()
+    too_much = await _invoke(
+        "refund", "--receipt", str(r.id), "--amount", "1001", "--reason", "x", "--actor", "li"
+    )
+    assert too_much.exit_code == 1
+    assert "exceeds_available" in too_much.output
+    ok = await _invoke(
+        "refund", "--receipt", str(r.id), "--amount", "400", "--reason", "x", "--actor", "li"
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "4.00 yuan via CHANNEL (REQUESTED)" in ok.output
