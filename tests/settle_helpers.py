@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import Agency, Bill, RevenueItem
 from channels.base import StatementKind, StatementLine
+from gateway.state import Resources
 from settlement import ledger
 from settlement.business_day import SHANGHAI, business_date
 from settlement.models import PaymentAttempt, Receipt
@@ -176,3 +179,12 @@ async def seed_treasuries(session: AsyncSession, region: str = "330100") -> None
             )
         )
     await session.flush()
+
+
+@pytest.fixture
+async def ledger_verified(res: Resources) -> AsyncIterator[None]:
+    """After the test, whatever it did: every entry balances, every balance is its lines."""
+    yield
+    async with res.sessions() as session:
+        report = await ledger.verify(session)
+    assert report.ok, report

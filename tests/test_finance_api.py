@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
@@ -14,7 +15,15 @@ from billing.staff import create_staff
 from gateway.state import Resources
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_item
-from tests.settle_helpers import DAY, line_for, paid_bill, seed_treasuries
+from tests.settle_helpers import (
+    DAY,
+    ledger_verified,  # noqa: F401 - fixture, used below
+    line_for,
+    paid_bill,
+    seed_treasuries,
+)
+
+pytestmark = pytest.mark.usefixtures("ledger_verified")
 
 Client = AsyncTestClient[Litestar]
 

@@ -21,11 +21,14 @@ from tests.settle_helpers import (
     DAY,
     at,
     duplicate_of,
+    ledger_verified,  # noqa: F401 - fixture, used below
     line_for,
     make_attempt,
     paid_bill,
     test_confirm,
 )
+
+pytestmark = pytest.mark.usefixtures("ledger_verified")
 
 
 async def _discrepancies(res: Resources) -> dict[tuple[str, str], Discrepancy]:

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
@@ -14,7 +15,15 @@ from gateway.cli import main
 from gateway.state import Resources
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_item
-from tests.settle_helpers import DAY, line_for, paid_bill, seed_treasuries
+from tests.settle_helpers import (
+    DAY,
+    ledger_verified,  # noqa: F401 - fixture, used below
+    line_for,
+    paid_bill,
+    seed_treasuries,
+)
+
+pytestmark = pytest.mark.usefixtures("ledger_verified")
 
 
 async def _invoke(*args: str) -> Result:

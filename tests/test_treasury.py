@@ -26,12 +26,15 @@ from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import (
     DAY,
     at,
+    ledger_verified,  # noqa: F401 - fixture, used below
     line_for,
     make_attempt,
     paid_bill,
     record_receipt,
     seed_treasuries,
 )
+
+pytestmark = pytest.mark.usefixtures("ledger_verified")
 
 FINANCE = refunds.Actor("finance", "finance-wang")
 
