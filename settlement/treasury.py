@@ -4,7 +4,8 @@
 
 1. Every channel with receipts that day must have its latest reconciliation DONE.
 2. Settled-ready receipts (CONFIRMED payments of the day, no open difference on them, no
-   channel refund in flight) are claimed in `settled_receipts` (primary key: once only).
+   channel refund in flight) move to SETTLED and are recorded in `settled_receipts`
+   (primary key: once only) in one statement.
 3. Each receipt's net amount (amount − refunded) is spread over its bill lines: the line
    amounts, with the late fee on line 1; a receipt partly refunded before settlement is
    allocated pro rata by largest remainder. That is aggregated by region × item in SQL.
@@ -13,7 +14,7 @@
 5. One batch per treasury (region × level, from `treasuries`) with detail lines per budget
    subject; treasury refunds (退库) requested since the last batch become negative REFUND
    lines. Σ details = header total, checked before insert.
-6. Receipts → SETTLED, bills → SETTLED (with a bill event each), and the sweep is posted.
+6. Bills → SETTLED (with a bill event each; receipts moved when claimed), sweep posted.
 
 Export layouts (both deterministic; the content hash is SHA-256 over CSV bytes + LF + XML
 bytes, fixed at first export, after which the batch is immutable — a DB trigger refuses
@@ -82,15 +83,20 @@ WHERE r.business_date = :day AND r.status = 'CONFIRMED'
                 ORDER BY run.id DESC LIMIT 1), 'NONE') <> 'DONE'
 """
 
+# Claiming is the status change itself: the UPDATE locks each receipt, so a refund
+# requested at the same moment either commits first (its reservation is then excluded from
+# the net) or waits and finds the receipt SETTLED (a treasury refund).
 _CLAIM = """
+WITH claimed AS (
+    UPDATE receipts r SET status = 'SETTLED'
+    WHERE r.business_date = :day AND r.status = 'CONFIRMED' AND r.kind = 'PAYMENT'
+      AND NOT EXISTS (SELECT 1 FROM discrepancies d WHERE d.receipt_id = r.id
+                      AND d.status IN ('HELD', 'OPEN'))
+      AND NOT EXISTS (SELECT 1 FROM refunds f WHERE f.receipt_id = r.id AND f.route = 'CHANNEL'
+                      AND f.status IN ('REQUESTED', 'PROCESSING', 'UNKNOWN'))
+    RETURNING r.id, r.amount - r.refunded_amount AS net)
 INSERT INTO settled_receipts (receipt_id, settlement_id, amount)
-SELECT r.id, :sid, r.amount - r.refunded_amount
-FROM receipts r
-WHERE r.business_date = :day AND r.status = 'CONFIRMED' AND r.kind = 'PAYMENT'
-  AND NOT EXISTS (SELECT 1 FROM discrepancies d WHERE d.receipt_id = r.id
-                  AND d.status IN ('HELD', 'OPEN'))
-  AND NOT EXISTS (SELECT 1 FROM refunds f WHERE f.receipt_id = r.id AND f.route = 'CHANNEL'
-                  AND f.status IN ('REQUESTED', 'PROCESSING', 'UNKNOWN'))
+SELECT id, :sid, net FROM claimed
 """
 
 # Region × item totals of the claimed receipts; see the module docstring, step 3.
@@ -128,11 +134,6 @@ SELECT region_code, item_code, sum(share)::bigint AS total, count(*) AS n FROM (
 _PER_CHANNEL = """
 SELECT r.channel, sum(s.amount)::bigint, count(*) FROM settled_receipts s
 JOIN receipts r ON r.id = s.receipt_id WHERE s.settlement_id = :sid GROUP BY r.channel
-"""
-
-_MARK_SETTLED = """
-UPDATE receipts r SET status = 'SETTLED' FROM settled_receipts s
-WHERE s.settlement_id = :sid AND r.id = s.receipt_id AND r.status = 'CONFIRMED'
 """
 
 _BILLS_SETTLED = """
@@ -247,7 +248,6 @@ async def settle(
     result.total = sum(per_channel.values())
     if result.total != sum(per_treasury.values()):
         raise AssertionError("allocation lost or invented money")  # split_fen guarantees it
-    await session.execute(text(_MARK_SETTLED), {"sid": sid})
     await session.execute(text(_BILLS_SETTLED), {"sid": sid, "actor": actor})
     await session.execute(
         update(Settlement)

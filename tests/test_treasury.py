@@ -3,6 +3,7 @@ refunds before (channel) and after (treasury) settlement."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -21,7 +22,7 @@ from gateway.state import Resources
 from settlement import ledger, refunds, treasury
 from settlement.models import Receipt, Refund
 from settlement.reconcile import reconcile
-from settlement.tables import DepositBatch, DepositLine
+from settlement.tables import DepositBatch, DepositLine, StatementFile
 from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import (
     DAY,
@@ -262,3 +263,67 @@ async def test_settle_refuses_unconfigured_treasury_and_writes_nothing(res: Reso
             await treasury.settle(s, day=DAY, actor="f")
     async with res.sessions() as s:
         assert await s.scalar(select(func.count()).select_from(DepositBatch)) == 0
+
+
+async def _wait_for_lock_waiter(res: Resources) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        async with res.sessions() as s:
+            waiting = await s.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("settle never waited for the receipt lock")
+
+
+async def test_refund_racing_settlement_is_excluded_from_the_sweep(res: Resources) -> None:
+    async with res.sessions() as s:
+        await seed_treasuries(s)
+        item = await make_item(s)
+        agency = await make_agency(s, items=[item])
+        r = (await paid_bill(s, agency, item, 1000))[2]
+        await s.commit()
+    await reconcile(res.sessions, channel="alipay", day=DAY, lines=[line_for(r)])
+    async with res.sessions() as refunding:
+        refund = await refunds.request_refund(
+            refunding, receipt_id=r.id, amount=400, reason="race", actor=FINANCE
+        )
+
+        async def settle() -> treasury.SettleResult:
+            async with res.sessions() as s:
+                result = await treasury.settle(s, day=DAY, actor="finance-wang")
+                await s.commit()
+                return result
+
+        task = asyncio.create_task(settle())
+        await _wait_for_lock_waiter(res)
+        await refunding.commit()
+        result = await task
+    assert result.total == 600
+    assert refund.route == "CHANNEL"
+    async with res.sessions() as s:
+        await refunds.mark_processing(s, refund.id)
+        await refunds.complete_refund(s, refund.id, succeeded=True)
+        await s.commit()
+        balances = await ledger.balances(s)
+    assert balances["clearing:alipay"] == 0
+    assert balances["revenue_pending"] == 0
+
+
+async def test_concurrent_runs_of_one_day_serialize(res: Resources) -> None:
+    async with res.sessions() as s:
+        item = await make_item(s)
+        agency = await make_agency(s, items=[item])
+        rs = [(await paid_bill(s, agency, item, 100 + n))[2] for n in range(3)]
+        await s.commit()
+    lines = [line_for(r) for r in rs[:2]]
+    first, second = await asyncio.gather(
+        reconcile(res.sessions, channel="alipay", day=DAY, lines=list(lines)),
+        reconcile(res.sessions, channel="alipay", day=DAY, lines=list(lines)),
+    )
+    assert sorted([first.duplicate_file, second.duplicate_file]) == [False, True]
+    assert first.counts == second.counts
+    async with res.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(StatementFile)) == 1
