@@ -243,12 +243,16 @@ class Settlement(Base):
 
 
 class SettledReceipt(Base):
-    """Receipt → the settlement that swept it; the primary key settles a receipt once."""
+    """Receipt → the settlement that swept it; the primary key settles a receipt once.
+
+    No foreign keys on purpose: a settlement writes up to millions of these in the statement
+    that moves the receipts, and per-row RI triggers would cost more than the rest of it.
+    """
 
     __tablename__ = "settled_receipts"
 
-    receipt_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("receipts.id"), primary_key=True)
-    settlement_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("settlements.id"), index=True)
+    receipt_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    settlement_id: Mapped[uuid.UUID] = mapped_column(index=True)
     amount: Mapped[int] = mapped_column(BigInteger)
     """What was swept: the receipt amount less what the channel had refunded."""
 

@@ -142,9 +142,9 @@ WITH moved AS (
     FROM (SELECT b2.id, b2.status AS old FROM bills b2
           JOIN receipts r ON r.bill_id = b2.id
           JOIN settled_receipts s ON s.receipt_id = r.id
-          WHERE s.settlement_id = :sid AND b2.status IN ('PAID', 'PARTIALLY_REFUNDED')
-          FOR UPDATE OF b2) x
-    WHERE b.id = x.id
+          WHERE s.settlement_id = :sid AND b2.status IN ('PAID', 'PARTIALLY_REFUNDED')) x
+    -- re-checked on the locked row: a bill refunded meanwhile is left alone
+    WHERE b.id = x.id AND b.status IN ('PAID', 'PARTIALLY_REFUNDED')
     RETURNING b.id, x.old)
 INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id, reason, detail)
 SELECT id, old, 'SETTLED', 'system', :actor, 'treasury settlement',

@@ -217,12 +217,25 @@ async def _main(n: int) -> list[Row]:
             )
             ours_recon = time.perf_counter() - start
         base_settle = await _baseline_settle(engine)
+        stages: dict[str, float] = {}
+
+        def lap(stage: str) -> None:
+            stages[stage] = time.perf_counter()
+
         with PeakRSS(os.getpid()) as rss_settle:
             start = time.perf_counter()
             async with sessions() as session:
-                settled = await treasury.settle(session, day=DAY, actor="bench")
+                settled = await treasury.settle(session, day=DAY, actor="bench", progress=lap)
                 await session.commit()
             ours_settle = time.perf_counter() - start
+        marks = [start, *stages.values()]
+        print(
+            "   settle stages: "
+            + ", ".join(
+                f"{name} {b - a:.2f}s" for name, a, b in zip(stages, marks, marks[1:], strict=False)
+            ),
+            flush=True,
+        )
         async with sessions() as session:
             report = await ledger.verify(session)
     finally:

@@ -427,14 +427,6 @@ def upgrade() -> None:
         sa.Column("receipt_id", sa.Uuid(), nullable=False),
         sa.Column("settlement_id", sa.Uuid(), nullable=False),
         sa.Column("amount", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["receipt_id"], ["receipts.id"], name=op.f("fk_settled_receipts_receipt_id_receipts")
-        ),
-        sa.ForeignKeyConstraint(
-            ["settlement_id"],
-            ["settlements.id"],
-            name=op.f("fk_settled_receipts_settlement_id_settlements"),
-        ),
         sa.PrimaryKeyConstraint("receipt_id", name=op.f("pk_settled_receipts")),
     )
     op.create_index(
