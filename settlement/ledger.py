@@ -89,15 +89,26 @@ class Posted:
 
 
 async def _account_ids(session: AsyncSession, codes: Iterable[str]) -> dict[str, int]:
+    """Account ids by code, creating the missing accounts (an account is data)."""
     wanted = sorted(set(codes))
-    rows = [{"code": c, "kind": _KINDS[c.split(":", 1)[0]]} for c in wanted]
-    await session.execute(
-        insert(LedgerAccount).values(rows).on_conflict_do_nothing(index_elements=["code"])
+    found = dict(
+        (
+            await session.execute(
+                select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(wanted))
+            )
+        ).all()
     )
-    result = await session.execute(
-        select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(wanted))
-    )
-    return dict(result.all())
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        rows = [{"code": c, "kind": _KINDS[c.split(":", 1)[0]]} for c in missing]
+        await session.execute(
+            insert(LedgerAccount).values(rows).on_conflict_do_nothing(index_elements=["code"])
+        )
+        result = await session.execute(
+            select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(missing))
+        )
+        found.update(result.all())
+    return found
 
 
 async def post(
