@@ -58,10 +58,11 @@ def create_app(
     holder: dict[str, Resources] = {}
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
         resolved = resolve_services(settings)
         resources = Resources.open(resolved)
         holder["resources"] = resources
+        app.state["resources"] = resources  # for guards, which run before DI
         try:
             yield
         finally:

@@ -15,7 +15,16 @@ Seeder = Callable[[Resources], Awaitable[list[str]]]
 """A seeder is idempotent and returns lines worth printing to the person running the demo."""
 
 
-SEEDERS: list[Seeder] = [seed_billing]
+async def _treasuries(resources: Resources) -> list[str]:
+    from settlement.demo import seed_treasuries
+
+    async with resources.sessions() as session:
+        added = await seed_treasuries(session)
+        await session.commit()
+    return [f"treasuries: {added} added"] if added else []
+
+
+SEEDERS: list[Seeder] = [seed_billing, _treasuries]
 
 
 async def seed(resources: Resources) -> list[str]:

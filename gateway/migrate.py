@@ -24,10 +24,12 @@ def target_metadata() -> MetaData:
     import billing.audit
     import billing.models
     import billing.outbox
+    import billing.staff
     import billing.tables
     import billing.webhooks
     import settlement.enote_models
     import settlement.models
+    import settlement.tables
     from billing.db import Base
 
     del billing, settlement

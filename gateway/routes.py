@@ -7,6 +7,7 @@ from litestar.types import ControllerRouterHandler
 from gateway.bills_api import BillsController
 from gateway.channels_api import BankController, NotifyController
 from gateway.enotes import EnoteController, verify_page
+from gateway.finance import FinanceController
 from gateway.health import HealthController
 from gateway.pages import index
 from gateway.pay_api import PayController
@@ -15,6 +16,7 @@ from gateway.webhooks_api import WebhooksController
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
     BillsController,
+    FinanceController,
     index,
     EnoteController,
     verify_page,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 
 from billing.crypto import KeySettings
@@ -99,6 +100,35 @@ class LogSettings:
         return cls(
             level=_env("PAYGATE_LOG_LEVEL", "INFO").upper(),
             json=None if not fmt else fmt == "json",
+        )
+
+
+def _fee_rates(raw: str) -> dict[str, int]:
+    """`alipay:60,bank:0` → {"alipay": 60, "bank": 0} (basis points of the amount)."""
+    rates: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, bp = part.partition(":")
+        rates[name.strip()] = int(bp)
+    return rates
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementSettings:
+    cutoff: time
+    """`PAYGATE_DAY_CUTOFF` (HH:MM, Asia/Shanghai): payments at or after it belong to the
+    next business day (日切). Local practice; default midnight."""
+    hold_days: int
+    """`PAYGATE_RECON_HOLD_DAYS`: platform-only records wait this long for a late file."""
+    fee_rates_bp: dict[str, int] = field(hash=False)  # settings are hashed as cache keys
+    """`PAYGATE_FEE_RATES` (e.g. `alipay:60`): expected fee per channel in basis points;
+    a channel not listed is not fee-checked."""
+
+    @classmethod
+    def from_env(cls) -> SettlementSettings:
+        return cls(
+            cutoff=time.fromisoformat(_env("PAYGATE_DAY_CUTOFF", "00:00")),
+            hold_days=_env_int("PAYGATE_RECON_HOLD_DAYS", 3),
+            fee_rates_bp=_fee_rates(_env("PAYGATE_FEE_RATES")),
         )
 
 
@@ -260,8 +290,6 @@ class PaymentSettings:
     """How long a payment attempt stays open before the worker closes it."""
     first_check_s: int
     """Recovery queries an open attempt this long after creation (a notify may never come)."""
-    cutoff_minutes: int
-    """Business-day cutoff (日切) in minutes after 00:00 Asia/Shanghai."""
     lookup_rate_limit: int
     """Citizen lookups per client IP per window (against payment-code enumeration)."""
     lookup_rate_window_s: int
@@ -273,7 +301,6 @@ class PaymentSettings:
         return cls(
             attempt_ttl_s=_env_int("PAYGATE_ATTEMPT_TTL_S", 30 * 60),
             first_check_s=_env_int("PAYGATE_ATTEMPT_FIRST_CHECK_S", 3 * 60),
-            cutoff_minutes=_env_int("PAYGATE_BUSINESS_DAY_CUTOFF_MIN", 0),
             lookup_rate_limit=_env_int("PAYGATE_LOOKUP_RATE_LIMIT", 30),
             lookup_rate_window_s=_env_int("PAYGATE_LOOKUP_RATE_WINDOW_S", 60),
             summary_cache_ttl_s=_env_int("PAYGATE_SUMMARY_CACHE_TTL_S", 300),
@@ -293,6 +320,7 @@ class Settings:
     enote: EnoteSettings = field(default_factory=EnoteSettings.from_env)
     payments: PaymentSettings = field(default_factory=PaymentSettings.from_env)
     billing: BillingSettings = field(default_factory=BillingSettings.from_env)
+    settlement: SettlementSettings = field(default_factory=SettlementSettings.from_env)
     environment: str = field(default_factory=lambda: _env("PAYGATE_ENV", "development"))
 
     @classmethod

@@ -42,7 +42,7 @@ class Resources:
             public_url=self.settings.server.public_url,
             attempt_ttl_s=pay.attempt_ttl_s,
             first_check_s=pay.first_check_s,
-            cutoff_minutes=pay.cutoff_minutes,
+            cutoff=self.settings.settlement.cutoff,
             summary_cache_ttl_s=pay.summary_cache_ttl_s,
         )
 

@@ -100,6 +100,15 @@ async def purge_auth_nonces(resources: Resources) -> int:
     return 0  # housekeeping: never makes the loop spin
 
 
+async def _expire_recon_holds(resources: Resources) -> int:
+    from settlement.reconcile import expire_holds
+
+    async with resources.sessions() as session:
+        opened = await expire_holds(session)
+        await session.commit()
+    return opened
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
     from gateway import enotes
@@ -113,6 +122,7 @@ def default_jobs() -> list[Job]:
         Job("refunds.recover", 60.0, _recover_refunds),
         Job("bills.expire", 30.0, expire_bills),
         Job("auth.purge_nonces", 300.0, purge_auth_nonces),
+        Job("recon_hold_expiry", 3600.0, _expire_recon_holds),
     ]
 
 

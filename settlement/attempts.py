@@ -260,7 +260,7 @@ async def _settle_from(
             amount=status.amount if status.amount is not None else c.amount,
             paid_at=status.paid_at or now,
             source=f"query:{c.channel}",
-            cutoff_minutes=ctx.cutoff_minutes,
+            cutoff=ctx.cutoff,
         )
         log.info("attempt confirmed by query", outcome=result.outcome)
         return

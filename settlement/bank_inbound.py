@@ -202,7 +202,7 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
         amount=amount,
         paid_at=paid_at,
         source=f"confirm:{channel}",
-        cutoff_minutes=ctx.cutoff_minutes,
+        cutoff=ctx.cutoff,
     )
     if result.outcome == ConfirmOutcome.REJECTED_AMOUNT:
         return BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs from the amount due")

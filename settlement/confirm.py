@@ -24,7 +24,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time
 from enum import StrEnum
 
 import redis.asyncio as aioredis
@@ -35,11 +35,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
-from billing.late_fee import SHANGHAI
+from billing.audit import Actor
 from billing.models import Bill, BillEvent
 from billing.states import ATTEMPT, BILL, AttemptStatus, BillStatus
-from settlement import bills
-from settlement.models import PaymentAttempt, Receipt, Refund
+from settlement import bills, ledger, refunds
+from settlement.business_day import business_date
+from settlement.models import PaymentAttempt, Receipt
 
 log = structlog.get_logger(__name__)
 
@@ -84,17 +85,6 @@ class ConfirmResult:
         return self.outcome in ACKNOWLEDGED
 
 
-def business_date(paid_at: datetime, cutoff_minutes: int = 0) -> date:
-    """The Asia/Shanghai business day of a payment: at/after the cutoff (日切) it is tomorrow.
-
-    Kept as one small function so the settlement package can swap in its own calendar.
-    """
-    local = paid_at.astimezone(SHANGHAI)
-    if cutoff_minutes and local.time() >= time(cutoff_minutes // 60, cutoff_minutes % 60):
-        return local.date() + timedelta(days=1)
-    return local.date()
-
-
 def bill_is_payable(bill: Bill, paid_at: datetime) -> bool:
     """Whether money paid at `paid_at` can be this bill's payment (see the module doc)."""
     if bill.status != BillStatus.ISSUED:
@@ -137,7 +127,7 @@ async def confirm_payment(
     amount: int,
     paid_at: datetime,
     source: str,
-    cutoff_minutes: int = 0,
+    cutoff: time = time(0, 0),
     bill_id: uuid.UUID | None = None,
 ) -> ConfirmResult:
     """Record that the channel took `amount` fen for this attempt; safe to call any number
@@ -163,7 +153,7 @@ async def confirm_payment(
                     amount=amount,
                     paid_at=paid_at,
                     source=source,
-                    cutoff_minutes=cutoff_minutes,
+                    cutoff=cutoff,
                 )
         except IntegrityError as exc:
             # The unique indexes caught a confirmation the state checks did not: the whole
@@ -186,7 +176,7 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
     amount: int,
     paid_at: datetime,
     source: str,
-    cutoff_minutes: int,
+    cutoff: time,
 ) -> tuple[ConfirmResult, str]:
     bill = await s.scalar(select(Bill).where(Bill.id == bill_id).with_for_update())
     attempt = await s.scalar(
@@ -257,12 +247,11 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
         amount=amount,
         late_fee_amount=max(0, amount - bill.principal_amount) if payable else 0,
         paid_at=paid_at,
-        business_date=business_date(paid_at, cutoff_minutes),
+        business_date=business_date(paid_at, cutoff),
     )
     s.add(receipt)
     await s.flush()  # the unique indexes speak here
-
-    # POSTING POINT (ledger): receipt confirmed — channel clearing ↔ collection.
+    await ledger.post_receipt(s, receipt)  # same transaction: the books never lag the money
     if payable:
         BILL.check(bill.status, BillStatus.PAID)
         await s.execute(
@@ -321,18 +310,14 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
             code,
         )
 
-    refund = Refund(
-        id=uuid.uuid4(),
+    # The guarded request reserves the amount on the receipt and queues the channel refund.
+    refund = await refunds.request_refund(
+        s,
         receipt_id=receipt.id,
-        bill_id=bill.id,
         amount=amount,
-        route="CHANNEL",
         reason="duplicate payment",
-        requested_by_type="system",
-        requested_by_id="confirm",
+        actor=Actor("system", "confirm"),
     )
-    s.add(refund)
-    await s.flush()
     audit.record(
         s,
         actor_type="system",
@@ -347,9 +332,6 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
             "bill_status": bill.status,
             "amount": amount,
         },
-    )
-    await outbox.enqueue(
-        s, "refund.execute", f"refund.execute:{refund.id}", {"refund_id": str(refund.id)}
     )
     log.warning(
         "duplicate payment recorded; refund opened",

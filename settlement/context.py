@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import time
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,5 +20,6 @@ class PaymentContext:
     """Where channels reach us (notify URLs)."""
     attempt_ttl_s: int = 30 * 60
     first_check_s: int = 3 * 60
-    cutoff_minutes: int = 0
+    cutoff: time = time(0, 0)
+    """Business-day cutoff (日切), Asia/Shanghai wall-clock time."""
     summary_cache_ttl_s: int = 300

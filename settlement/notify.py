@@ -113,7 +113,7 @@ async def handle_notification(  # noqa: PLR0911 - each outcome answers the chann
         amount=note.amount,
         paid_at=note.paid_at or datetime.now(UTC),
         source=f"notify:{channel}",
-        cutoff_minutes=ctx.cutoff_minutes,
+        cutoff=ctx.cutoff,
     )
     if not result.acknowledged:
         bound.warning("notification not applied", outcome=result.outcome)

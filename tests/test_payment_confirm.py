@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
@@ -14,7 +14,8 @@ from billing.models import Bill, BillEvent
 from billing.outbox import OutboxMessage
 from gateway.state import Resources
 from settlement import bills
-from settlement.confirm import ConfirmOutcome, business_date, confirm_payment
+from settlement.business_day import business_date
+from settlement.confirm import ConfirmOutcome, confirm_payment
 from settlement.models import PaymentAttempt, Receipt, Refund
 from tests.payments_support import bill_for_test
 
@@ -273,4 +274,4 @@ def test_business_date_follows_the_shanghai_day_and_the_cutoff() -> None:
     # A 23:00 cutoff moves 23:30 Shanghai time to the next business day.
     late = datetime(2026, 3, 1, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai
     assert business_date(late) == date(2026, 3, 1)
-    assert business_date(late, cutoff_minutes=23 * 60) == date(2026, 3, 2)
+    assert business_date(late, time(23, 0)) == date(2026, 3, 2)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from billing.audit import Actor
 from billing.models import Bill, BillEvent
-from billing.outbox import OutboxMessage, enqueue
+from billing.outbox import OutboxMessage
 from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
 from gateway import worker
 from gateway.state import Resources
 from settlement.models import Receipt, Refund
-from settlement.refunds import execute_refunds, recover_refunds
+from settlement.refunds import execute_refunds, recover_refunds, request_refund
 from tests.payments_support import BankWorld, bill_for_test
 
 
@@ -27,20 +27,13 @@ async def _paid_bill_with_refund(res: Resources, world: BankWorld, amount: int) 
     async with res.sessions() as s:
         receipt = await s.scalar(select(Receipt).where(Receipt.bill_id == bill.id))
         assert receipt is not None
-        refund = Refund(
-            id=uuid.uuid4(),
+        # The guarded request reserves the amount and queues `refund.execute`.
+        refund = await request_refund(
+            s,
             receipt_id=receipt.id,
-            bill_id=bill.id,
             amount=amount,
-            route="CHANNEL",
             reason="agency request",
-            requested_by_type="agency",
-            requested_by_id="test",
-        )
-        s.add(refund)
-        await s.flush()
-        await enqueue(
-            s, "refund.execute", f"refund.execute:{refund.id}", {"refund_id": str(refund.id)}
+            actor=Actor("agency", "test"),
         )
         await s.commit()
         return refund

@@ -1,0 +1,367 @@
+"""Double-entry ledger: every money movement is one balanced journal entry, posted in the
+caller's transaction (the same one as the business change it records).
+
+Accounts (codes are data, created on first use):
+
+- ``clearing:<channel>``   the channel owes us money it collected (asset)
+- ``collection``           the agency bank's collection account (asset, cash)
+- ``revenue_pending``      revenue collected, not yet allocated to a treasury (liability)
+- ``treasury:<code>``      owed to one treasury (region × level) until deposited (liability)
+- ``fiscal_special``       the fiscal special account (财政专户), for fund type 2 batches
+- ``refunds_payable``      money we owe back to payers (duplicates, treasury refunds)
+- ``suspense``             unidentified money (待处理) until identified or returned
+- ``channel_fees:<channel>`` fees a channel charged (expense)
+
+Signs: a line's amount is debit-positive, credit-negative, so an entry balances when its
+amounts sum to zero; the database refuses to commit one that doesn't. Entries are never
+updated: `reverse()` posts the mirror image.
+
+Postings:
+
+- receipt (PAYMENT):  Dr clearing:ch            / Cr revenue_pending
+- duplicate:          Dr clearing:ch            / Cr refunds_payable
+- channel refund:     Dr revenue_pending (or refunds_payable for a duplicate) / Cr clearing:ch
+- fee:                Dr channel_fees:ch        / Cr clearing:ch
+- suspense:           Dr clearing:ch            / Cr suspense
+- sweep (settle day): Dr collection / Cr clearing:ch (per channel), and
+                      Dr revenue_pending / Cr treasury:<code> (per batch)
+                      Dr treasury:<code> / Cr refunds_payable (treasury refunds in a batch)
+- deposit (export):   Dr treasury:<code>        / Cr collection
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+
+import structlog
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from settlement.models import Receipt, Refund
+from settlement.tables import JournalEntry, JournalLine, LedgerAccount
+
+log = structlog.get_logger(__name__)
+
+COLLECTION = "collection"
+REVENUE_PENDING = "revenue_pending"
+REFUNDS_PAYABLE = "refunds_payable"
+SUSPENSE = "suspense"
+FISCAL_SPECIAL = "fiscal_special"
+
+_KINDS = {
+    "clearing": "asset",
+    COLLECTION: "asset",
+    REVENUE_PENDING: "liability",
+    "treasury": "liability",
+    FISCAL_SPECIAL: "liability",
+    REFUNDS_PAYABLE: "liability",
+    SUSPENSE: "liability",
+    "channel_fees": "expense",
+}
+
+
+def clearing(channel: str) -> str:
+    return f"clearing:{channel}"
+
+
+def channel_fees(channel: str) -> str:
+    return f"channel_fees:{channel}"
+
+
+def treasury(treasury_code: str) -> str:
+    return f"treasury:{treasury_code}"
+
+
+class LedgerError(Exception):
+    """A posting that can never be right (unbalanced, empty): a programming error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    entry_id: int
+    created: bool
+    """False when (kind, ref) was already posted: posting is idempotent per business event."""
+
+
+async def _account_ids(session: AsyncSession, codes: Iterable[str]) -> dict[str, int]:
+    """Account ids by code, creating the missing accounts (an account is data)."""
+    wanted = sorted(set(codes))
+    found = dict(
+        (
+            await session.execute(
+                select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(wanted))
+            )
+        ).all()
+    )
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        rows = [{"code": c, "kind": _KINDS[c.split(":", 1)[0]]} for c in missing]
+        await session.execute(
+            insert(LedgerAccount).values(rows).on_conflict_do_nothing(index_elements=["code"])
+        )
+        result = await session.execute(
+            select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(missing))
+        )
+        found.update(result.all())
+    return found
+
+
+async def post(
+    session: AsyncSession,
+    *,
+    kind: str,
+    ref: str,
+    lines: Mapping[str, int] | Iterable[tuple[str, int]],
+    business_date: date | None = None,
+    memo: str = "",
+    reverses_id: int | None = None,
+) -> Posted:
+    """Post one balanced entry; lines are (account code, debit-positive fen).
+
+    Idempotent: a second posting with the same (kind, ref) changes nothing and returns the
+    first entry. Balances are updated in the same transaction as the lines.
+    """
+    pairs = list(lines.items()) if isinstance(lines, Mapping) else list(lines)
+    net: dict[str, int] = defaultdict(int)
+    for code, amount in pairs:
+        net[code] += amount
+    legs = {code: amount for code, amount in net.items() if amount}
+    if sum(legs.values()) != 0:
+        raise LedgerError(f"unbalanced entry {kind}/{ref}: {dict(net)}")
+    if not legs:
+        raise LedgerError(f"empty entry {kind}/{ref}")
+    entry_id = await session.scalar(
+        insert(JournalEntry)
+        .values(kind=kind, ref=ref, business_date=business_date, memo=memo, reverses_id=reverses_id)
+        .on_conflict_do_nothing(index_elements=["kind", "ref"])
+        .returning(JournalEntry.id)
+    )
+    if entry_id is None:
+        existing = await session.scalar(
+            select(JournalEntry.id).where(JournalEntry.kind == kind, JournalEntry.ref == ref)
+        )
+        assert existing is not None
+        return Posted(existing, created=False)
+    ids = await _account_ids(session, legs)
+    await session.execute(
+        insert(JournalLine),
+        [{"entry_id": entry_id, "account_id": ids[c], "amount": a} for c, a in legs.items()],
+    )
+    # Accounts in a fixed order so two concurrent postings cannot deadlock on them.
+    for code in sorted(legs):
+        await session.execute(
+            text("UPDATE ledger_accounts SET balance = balance + :a WHERE id = :id"),
+            {"a": legs[code], "id": ids[code]},
+        )
+    log.debug("ledger posted", kind=kind, ref=ref, entry_id=entry_id)
+    return Posted(entry_id, created=True)
+
+
+async def reverse(session: AsyncSession, entry_id: int, *, memo: str = "") -> Posted:
+    """Post the mirror image of an entry (the only way to correct one)."""
+    entry = await session.get(JournalEntry, entry_id)
+    if entry is None:
+        raise LedgerError(f"no journal entry {entry_id}")
+    rows = await session.execute(
+        select(LedgerAccount.code, JournalLine.amount)
+        .join(LedgerAccount, LedgerAccount.id == JournalLine.account_id)
+        .where(JournalLine.entry_id == entry_id)
+    )
+    return await post(
+        session,
+        kind="reversal",
+        ref=str(entry_id),
+        lines=[(code, -amount) for code, amount in rows],
+        business_date=entry.business_date,
+        memo=memo or f"reverses {entry.kind}/{entry.ref}",
+        reverses_id=entry_id,
+    )
+
+
+# ------------------------------------------------------------------ business postings
+
+
+async def post_receipt(session: AsyncSession, receipt: Receipt) -> Posted:
+    """A confirmed receipt: the payment (revenue) or a duplicate (owed back to the payer)."""
+    credit = REVENUE_PENDING if receipt.kind == "PAYMENT" else REFUNDS_PAYABLE
+    return await post(
+        session,
+        kind="receipt",
+        ref=str(receipt.id),
+        lines=[(clearing(receipt.channel), receipt.amount), (credit, -receipt.amount)],
+        business_date=receipt.business_date,
+        memo=f"{receipt.kind.lower()} via {receipt.channel}",
+    )
+
+
+async def post_duplicate(session: AsyncSession, receipt: Receipt) -> Posted:
+    """Same as post_receipt for a DUPLICATE receipt; kept as its own name for callers."""
+    if receipt.kind != "DUPLICATE":
+        raise LedgerError(f"receipt {receipt.id} is not a duplicate")
+    return await post_receipt(session, receipt)
+
+
+async def post_refund(session: AsyncSession, refund: Refund, receipt: Receipt) -> Posted:
+    """A refund that succeeded at the channel (route CHANNEL).
+
+    Treasury refunds (route TREASURY) are posted by the sweep of the batch that carries them.
+    """
+    if refund.route != "CHANNEL":
+        raise LedgerError(f"refund {refund.id} is a treasury refund; the sweep posts it")
+    debit = REVENUE_PENDING if receipt.kind == "PAYMENT" else REFUNDS_PAYABLE
+    return await post(
+        session,
+        kind="refund",
+        ref=str(refund.id),
+        lines=[(debit, refund.amount), (clearing(receipt.channel), -refund.amount)],
+        business_date=receipt.business_date,
+        memo=f"refund via {receipt.channel}",
+    )
+
+
+async def post_fee(
+    session: AsyncSession, *, channel: str, ref: str, amount: int, business_date: date
+) -> Posted:
+    return await post(
+        session,
+        kind="fee",
+        ref=ref,
+        lines=[(channel_fees(channel), amount), (clearing(channel), -amount)],
+        business_date=business_date,
+        memo=f"{channel} fees",
+    )
+
+
+async def post_suspense(
+    session: AsyncSession, *, channel: str, ref: str, amount: int, business_date: date
+) -> Posted:
+    """Money a channel holds for a trade we cannot identify: park it in suspense (待处理)."""
+    return await post(
+        session,
+        kind="suspense",
+        ref=ref,
+        lines=[(clearing(channel), amount), (SUSPENSE, -amount)],
+        business_date=business_date,
+        memo=f"unidentified {channel} trade",
+    )
+
+
+async def post_sweep(
+    session: AsyncSession,
+    *,
+    settlement_id: uuid.UUID,
+    business_date: date,
+    per_channel: Mapping[str, int],
+    per_treasury: Mapping[str, int],
+    refunds_per_treasury: Mapping[str, int] | None = None,
+) -> Posted:
+    """Settle a day: cash from each channel's clearing into the collection account, and the
+    day's revenue allocated to the treasuries; treasury refunds (positive fen) become owed
+    to payers."""
+    lines: list[tuple[str, int]] = []
+    for ch, amount in per_channel.items():
+        lines += [(COLLECTION, amount), (clearing(ch), -amount)]
+    for code, amount in per_treasury.items():
+        lines += [(REVENUE_PENDING, amount), (treasury(code), -amount)]
+    for code, amount in (refunds_per_treasury or {}).items():
+        lines += [(treasury(code), amount), (REFUNDS_PAYABLE, -amount)]
+    return await post(
+        session,
+        kind="sweep",
+        ref=str(settlement_id),
+        lines=lines,
+        business_date=business_date,
+        memo=f"settlement of {business_date.isoformat()}",
+    )
+
+
+async def post_deposit(
+    session: AsyncSession,
+    *,
+    batch_id: uuid.UUID,
+    treasury_code: str,
+    amount: int,
+    business_date: date,
+) -> Posted:
+    """An exported deposit batch: the collection account pays the treasury its net total."""
+    return await post(
+        session,
+        kind="deposit",
+        ref=str(batch_id),
+        lines=[(treasury(treasury_code), amount), (COLLECTION, -amount)],
+        business_date=business_date,
+        memo=f"deposit to treasury {treasury_code}",
+    )
+
+
+# ------------------------------------------------------------------ verification
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    lines: int = 0
+    accounts: int = 0
+    unbalanced_entries: list[int] = field(default_factory=list)
+    short_entries: list[int] = field(default_factory=list)
+    """Entries with fewer than two lines."""
+    drifted_accounts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Account code → (stored balance, Σ its lines)."""
+    trial_balance: int = 0
+    """Σ of every account balance; zero in a consistent ledger."""
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.unbalanced_entries
+            or self.short_entries
+            or self.drifted_accounts
+            or self.trial_balance
+        )
+
+
+async def verify(session: AsyncSession) -> VerifyReport:
+    """Prove every entry balances and every account's balance is the sum of its lines."""
+    report = VerifyReport()
+    counts = (
+        await session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM"
+                " journal_lines), (SELECT count(*) FROM ledger_accounts),"
+                " (SELECT coalesce(sum(balance), 0) FROM ledger_accounts)"
+            )
+        )
+    ).one()
+    report.entries, report.lines, report.accounts, report.trial_balance = map(int, counts)
+    bad = await session.execute(
+        text(
+            "SELECT e.id, coalesce(sum(l.amount), 0), count(l.id) FROM journal_entries e"
+            " LEFT JOIN journal_lines l ON l.entry_id = e.id GROUP BY e.id"
+            " HAVING coalesce(sum(l.amount), 0) <> 0 OR count(l.id) < 2 ORDER BY e.id"
+        )
+    )
+    for entry_id, total, n in bad:
+        if total:
+            report.unbalanced_entries.append(int(entry_id))
+        if n < 2:
+            report.short_entries.append(int(entry_id))
+    drift = await session.execute(
+        text(
+            "SELECT a.code, a.balance, coalesce(s.total, 0) FROM ledger_accounts a"
+            " LEFT JOIN (SELECT account_id, sum(amount) AS total FROM journal_lines"
+            " GROUP BY account_id) s ON s.account_id = a.id"
+            " WHERE a.balance <> coalesce(s.total, 0) ORDER BY a.code"
+        )
+    )
+    report.drifted_accounts = {code: (int(b), int(t)) for code, b, t in drift}
+    return report
+
+
+async def balances(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(LedgerAccount.code, LedgerAccount.balance))
+    return {code: int(b) for code, b in rows}
