@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import bills as svc
 from billing.audit import Actor
-from billing.errors import InvalidInput
+from billing.errors import Conflict, InvalidInput
 from billing.late_fee import SHANGHAI, DayCount, shanghai_today
 from billing.models import Agency, RevenueItem
 from gateway.auth import AgencyPrincipal, provide_principal
@@ -34,6 +34,8 @@ from gateway.state import Resources
 from settlement.bills import invalidate
 from settlement.documents import DocItem, render_bill_notice
 from settlement.enotes import NoteSummary, notes_for_bill
+from settlement.models import Receipt, Refund
+from settlement.refunds import request_refund
 
 Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=svc.MAX_QUANTITY)]
@@ -81,6 +83,26 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class CancelIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Fen
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    refund_id: uuid.UUID | None = None
+    """Idempotency key: the same id with the same amount answers the same refund."""
+
+
+class RefundOut(msgspec.Struct):
+    id: uuid.UUID
+    amount: int
+    route: str
+    status: str
+    reason: str
+    created_at: datetime
+
+
+def _refund_out(r: Refund) -> RefundOut:
+    return RefundOut(r.id, r.amount, r.route, r.status, r.reason, r.created_at)
 
 
 class PayerOut(msgspec.Struct):
@@ -410,6 +432,46 @@ class BillsController(Controller):
             media_type="application/pdf",
             headers={"Content-Disposition": f'inline; filename="notice-{bill.payment_code}.pdf"'},
         )
+
+    @post("/bills/{bill_id:uuid}/refunds", summary="Refund (退付) part or all of a paid bill")
+    async def refund(
+        self,
+        request: Request[Any, Any, Any],
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+    ) -> Response[RefundOut]:
+        data = decode_body(await request.body(), RefundIn)
+        await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)  # 404 if not ours
+        receipt_id = await db.scalar(
+            select(Receipt.id).where(Receipt.bill_id == bill_id, Receipt.kind == "PAYMENT")
+        )
+        if receipt_id is None:
+            raise Conflict("This bill has no payment to refund.", code="bill_not_paid")
+        refund = await request_refund(
+            db,
+            receipt_id=receipt_id,
+            amount=data.amount,
+            reason=data.reason,
+            actor=_actor(principal),
+            refund_id=data.refund_id,
+            agency_id=principal.agency_id,
+        )
+        await db.commit()
+        return Response(_refund_out(refund), status_code=201)
+
+    @get("/bills/{bill_id:uuid}/refunds", summary="Refunds of this bill")
+    async def refunds(
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+    ) -> list[RefundOut]:
+        await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
+        rows = await db.scalars(
+            select(Refund).where(Refund.bill_id == bill_id).order_by(Refund.created_at)
+        )
+        return [_refund_out(r) for r in rows]
 
     @get("/bills/{bill_id:uuid}/enotes", summary="Fiscal e-notes issued for this bill")
     async def enotes(

@@ -3,15 +3,21 @@ cache invalidation on cancel — all through the signed agency API."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from billing.models import Bill
 from billing.webhook_delivery import ingest
 from gateway.state import Resources
 from settlement.bills import cache_key
+from settlement.confirm import confirm_payment
 from settlement.documents import ink_ratio, pdf_to_png
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
+from tests.settle_helpers import make_attempt
 
 
 @pytest.fixture
@@ -75,3 +81,43 @@ async def test_webhook_endpoint_events_and_resend(res: Resources, api: AgencyCli
     resent = await api.post(f"/v1/webhooks/events/{event_id}/resend", json={})
     assert resent.status_code == 202
     assert (await api.get("/v1/webhooks/events", params={"type": "nope"})).status_code == 422
+
+
+async def test_agency_refund_is_guarded_idempotent_and_isolated(
+    res: Resources, api: AgencyClient, client: AsyncTestClient[Litestar]
+) -> None:
+    bill = await _issue(api, "N-5")
+    bill_id = uuid.UUID(str(bill["id"]))
+    unpaid = await api.post(f"/v1/bills/{bill_id}/refunds", json={"amount": 1, "reason": "x"})
+    assert (unpaid.status_code, unpaid.json()["code"]) == (409, "bill_not_paid")
+    async with res.sessions() as s:
+        attempt = await make_attempt(
+            s, await s.get_one(Bill, bill_id), int(bill["principal_amount"])
+        )
+        await s.commit()
+    confirmed = await confirm_payment(
+        res.sessions,
+        res.redis,
+        attempt_id=attempt.id,
+        channel_trade_no="2026TEST0001",
+        amount=attempt.amount,
+        paid_at=datetime.now(UTC),
+        source="test",
+    )
+    assert confirmed.acknowledged
+    too_much = await api.post(
+        f"/v1/bills/{bill_id}/refunds", json={"amount": attempt.amount + 1, "reason": "x"}
+    )
+    assert (too_much.status_code, too_much.json()["code"]) == (422, "exceeds_available")
+    key = str(uuid.uuid4())
+    body = {"amount": 3000, "reason": "overcharged", "refund_id": key}
+    first = await api.post(f"/v1/bills/{bill_id}/refunds", json=body)
+    again = await api.post(f"/v1/bills/{bill_id}/refunds", json=body)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"] == key
+    assert (first.json()["route"], first.json()["status"]) == ("CHANNEL", "REQUESTED")
+    other = await make_agency_with_key(res)
+    stranger = AgencyClient(client, other.key_id, other.secret)
+    assert (await stranger.post(f"/v1/bills/{bill_id}/refunds", json=body)).status_code == 404
+    listed = (await api.get(f"/v1/bills/{bill_id}/refunds")).json()
+    assert [r["amount"] for r in listed] == [3000]
