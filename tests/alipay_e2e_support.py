@@ -2,8 +2,8 @@
 
 `alipay_world` (function) gives an AlipayWorld: the service URL the simulators call
 (notify_url = `{url}/v1/channels/alipay/notify`), Resources on the test database with the
-same channels (for worker jobs and direct checks), the Alipay simulator and the bank
-simulator. Everything over real HTTP on 127.0.0.1; nothing mocked.
+same channels (for worker jobs and direct checks), the Alipay simulator and its own bank
+simulator (bank `104`). Everything over real HTTP on 127.0.0.1; nothing mocked.
 """
 
 from __future__ import annotations
@@ -21,16 +21,22 @@ import pytest
 from sqlalchemy import func, select, update
 
 from billing.models import Bill
+from channels.bank.simulator import create_app as create_bank_simulator
 from channels.base import ChannelRegistry
 from gateway.app import create_app
 from gateway.procs import free_port
-from gateway.settings import Settings
+from gateway.settings import BankSettings, Settings
 from gateway.state import Resources, build_channels
 from gateway.worker import close_jobs, default_jobs, run_once
 from settlement.context import PaymentContext
 from settlement.models import PaymentAttempt, Receipt, Refund
 from tests.alipay_support import ServerThread, SimServer, settings_for
 from tests.payments_support import ServerThread as BankSimThread
+from tests.payments_support import bank_secret
+
+BANK = "104"
+"""This world's own bank (and bank simulator): tests/test_bank_channel.py counts the refunds
+the shared simulator's banks 102/103 hold, so nothing here may add to them."""
 
 
 @dataclass(frozen=True)
@@ -145,22 +151,33 @@ class AlipayWorld:
 
 
 @pytest.fixture(scope="session")
+def _e2e_bank_simulator() -> Iterator[BankSimThread]:
+    with BankSimThread(create_bank_simulator({BANK: bank_secret(BANK)})) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def _alipay_gateway_settings(
-    bank_settings: Settings, alipay_keys: Any, alipay_sim: SimServer
+    settings: Settings,
+    alipay_keys: Any,
+    alipay_sim: SimServer,
+    _e2e_bank_simulator: BankSimThread,
 ) -> _Gateway:
     port = free_port()
+    bank = BankSettings(
+        code=BANK, secret=bank_secret(BANK), base_url=f"{_e2e_bank_simulator.url}/banks/{BANK}"
+    )
     settings = replace(
-        bank_settings,
+        settings,
         alipay=settings_for(alipay_keys, alipay_sim.gateway_url),
-        server=replace(bank_settings.server, public_url=f"http://127.0.0.1:{port}"),
+        payments=replace(settings.payments, banks=(bank,)),
+        server=replace(settings.server, public_url=f"http://127.0.0.1:{port}"),
     )
     return _Gateway(settings, port)
 
 
 @pytest.fixture(scope="session")
-def alipay_gateway(
-    _alipay_gateway_settings: _Gateway, simulator: BankSimThread
-) -> Iterator[ServerThread]:
+def alipay_gateway(_alipay_gateway_settings: _Gateway) -> Iterator[ServerThread]:
     """Our whole service (Alipay + banks) on the port its public_url names."""
     cfg = _alipay_gateway_settings
     with ServerThread(create_app(cfg.settings), port=cfg.port) as server:
@@ -186,7 +203,7 @@ def alipay_world(
     _alipay_gateway_settings: _Gateway,
     _alipay_world_channels: ChannelRegistry,
     alipay_sim: SimServer,
-    simulator: BankSimThread,
+    _e2e_bank_simulator: BankSimThread,
 ) -> AlipayWorld:
     settings = _alipay_gateway_settings.settings
     world_res = replace(res, settings=settings, channels=_alipay_world_channels)
@@ -195,5 +212,5 @@ def alipay_world(
         settings=settings,
         res=world_res,
         sim=alipay_sim,
-        bank_sim_url=simulator.url,
+        bank_sim_url=_e2e_bank_simulator.url,
     )

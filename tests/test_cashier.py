@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from gateway.state import Resources
 from settlement import bills
 from settlement.models import PaymentAttempt
-from tests.alipay_e2e_support import AlipayWorld
+from tests.alipay_e2e_support import BANK, AlipayWorld
 from tests.payments_support import bill_for_test, valid_code
 
 
@@ -52,7 +52,7 @@ async def test_bill_page_shows_summary_with_late_fee_masked_name_and_buttons(
     assert (today - timedelta(days=4)).isoformat() in page
     assert "待缴款" in page
     assert "支付宝 扫码支付" in page
-    assert "银行（102）" in page
+    assert f"银行（{BANK}）" in page
 
 
 async def test_bad_check_digit_is_a_friendly_error_without_a_lookup(
@@ -152,10 +152,10 @@ async def test_bank_channel_shows_instructions(alipay_world: AlipayWorld) -> Non
         _, _, bill = await bill_for_test(s, amount=2_000)
     code = bill.payment_code
     async with _client(world) as c:
-        r = await c.post(f"/pay/{code}", data={"channel": "bank:102", "mode": "default"})
+        r = await c.post(f"/pay/{code}", data={"channel": f"bank:{BANK}", "mode": "default"})
         page = await c.get(r.headers["location"])
     assert f"使用缴款码 <strong>{code}</strong> 缴纳 ¥20.00" in page.text
-    assert "银行（102）" in page.text
+    assert f"银行（{BANK}）" in page.text
 
 
 async def test_refused_bill_and_bad_channel_show_messages(alipay_world: AlipayWorld) -> None:
