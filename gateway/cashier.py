@@ -19,7 +19,6 @@ import re
 import uuid
 from typing import Any
 
-import structlog
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
@@ -32,8 +31,6 @@ from gateway.pay_api import BillSummary, bill_summary, rate_limit
 from gateway.state import Resources
 from settlement import attempts, enotes
 from settlement.documents import yuan
-
-log = structlog.get_logger(__name__)
 
 REFRESH_S = 3
 """How often a waiting page reloads itself (meta refresh) to pick up the payment."""
@@ -155,7 +152,7 @@ def _channel_label(name: str) -> str:
     return name
 
 
-def _buttons(resources: Resources, code: str) -> str:
+def _buttons(resources: Resources, code: str, *, other: bool = False) -> str:
     forms = []
     for name in resources.channels.names():
         modes: tuple[str, ...] = getattr(resources.channels.get(name), "modes", ()) or ("default",)
@@ -169,7 +166,9 @@ def _buttons(resources: Resources, code: str) -> str:
                 f'<input type="hidden" name="mode" value="{html.escape(mode)}">'
                 f'<button type="submit">{html.escape(label)}</button></form>'
             )
-    return '<div class="box"><p>选择支付方式：</p>' + "".join(forms) + "</div>"
+    # While an attempt waits, the payer may still switch: a second payment is refunded.
+    prompt = "未完成支付？可更换支付方式：" if other else "选择支付方式："
+    return f'<div class="box"><p>{prompt}</p>' + "".join(forms) + "</div>"
 
 
 def _inline_svg(data: str) -> str:
@@ -271,7 +270,7 @@ class CashierController(Controller):
             if not notes:
                 refresh = here
         elif summary.payable:
-            parts.append(_buttons(resources, summary.payment_code))
+            parts.append(_buttons(resources, summary.payment_code, other=refresh is not None))
         else:
             text = _REFUSAL.get(summary.refusal_code or "", "该缴款通知当前不可缴款。")
             parts.append(f'<p class="err">{html.escape(text)}</p>')

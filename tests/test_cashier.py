@@ -97,6 +97,7 @@ async def test_pay_with_alipay_qr_then_the_enote_link_appears(alipay_world: Alip
         assert waiting.status_code == 200
         assert "<svg" in waiting.text
         assert "等待付款" in waiting.text
+        assert "可更换支付方式" in waiting.text
         assert f'http-equiv="refresh" content="3;url={location}"' in waiting.text
         assert f"/sim/cashier/{attempt_id}" in waiting.text
 
