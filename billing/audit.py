@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billing.db import Base
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who performs a privileged action (written to the audit log and bill events)."""
+
+    type: str  # agency | finance | auditor | system
+    id: str
 
 
 class AuditEntry(Base):

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
 from billing.agencies import validate_credit_code
+from billing.audit import Actor
 from billing.crypto import keyring, mask_id_number
 from billing.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
 from billing.late_fee import SHANGHAI, AmountDue, DayCount, amount_due, shanghai_today
@@ -89,12 +90,6 @@ class IssueResult:
     bill_id: uuid.UUID | None = None
     payment_code: str | None = None
     error: DomainError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    type: str  # agency | finance | system
-    id: str
 
 
 def resident_id_valid(value: str) -> bool:
@@ -818,14 +813,18 @@ WITH due AS (
   FROM expired
   ON CONFLICT (key) DO NOTHING
 )
-SELECT count(*) FROM expired
+SELECT coalesce(array_agg(payment_code), '{}') FROM expired
 """
 )
 
 
-async def expire_due(session: AsyncSession, *, limit: int = 5000) -> int:
-    """Expire ISSUED bills past their expiry, set-based, with events and webhooks."""
-    n = int((await session.execute(_EXPIRE, {"limit": limit, "topic": WEBHOOK_TOPIC})).scalar_one())
-    if n:
-        log.info("bills expired", count=n)
-    return n
+async def expire_due(session: AsyncSession, *, limit: int = 5000) -> list[str]:
+    """Expire ISSUED bills past their expiry, set-based, with events and webhooks.
+
+    Returns the expired bills' payment codes so the caller can drop cached summaries
+    after it commits."""
+    params = {"limit": limit, "topic": WEBHOOK_TOPIC}
+    codes = list((await session.execute(_EXPIRE, params)).scalar_one())
+    if codes:
+        log.info("bills expired", count=len(codes))
+    return codes

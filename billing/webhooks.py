@@ -68,6 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billing import audit, crypto, outbox
+from billing.audit import Actor
 from billing.db import Base
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency
@@ -263,14 +264,6 @@ def secret_aad(agency_id: uuid.UUID) -> bytes:
 
 def decrypt_secret(agency_id: uuid.UUID, sealed: bytes) -> str:
     return crypto.decrypt(sealed, aad=secret_aad(agency_id)).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who performs a privileged action (written to the audit log)."""
-
-    type: str  # agency | finance | auditor | system
-    id: str
 
 
 def _check_url(url: str) -> str:

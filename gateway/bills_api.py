@@ -6,6 +6,7 @@ a float, a string, zero, a negative or anything above 10¹² fen is a 422).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -20,13 +21,19 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import bills as svc
+from billing.audit import Actor
 from billing.errors import InvalidInput
 from billing.late_fee import SHANGHAI, DayCount, shanghai_today
+from billing.models import Agency, RevenueItem
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.state import Resources
+from settlement.bills import invalidate
+from settlement.documents import DocItem, render_bill_notice
+from settlement.enotes import NoteSummary, notes_for_bill
 
 Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=svc.MAX_QUANTITY)]
@@ -147,7 +154,8 @@ class BatchOut(msgspec.Struct):
     results: list[BatchResultOut]
 
 
-def _decode(body: bytes, type_: type[T]) -> T:
+def decode_body(body: bytes, type_: type[T]) -> T:
+    """Strict msgspec decoding: amounts must be real integers, not 200.0 or \"200\"."""
     try:
         return msgspec.json.decode(body, type=type_, strict=True)
     except msgspec.ValidationError as exc:
@@ -156,7 +164,7 @@ def _decode(body: bytes, type_: type[T]) -> T:
         raise InvalidInput(f"Malformed JSON: {exc}", code="malformed_body") from exc
 
 
-def _local(value: datetime | None) -> datetime | None:
+def local_time(value: datetime | None) -> datetime | None:
     """A time without an offset is business time (Asia/Shanghai), not UTC."""
     if value is None or value.tzinfo is not None:
         return value
@@ -208,8 +216,8 @@ def _out(view: svc.BillView, resources: Resources) -> BillOut:
     )
 
 
-def _actor(principal: AgencyPrincipal) -> svc.Actor:
-    return svc.Actor("agency", principal.key_id)
+def _actor(principal: AgencyPrincipal) -> Actor:
+    return Actor("agency", principal.key_id)
 
 
 class BillsController(Controller):
@@ -225,7 +233,7 @@ class BillsController(Controller):
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
     ) -> Response[BillOut]:
-        data = _decode(await request.body(), BillIn)
+        data = decode_body(await request.body(), BillIn)
         bill_id, created = await svc.issue_bill(
             db,
             principal.agency_id,
@@ -250,7 +258,7 @@ class BillsController(Controller):
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
     ) -> BatchOut:
-        data = _decode(await request.body(), BatchIn)
+        data = decode_body(await request.body(), BatchIn)
         results = await svc.issue_bills(
             db,
             principal.agency_id,
@@ -297,7 +305,12 @@ class BillsController(Controller):
         if not 1 <= limit <= 500:
             raise InvalidInput("limit is 1–500.", code="limit_invalid")
         f = svc.BillFilter(
-            agency_bill_no, status, _local(issued_from), _local(issued_to), payer_id, payment_code
+            agency_bill_no,
+            status,
+            local_time(issued_from),
+            local_time(issued_to),
+            payer_id,
+            payment_code,
         )
         if "text/csv" in request.headers.get("accept", ""):
             return Stream(
@@ -333,15 +346,14 @@ class BillsController(Controller):
         resources: NamedDependency[Resources],
     ) -> BillOut:
         body = await request.body()
-        data = _decode(body, CancelIn) if body.strip() else CancelIn()
+        data = decode_body(body, CancelIn) if body.strip() else CancelIn()
         await svc.cancel_bill(
             db, principal.agency_id, bill_id, actor=_actor(principal), reason=data.reason
         )
         await db.commit()
-        return _out(
-            await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources)),
-            resources,
-        )
+        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources))
+        await invalidate(resources.redis, view.bill.payment_code)
+        return _out(view, resources)
 
     @get("/bills/{bill_id:uuid}/qr.png", summary="QR code of the citizen pay URL (PNG)")
     async def qr_png(
@@ -353,6 +365,64 @@ class BillsController(Controller):
     ) -> Response[bytes]:
         view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
         return Response(qr_png(pay_url(resources, view.bill.payment_code)), media_type="image/png")
+
+    @get("/bills/{bill_id:uuid}/notice.pdf", summary="Payment notice (缴款通知书) as a PDF")
+    async def notice_pdf(
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> Response[bytes]:
+        view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
+        bill = view.bill
+        agency = await db.get_one(Agency, bill.agency_id)
+        codes = {line.item_code for line in view.lines}
+        items = {
+            i.code: i
+            for i in await db.scalars(select(RevenueItem).where(RevenueItem.code.in_(codes)))
+        }
+        pdf = await asyncio.to_thread(  # rendering is CPU work: keep the event loop free
+            render_bill_notice,
+            agency_name=agency.name,
+            payer_name=bill.payer_name,
+            items=[
+                DocItem(
+                    code=line.item_code,
+                    name=items[line.item_code].name,
+                    unit=items[line.item_code].unit,
+                    quantity=line.quantity,
+                    standard_fen=line.unit_amount,
+                    amount_fen=line.amount,
+                )
+                for line in view.lines
+            ],
+            amount_fen=view.due_today.total,
+            due_date=bill.due_date,
+            payment_code=bill.payment_code,
+            pay_url=pay_url(resources, bill.payment_code),
+            bill_no=bill.agency_bill_no,
+            issued_on=bill.issued_at.astimezone(SHANGHAI).date(),
+            remark=bill.remark or "",
+        )
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="notice-{bill.payment_code}.pdf"'},
+        )
+
+    @get("/bills/{bill_id:uuid}/enotes", summary="Fiscal e-notes issued for this bill")
+    async def enotes(
+        self,
+        bill_id: FromPath[uuid.UUID],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> list[NoteSummary]:
+        await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)  # 404 if not ours
+        return await notes_for_bill(
+            db, principal.agency_id, bill_id, resources.settings.server.public_url
+        )
 
     @get("/bills/{bill_id:uuid}/qr.svg", summary="QR code of the citizen pay URL (SVG)")
     async def qr_svg(

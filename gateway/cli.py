@@ -19,7 +19,7 @@ from gateway.procs import exit_with_parent, spawn_child, stop_children
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from billing.webhooks import Actor
+    from billing.audit import Actor
     from gateway.state import Resources
 
 T = TypeVar("T")
@@ -305,7 +305,7 @@ def webhooks() -> None:
 
 
 def _actor(actor: str | None) -> Actor:
-    from billing.webhooks import Actor
+    from billing.audit import Actor
 
     return Actor(type="finance", id=actor or f"cli:{os.environ.get('USER', 'unknown')}")
 

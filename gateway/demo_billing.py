@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from billing import agencies, catalogue
 from billing import bills as svc
+from billing.audit import Actor
 from billing.crypto import keyring
 from billing.late_fee import SHANGHAI
 from billing.models import Agency, ApiKey
@@ -125,7 +126,7 @@ async def seed_billing(resources: Resources) -> list[str]:
         ]
         for agency_id, bill in demo_bills:
             (result,) = await svc.issue_bills(
-                session, agency_id, [bill], config=cfg, actor=svc.Actor("system", "demo")
+                session, agency_id, [bill], config=cfg, actor=Actor("system", "demo")
             )
             if result.payment_code:
                 lines.append(f"demo bill {bill.agency_bill_no}: payment code {result.payment_code}")

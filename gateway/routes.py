@@ -11,6 +11,7 @@ from gateway.enotes import EnoteController, verify_page
 from gateway.health import HealthController
 from gateway.pages import index
 from gateway.pay_api import PayController
+from gateway.webhooks_api import WebhooksController
 
 ROUTES: list[ControllerRouterHandler] = [
     HealthController,
@@ -21,5 +22,6 @@ ROUTES: list[ControllerRouterHandler] = [
     PayController,
     NotifyController,
     BankController,
+    WebhooksController,
     CashierController,
 ]

@@ -83,11 +83,14 @@ async def _recover_refunds(resources: Resources) -> int:
 
 async def expire_bills(resources: Resources) -> int:
     from billing.bills import expire_due
+    from settlement.bills import invalidate
 
     async with resources.sessions() as session:
-        n = await expire_due(session)
+        codes = await expire_due(session)
         await session.commit()
-    return n
+    for code in codes:  # the citizen summary must not show an expired bill as payable
+        await invalidate(resources.redis, code)
+    return len(codes)
 
 
 async def purge_auth_nonces(resources: Resources) -> int:

@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text, update
 
 from billing import agencies, catalogue
 from billing import bills as svc
+from billing.audit import Actor
 from billing.crypto import DecryptError
 from billing.errors import Conflict, IllegalTransition, InvalidInput, Unauthorized
 from billing.models import Agency, ApiKey, Bill, BillEvent
@@ -188,7 +189,7 @@ async def test_transition_is_guarded_and_recorded(
     agency = await make_agency_with_key(res)
     api = AgencyClient(client, agency.key_id, agency.secret)
     bill_id = uuid.UUID((await api.post("/v1/bills", json=bill_body("T-1"))).json()["id"])
-    actor = svc.Actor("system", "test")
+    actor = Actor("system", "test")
     async with res.sessions() as s:
         with pytest.raises(IllegalTransition):  # not an edge of the machine
             await svc.transition(s, bill_id, expected="ISSUED", target="SETTLED", actor=actor)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from sqlalchemy import func, select
 
 from billing import webhooks as wh
+from billing.audit import Actor
 from billing.models import Bill
 from channels.alipay.keys import KeySet
 from channels.alipay.sdk_patch import BEIJING
@@ -71,7 +72,7 @@ async def test_agency_bill_paid_with_alipay_qr_end_to_end(
     agency = await make_agency_with_key(world.res)
     async with world.res.sessions() as s, s.begin():
         hook_secret = await wh.set_endpoint(
-            s, agency.agency_id, hooks.url, wh.Actor(type="system", id="test")
+            s, agency.agency_id, hooks.url, Actor(type="system", id="test")
         )
     # The agency issues a bill over the signed API, on the real port.
     async with httpx.AsyncClient(base_url=world.url, timeout=30) as http:

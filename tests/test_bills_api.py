@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, text, update
 
 from billing import bills as svc
-from billing.audit import AuditEntry
+from billing.audit import Actor, AuditEntry
 from billing.late_fee import SHANGHAI
 from billing.models import Bill, BillEvent, BillLine
 from billing.outbox import OutboxMessage
@@ -451,7 +451,7 @@ async def test_concurrent_creates_of_one_number_make_one_bill(res: Resources) ->
     async def one() -> tuple[uuid.UUID, bool]:
         async with res.sessions() as s:
             out = await svc.issue_bill(
-                s, agency.agency_id, new, config=cfg, actor=svc.Actor("agency", "t")
+                s, agency.agency_id, new, config=cfg, actor=Actor("agency", "t")
             )
             await asyncio.sleep(0.05)  # hold the transaction open so the two overlap
             await s.commit()

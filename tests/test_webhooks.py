@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 
 from billing import outbox
 from billing import webhooks as wh
-from billing.audit import AuditEntry
+from billing.audit import Actor, AuditEntry
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency
 from billing.outbox import OutboxMessage
@@ -31,7 +31,7 @@ from gateway.worker import close_jobs, default_jobs, run_once
 from tests.factories import make_agency
 from tests.webhook_receiver import Receiver, ReceiverServer
 
-SYSTEM = wh.Actor(type="system", id="test")
+SYSTEM = Actor(type="system", id="test")
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +417,7 @@ async def test_resend_delivers_again_with_the_same_id_and_is_audited(
     await _pump(res, deliverer)
     event = await _one_event(res)
     async with res.sessions() as s, s.begin():
-        view = await wh.resend(s, agency.id, event.id, wh.Actor(type="agency", id="ops-1"))
+        view = await wh.resend(s, agency.id, event.id, Actor(type="agency", id="ops-1"))
     assert view.status == "PENDING"
     assert await deliverer.deliver_due(res.sessions) == 1
     assert receiver.event_ids() == [str(event.id)] * 2

@@ -16,6 +16,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.runner import Row, server
+from billing.audit import Actor
 
 
 async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:
@@ -31,7 +32,7 @@ async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:
             agency = Agency(credit_code=uuid.uuid4().hex[:18], name="bench", region_code="330100")
             s.add(agency)
             await s.flush()
-            await wh.set_endpoint(s, agency.id, url, wh.Actor(type="system", id="bench"))
+            await wh.set_endpoint(s, agency.id, url, Actor(type="system", id="bench"))
             for i in range(n):
                 await wh.emit(
                     s,
