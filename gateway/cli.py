@@ -76,6 +76,13 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
     """Migrate the database and serve the API (uvicorn + httptools + uvloop)."""
     import uvicorn
 
+    # Exported before settings are read: the app factory (uvicorn), the worker and
+    # PAYGATE_PUBLIC_URL's default (notify URLs given to channels, bill QR codes) must all
+    # see the port actually served, not the 8000 default.
+    if host:
+        os.environ["PAYGATE_HOST"] = host
+    if port:
+        os.environ["PAYGATE_PORT"] = str(port)
     settings = _prepare()
     host = host or settings.server.host
     port = port or settings.server.port

@@ -121,6 +121,58 @@ async def rate_limit(
     return answers[2] if also_get is not None else None
 
 
+async def bill_summary(
+    resources: Resources, request: Request[Any, Any, Any], payment_code: str
+) -> BillSummary:
+    """The payer's view of a bill (rate-limited, check digit first, cached); shared by the
+    citizen API and the cashier page."""
+    pay = resources.settings.payments
+    cached = await rate_limit(
+        resources,
+        request,
+        "lookup",
+        pay.lookup_rate_limit,
+        also_get=bills.cache_key(payment_code),
+    )
+    validate(payment_code)  # a mistyped code is a 422 before any database lookup
+    if cached is not None:
+        view: bills.BillView | None = bills.decode_cached(cached)
+    else:
+        async with resources.sessions() as session:
+            view = await bills.load_and_cache(
+                resources.redis, session, payment_code, pay.summary_cache_ttl_s
+            )
+    if view is None:
+        raise NotFound("No bill has this payment code.", code="bill_not_found")
+    now = datetime.now(UTC)
+    due = bills.due_on(view, shanghai_today(now))
+    refused = bills.refusal(view, now)
+    return BillSummary(
+        payment_code=view.payment_code,
+        agency_name=view.agency_name,
+        payer_name=bills.mask_name(view.payer_name),
+        status=view.status,
+        payable=refused is None,
+        principal=due.principal,
+        late_fee=due.late_fee,
+        overdue_days=due.overdue_days,
+        amount_due=due.total,
+        due_date=view.due_date,
+        expires_at=view.expires_at,
+        items=[
+            ItemOut(
+                item_code=li.item_code,
+                name=li.name,
+                quantity=li.quantity,
+                unit_amount=li.unit_amount,
+                amount=li.amount,
+            )
+            for li in view.lines
+        ],
+        refusal_code=refused[0] if refused else None,
+    )
+
+
 class PayController(Controller):
     path = "/v1"
     tags = ["citizen"]  # noqa: RUF012
@@ -132,51 +184,7 @@ class PayController(Controller):
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
     ) -> BillSummary:
-        pay = resources.settings.payments
-        cached = await rate_limit(
-            resources,
-            request,
-            "lookup",
-            pay.lookup_rate_limit,
-            also_get=bills.cache_key(payment_code),
-        )
-        validate(payment_code)  # a mistyped code is a 422 before any database lookup
-        if cached is not None:
-            view: bills.BillView | None = bills.decode_cached(cached)
-        else:
-            async with resources.sessions() as session:
-                view = await bills.load_and_cache(
-                    resources.redis, session, payment_code, pay.summary_cache_ttl_s
-                )
-        if view is None:
-            raise NotFound("No bill has this payment code.", code="bill_not_found")
-        now = datetime.now(UTC)
-        due = bills.due_on(view, shanghai_today(now))
-        refused = bills.refusal(view, now)
-        return BillSummary(
-            payment_code=view.payment_code,
-            agency_name=view.agency_name,
-            payer_name=bills.mask_name(view.payer_name),
-            status=view.status,
-            payable=refused is None,
-            principal=due.principal,
-            late_fee=due.late_fee,
-            overdue_days=due.overdue_days,
-            amount_due=due.total,
-            due_date=view.due_date,
-            expires_at=view.expires_at,
-            items=[
-                ItemOut(
-                    item_code=li.item_code,
-                    name=li.name,
-                    quantity=li.quantity,
-                    unit_amount=li.unit_amount,
-                    amount=li.amount,
-                )
-                for li in view.lines
-            ],
-            refusal_code=refused[0] if refused else None,
-        )
+        return await bill_summary(resources, request, payment_code)
 
     @post("/pay/{payment_code:str}/attempts", summary="Start paying through a channel")
     async def create(

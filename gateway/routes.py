@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar.types import ControllerRouterHandler
 
 from gateway.bills_api import BillsController
+from gateway.cashier import CashierController
 from gateway.channels_api import BankController, NotifyController
 from gateway.enotes import EnoteController, verify_page
 from gateway.finance import FinanceController
@@ -24,4 +25,5 @@ ROUTES: list[ControllerRouterHandler] = [
     NotifyController,
     BankController,
     WebhooksController,
+    CashierController,
 ]

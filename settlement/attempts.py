@@ -92,6 +92,23 @@ def _adapter(ctx: PaymentContext, channel: str) -> ChannelAdapter:
     return ctx.channels.get(channel)
 
 
+def _mode(adapter: ChannelAdapter, mode: str) -> str:
+    """A channel that lists its modes refuses others up front (422, nothing written) —
+    they would otherwise fail inside the adapter after the attempt row was committed —
+    and reads "default" as its first mode. Channels without a list take any mode."""
+    modes: tuple[str, ...] = getattr(adapter, "modes", ())
+    if not modes:
+        return mode
+    if mode == "default":
+        return modes[0]
+    if mode not in modes:
+        raise InvalidInput(
+            f"Channel {adapter.name!r} has no mode {mode!r}; one of: {', '.join(modes)}.",
+            code="unsupported_mode",
+        )
+    return mode
+
+
 async def create_attempt(
     ctx: PaymentContext,
     *,
@@ -103,6 +120,7 @@ async def create_attempt(
 ) -> AttemptView:
     now = now or datetime.now(UTC)
     adapter = _adapter(ctx, channel)
+    mode = _mode(adapter, mode)
     # 1. claim: the intent is committed before anything is sent.
     async with ctx.sessions() as s, s.begin():
         view = await bills.load_view(s, payment_code=payment_code)

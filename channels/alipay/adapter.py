@@ -91,6 +91,8 @@ class AlipayAdapter:
     """`ChannelAdapter` for Alipay (当面付 QR, 电脑网站 page, 手机网站 wap)."""
 
     name = "alipay"
+    modes: tuple[str, ...] = tuple(transforms.PRODUCT_CODES)
+    """qr first: "default" means a QR code (当面付), which works on any screen."""
 
     def __init__(self, settings: AlipaySettings) -> None:
         install_port_fix()  # once per process; see channels/alipay/sdk_patch.py

@@ -1,4 +1,4 @@
-"""The one fix we apply to the official Alipay SDK, and the progress tracking we need.
+"""The two fixes we apply to the official Alipay SDK, and the progress tracking we need.
 
 `alipay.aop.api.util.WebUtils.get_http_connection` (alipay-sdk-python 3.7.x) opens
 `HTTPConnection(host, port=80)` (443 for https) whatever the URL says, and then builds the
@@ -8,7 +8,14 @@ URL carries an explicit `:PORT`. So the SDK cannot reach a gateway on any other 
 globals at call time, so replacing that one module attribute is enough; nothing in
 site-packages is edited.
 
-Our replacement keeps the SDK's behaviour otherwise (absolute-form request target, a new
+`DefaultAlipayClient.__prepare_request_params` stamps the `timestamp` common parameter with
+`datetime.datetime.now()` — the machine's local time — and offers no way to set it per
+request (it overwrites whatever the request carries). Alipay reads it as Beijing time, so a
+server running in UTC sends a time 8 h in the past. That module reaches `datetime` through
+its own global, so we give it a stand-in whose `datetime.now()` is Beijing wall time; the
+real `datetime` module is untouched everywhere else.
+
+Our connection replacement keeps the SDK's behaviour otherwise (absolute-form request target, a new
 connection per call, the same timeout) and returns a connection that records whether any
 byte of the request was written. The adapter reads that to tell "nothing sent"
 (Unavailable) from "sent, outcome unknown" (OutcomeUnknown) without parsing messages.
@@ -16,10 +23,16 @@ byte of the request was written. The adapter reads that to tell "nothing sent"
 
 from __future__ import annotations
 
+import datetime as _dt
 import http.client
+import importlib
 import threading
+import types
 import urllib.parse
 from typing import Any
+from zoneinfo import ZoneInfo
+
+BEIJING = ZoneInfo("Asia/Shanghai")
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -74,15 +87,29 @@ def _get_http_connection(url: str, query_string: str, timeout: float) -> tuple[s
     return open_connection(f"{base}?{query_string}", timeout)
 
 
+class _BeijingDatetime(_dt.datetime):
+    """`datetime` whose argument-less `now()` is naive Beijing wall time (what Alipay reads)."""
+
+    @classmethod
+    def now(cls, tz: _dt.tzinfo | None = None) -> _BeijingDatetime:
+        if tz is not None:
+            return super().now(tz)
+        return super().now(BEIJING).replace(tzinfo=None)
+
+
 def install_port_fix() -> None:
-    """Point the SDK's connection factory at ours; idempotent, thread-safe."""
+    """Point the SDK's connection factory at ours and its request clock at Beijing time;
+    idempotent, thread-safe."""
     global _installed  # noqa: PLW0603 - a process-wide, once-only patch is the point
     with _lock:
         if _installed:
             return
         from alipay.aop.api.util import WebUtils
 
+        client_module = importlib.import_module("alipay.aop.api.DefaultAlipayClient")
         WebUtils.get_http_connection = _get_http_connection
+        # The client module's only use of `datetime` is the request timestamp.
+        vars(client_module)["datetime"] = types.SimpleNamespace(datetime=_BeijingDatetime)
         _installed = True
 
 
