@@ -30,9 +30,9 @@ from gateway.state import Resources, build_channels
 from gateway.worker import close_jobs, default_jobs, run_once
 from settlement.context import PaymentContext
 from settlement.models import PaymentAttempt, Receipt, Refund
-from tests.alipay_support import ServerThread, SimServer, settings_for
-from tests.payments_support import ServerThread as BankSimThread
+from tests.alipay_support import SimServer, settings_for
 from tests.payments_support import bank_secret
+from tests.servers import ServerThread
 
 BANK = "104"
 """This world's own bank (and bank simulator): tests/test_bank_channel.py counts the refunds
@@ -151,8 +151,8 @@ class AlipayWorld:
 
 
 @pytest.fixture(scope="session")
-def _e2e_bank_simulator() -> Iterator[BankSimThread]:
-    with BankSimThread(create_bank_simulator({BANK: bank_secret(BANK)})) as server:
+def _e2e_bank_simulator() -> Iterator[ServerThread]:
+    with ServerThread(create_bank_simulator({BANK: bank_secret(BANK)})) as server:
         yield server
 
 
@@ -161,7 +161,7 @@ def _alipay_gateway_settings(
     settings: Settings,
     alipay_keys: Any,
     alipay_sim: SimServer,
-    _e2e_bank_simulator: BankSimThread,
+    _e2e_bank_simulator: ServerThread,
 ) -> _Gateway:
     port = free_port()
     bank = BankSettings(
@@ -203,7 +203,7 @@ def alipay_world(
     _alipay_gateway_settings: _Gateway,
     _alipay_world_channels: ChannelRegistry,
     alipay_sim: SimServer,
-    _e2e_bank_simulator: BankSimThread,
+    _e2e_bank_simulator: ServerThread,
 ) -> AlipayWorld:
     settings = _alipay_gateway_settings.settings
     world_res = replace(res, settings=settings, channels=_alipay_world_channels)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -25,49 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from channels.alipay.adapter import AlipayAdapter
 from channels.alipay.keys import KeySet, ensure_keys
 from channels.alipay.simulator import AlipaySimulator, create_simulator
-from gateway.procs import free_port
 from gateway.settings import AlipaySettings
+from tests.servers import ServerThread
 
 APP_ID = "2021000000000001"
 # Alipay's 4m…15h retry schedule scaled to ≈ 0.05 s … 11 s.
 TIME_SCALE = 0.0002
-
-
-class ServerThread:
-    """uvicorn with the production HTTP parser (httptools), in a background thread."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            http="httptools",
-            loop="asyncio",
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def http_json(method: str, url: str, data: Any = None) -> tuple[int, Any]:

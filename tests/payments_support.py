@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import Agency, Bill, RevenueItem
@@ -32,6 +28,7 @@ from gateway.settings import BankSettings, Settings
 from gateway.state import Resources
 from settlement.context import PaymentContext
 from tests.factories import make_agency, make_bill, make_item
+from tests.servers import ServerThread
 
 BANK_CODES = ("102", "103")
 
@@ -39,48 +36,6 @@ BANK_CODES = ("102", "103")
 def bank_secret(code: str) -> bytes:
     # Derived for tests only; real secrets come from PAYGATE_BANKS.
     return hashlib.sha256(f"paygate-test-bank-{code}".encode()).hexdigest().encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerThread:
-    """uvicorn with httptools on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            http="httptools",
-            loop="asyncio",
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 @dataclass

@@ -27,8 +27,9 @@ from channels.base import (
     TradeState,
     Unavailable,
 )
+from gateway.procs import free_port
 from gateway.settings import AlipaySettings
-from tests.alipay_support import Receiver, SimServer, free_port, settings_for
+from tests.alipay_support import Receiver, SimServer, settings_for
 
 
 def _browse(url: str) -> tuple[str, str]:

@@ -29,9 +29,11 @@ from channels.base import (
     StatementKind,
     TradeState,
 )
+from gateway.procs import free_port
 from gateway.settings import Settings
 from gateway.state import build_channels
-from tests.alipay_support import APP_ID, Receiver, ServerThread, free_port, settings_for
+from tests.alipay_support import APP_ID, Receiver, settings_for
+from tests.servers import ServerThread
 
 # ------------------------------------------------------------------ transforms
 
