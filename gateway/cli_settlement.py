@@ -1,0 +1,231 @@
+"""`paygate ledger|reconcile|settle|refund|staff …`: finance operations."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from channels.base import StatementLine
+from channels.money import fen_to_yuan
+from gateway.cli import _prepare, _with_resources, main
+
+if TYPE_CHECKING:
+    from gateway.state import Resources
+
+
+def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@main.group()
+def ledger() -> None:
+    """Ledger commands."""
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Prove every entry balances and every balance equals the sum of its lines."""
+    from settlement import ledger as ledger_
+
+    async def run(res: Resources) -> ledger_.VerifyReport:
+        async with res.sessions() as session:
+            return await ledger_.verify(session)
+
+    report = _with_resources(_prepare(), run)
+    click.echo(
+        f"{report.entries} entries, {report.lines} lines, {report.accounts} accounts,"
+        f" trial balance {report.trial_balance}"
+    )
+    if report.ok:
+        click.secho("ledger OK", fg="green")
+        return
+    for entry_id in report.unbalanced_entries:
+        click.secho(f"unbalanced entry {entry_id}", fg="red")
+    for entry_id in report.short_entries:
+        click.secho(f"entry {entry_id} has fewer than two lines", fg="red")
+    for code, (stored, summed) in report.drifted_accounts.items():
+        click.secho(f"account {code}: balance {stored} but lines sum to {summed}", fg="red")
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--date", "day", required=True, callback=_date, help="Business day, YYYY-MM-DD.")
+@click.option("--channel", "channels", multiple=True, help="Channel(s); default: every one.")
+@click.option(
+    "--file",
+    "file_",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Statement file to load instead of downloading it (needs one --channel).",
+)
+def reconcile(day: date, channels: tuple[str, ...], file_: Path | None) -> None:
+    """Reconcile channels' statements for a business day (re-runnable)."""
+    from settlement import reconcile as recon
+
+    if file_ is not None and len(channels) != 1:
+        raise click.UsageError("--file needs exactly one --channel")
+
+    raw = file_.read_bytes() if file_ is not None else None
+
+    async def run(res: Resources) -> int:
+        names = list(channels) or res.channels.names()
+        failed = 0
+        for name in names:
+            try:
+                source = res.channels.get(name)
+                lines, digest = await recon.load_statement(source, day, raw)
+                with click.progressbar(
+                    length=0, label=f"{name} {day.isoformat()}", show_pos=True
+                ) as bar:
+
+                    def counted(it: Iterable[StatementLine]) -> Iterator[StatementLine]:
+                        for n, line in enumerate(it, start=1):
+                            if n % 10_000 == 0:
+                                bar.update(10_000)
+                            yield line
+
+                    result = await recon.reconcile(
+                        res.sessions,
+                        channel=name,
+                        day=day,
+                        lines=counted(lines),
+                        content_hash=digest,
+                        hold_days=res.settings.settlement.hold_days,
+                        fee_rate_bp=res.settings.settlement.fee_rates_bp.get(name),
+                        cutoff=res.settings.settlement.cutoff,
+                        confirm=recon.exactly_once_confirm(res.payment_context()),
+                    )
+            except Exception as exc:  # noqa: BLE001 - one bad file must not block the others
+                failed += 1
+                click.secho(f"{name}: FAILED {type(exc).__name__}: {exc}", fg="red")
+                continue
+            note = " (file already received)" if result.duplicate_file else ""
+            click.echo(f"{name}: run {result.run_id}{note}")
+            for key, value in sorted(result.counts.items()):
+                click.echo(f"  {key:32} {value}")
+        return failed
+
+    if not channels and file_ is None:
+        click.echo("reconciling every registered channel")
+    sys.exit(1 if _with_resources(_prepare(), run) else 0)
+
+
+@main.command()
+@click.option("--date", "day", required=True, callback=_date, help="Business day, YYYY-MM-DD.")
+@click.option("--export", "export_", is_flag=True, help="Also export (freeze) the batches.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write exported CSV/XML files here.",
+)
+@click.option("--actor", default="cli", help="Who is settling (recorded in the audit log).")
+def settle(day: date, export_: bool, out: Path | None, actor: str) -> None:
+    """Settle a reconciled business day into treasury deposit batches."""
+    from settlement import treasury
+
+    files: dict[str, bytes] = {}
+
+    async def run(res: Resources) -> None:
+        async with res.sessions() as session:
+            with click.progressbar(length=len(treasury.STAGES), label="settling") as bar:
+                result = await treasury.settle(
+                    session, day=day, actor=actor, progress=lambda _stage: bar.update(1)
+                )
+            await session.commit()
+        if result.settlement_id is None:
+            click.echo(f"nothing ready to settle on {day.isoformat()}")
+            return
+        click.echo(
+            f"settlement {result.settlement_id}: {result.receipts} receipts,"
+            f" {fen_to_yuan(result.total)} yuan, {result.refunds} treasury refunds,"
+            f" {len(result.batches)} batches"
+        )
+        if not export_:
+            return
+        with click.progressbar(result.batches, label="exporting") as batches:
+            for batch_id in batches:
+                async with res.sessions() as session:
+                    exported = await treasury.export_batch(session, batch_id, actor=actor)
+                    await session.commit()
+                files[f"{batch_id}.csv"] = exported.csv
+                files[f"{batch_id}.xml"] = exported.xml
+                click.echo(f"  {batch_id} sha256 {exported.content_hash}")
+
+    _with_resources(_prepare(), run)
+    if out is not None and files:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (out / name).write_bytes(content)
+        click.echo(f"wrote {len(files)} files to {out}")
+
+
+@main.command()
+@click.option("--receipt", "receipt_id", required=True, type=click.UUID, help="Receipt id.")
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="Amount in fen.")
+@click.option("--reason", required=True, help="Why (kept with the refund and the audit).")
+@click.option("--actor", required=True, help="The finance officer requesting it.")
+@click.option("--refund-id", type=click.UUID, default=None, help="Idempotency key.")
+def refund(
+    receipt_id: uuid.UUID, amount: int, reason: str, actor: str, refund_id: uuid.UUID | None
+) -> None:
+    """Request a refund (退付) of a receipt, never beyond what is still available."""
+    from billing.audit import Actor
+    from billing.errors import DomainError
+    from settlement import refunds
+
+    async def run(res: Resources) -> str:
+        async with res.sessions() as session:
+            r = await refunds.request_refund(
+                session,
+                receipt_id=receipt_id,
+                amount=amount,
+                reason=reason,
+                actor=Actor("finance", actor),
+                refund_id=refund_id,
+            )
+            line = f"refund {r.id}: {fen_to_yuan(r.amount)} yuan via {r.route} ({r.status})"
+            await session.commit()
+        return line
+
+    try:
+        click.echo(_with_resources(_prepare(), run))
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+
+
+@main.group()
+def staff() -> None:
+    """Finance staff accounts."""
+
+
+@staff.command("create")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["finance", "auditor", "admin"], case_sensitive=False),
+)
+@click.argument("name")
+def staff_create(role: str, name: str) -> None:
+    """Create a staff user and print its API token (shown once, stored only hashed)."""
+    from billing.staff import create_staff
+
+    async def run(res: Resources) -> str:
+        async with res.sessions() as session:
+            _, token = await create_staff(session, name=name, role=role)
+            await session.commit()
+        return token
+
+    token = _with_resources(_prepare(), run)
+    click.echo(f"staff user {name} ({role.upper()}) created; token (shown once):")
+    click.echo(token)
