@@ -1,12 +1,17 @@
 """Confirming a payment exactly once.
 
 `confirm_payment` is the one place a channel's "this attempt was paid" becomes a receipt.
-One transaction: lock the bill row, move the attempt to SUCCEEDED through the ATTEMPT
-machine (guarded UPDATE), insert the receipt, move the bill ISSUED → PAID (with its event,
-audit row and outbox messages). The unique indexes on `receipts` are the final guard: a
-concurrent or repeated confirmation that slips past the state checks fails on them, rolls
-back whole and is answered ALREADY_CONFIRMED. A short Redis lock per bill in front only
-reduces contention; with Redis down the database lock alone is enough.
+One transaction, two statements (Core, no ORM unit of work): a locking read of the bill and
+the attempt rows (`FOR UPDATE`, bill first), then ONE write statement of data-modifying CTEs
+that moves the attempt to SUCCEEDED through the ATTEMPT machine (guarded UPDATE), inserts the
+receipt, moves the bill ISSUED → PAID and inserts its event, the audit row and the outbox
+messages (multi-row). The unique indexes on `receipts` are the final guard: a concurrent or
+repeated confirmation that slips past the state checks fails on them, rolls back whole and
+is answered ALREADY_CONFIRMED.
+
+There is no Redis lock in front any more: concurrent confirmations of one bill queue on the
+bill's row lock, which serialises them exactly; a Redis lock only added two round trips
+(acquire, release) to every confirmation and could not replace the row lock anyway.
 
 Money is never dropped: a confirmation for a bill that can no longer be paid (already paid
 through another attempt, cancelled, expired, or an exam fee / tuition paid after its hard
@@ -19,20 +24,19 @@ is a duplicate and refunded.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import Insert, Table, Update, func, insert, literal_column, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
 from billing.late_fee import SHANGHAI
@@ -42,8 +46,6 @@ from settlement import bills
 from settlement.models import PaymentAttempt, Receipt, Refund
 
 log = structlog.get_logger(__name__)
-
-LOCK_TTL_S = 5.0
 
 
 class ConfirmOutcome(StrEnum):
@@ -95,37 +97,61 @@ def business_date(paid_at: datetime, cutoff_minutes: int = 0) -> date:
     return local.date()
 
 
-def bill_is_payable(bill: Bill, paid_at: datetime) -> bool:
+def bill_is_payable(bill: Bill | BillFacts, paid_at: datetime) -> bool:
     """Whether money paid at `paid_at` can be this bill's payment (see the module doc)."""
     if bill.status != BillStatus.ISSUED:
         return False
     return not (bill.category in bills.FIXED_DEADLINE_CATEGORIES and paid_at > bill.expires_at)
 
 
-@contextlib.asynccontextmanager
-async def bill_lock(redis: aioredis.Redis | None, bill_id: uuid.UUID) -> AsyncIterator[None]:
-    """A short per-bill Redis lock that serialises confirmations before they reach Postgres.
+@dataclass(frozen=True, slots=True)
+class BillFacts:
+    """What a confirmation needs of the (locked) bill row."""
 
-    Best effort only: if Redis is down or the lock is not had in time, go on — the row lock
-    and the unique indexes decide.
-    """
-    lock = None
-    if redis is not None:
-        try:
-            lock = redis.lock(
-                f"lock:bill:{bill_id}", timeout=LOCK_TTL_S, blocking_timeout=LOCK_TTL_S
-            )
-            if not await lock.acquire():
-                lock = None
-        except RedisError:
-            log.warning("bill lock unavailable; relying on the database lock")
-            lock = None
-    try:
-        yield
-    finally:
-        if lock is not None:
-            with contextlib.suppress(RedisError):  # expired or Redis gone: nothing to release
-                await lock.release()
+    id: uuid.UUID
+    agency_id: uuid.UUID
+    agency_bill_no: str
+    payment_code: str
+    category: str
+    status: str
+    principal_amount: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    id: uuid.UUID
+    bill_id: uuid.UUID
+    channel: str
+    status: str
+    amount: int
+    channel_trade_no: str | None
+    new: dict[str, Any] | None = None
+    """Column values of an attempt to INSERT (already SUCCEEDED) instead of updating one: a
+    bank confirmation without a prior query opens and confirms it in one transaction."""
+
+
+_B = cast(Table, Bill.__table__)
+_A = cast(Table, PaymentAttempt.__table__)
+_R = cast(Table, Receipt.__table__)
+_RF = cast(Table, Refund.__table__)
+_EV = cast(Table, BillEvent.__table__)
+_AU = cast(Table, audit.AuditEntry.__table__)
+_OB = cast(Table, outbox.OutboxMessage.__table__)
+BILL_COLUMNS = (
+    _B.c.id,
+    _B.c.agency_id,
+    _B.c.agency_bill_no,
+    _B.c.payment_code,
+    _B.c.category,
+    _B.c.status,
+    _B.c.principal_amount,
+    _B.c.expires_at,
+)
+
+
+def bill_facts(row: Any) -> BillFacts:
+    return BillFacts(*(row[i] for i in range(len(BILL_COLUMNS))))
 
 
 async def confirm_payment(
@@ -142,59 +168,121 @@ async def confirm_payment(
 ) -> ConfirmResult:
     """Record that the channel took `amount` fen for this attempt; safe to call any number
     of times, concurrently. `source` says who told us (notify, query, bank confirm...).
-    `bill_id`, when the caller knows it, saves a lookup (it is checked in the transaction)."""
-    bound = log.bind(attempt_id=str(attempt_id), source=source)
-    if bill_id is None:
-        async with sessions() as s:
-            bill_id = await s.scalar(
-                select(PaymentAttempt.bill_id).where(PaymentAttempt.id == attempt_id)
+    `bill_id`, when the caller knows it, is checked against the attempt's bill.
+
+    `redis` only drops the cached summary after the commit (None: the TTL bounds it)."""
+    try:
+        async with sessions() as s, s.begin():
+            result, payment_code = await apply_confirmation(
+                await s.connection(),
+                attempt_id=attempt_id,
+                bill_id=bill_id,
+                channel_trade_no=channel_trade_no,
+                amount=amount,
+                paid_at=paid_at,
+                source=source,
+                cutoff_minutes=cutoff_minutes,
             )
-    if bill_id is None:
-        bound.warning("confirmation for an unknown attempt")
-        return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id)
-    async with bill_lock(redis, bill_id):
-        try:
-            async with sessions() as s, s.begin():
-                result, payment_code = await _apply(
-                    s,
-                    attempt_id=attempt_id,
-                    bill_id=bill_id,
-                    channel_trade_no=channel_trade_no,
-                    amount=amount,
-                    paid_at=paid_at,
-                    source=source,
-                    cutoff_minutes=cutoff_minutes,
-                )
-        except IntegrityError as exc:
-            # The unique indexes caught a confirmation the state checks did not: the whole
-            # transaction is rolled back, which is exactly "changes nothing".
-            bound.info("confirmation already recorded", constraint=str(exc.orig)[:200])
-            return ConfirmResult(ConfirmOutcome.ALREADY_CONFIRMED, attempt_id, bill_id)
-    if result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.DUPLICATE_REFUNDING}:
-        if redis is not None:
-            await bills.invalidate(redis, payment_code)
-        bound.info("payment confirmed", outcome=result.outcome, bill_id=str(bill_id))
+    except IntegrityError as exc:
+        # The unique indexes caught a confirmation the state checks did not: the whole
+        # transaction is rolled back, which is exactly "changes nothing".
+        log.info(
+            "confirmation already recorded",
+            attempt_id=str(attempt_id),
+            source=source,
+            constraint=str(exc.orig)[:200],
+        )
+        return ConfirmResult(ConfirmOutcome.ALREADY_CONFIRMED, attempt_id, bill_id)
+    await after_commit(redis, result, payment_code, source)
     return result
 
 
-async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
-    s: AsyncSession,
+async def after_commit(
+    redis: aioredis.Redis | None, result: ConfirmResult, payment_code: str, source: str
+) -> None:
+    """Once the confirmation is committed: drop the cached summary of a bill it changed."""
+    if result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.DUPLICATE_REFUNDING}:
+        if redis is not None:
+            await bills.invalidate(redis, payment_code)
+        log.info(
+            "payment confirmed",
+            outcome=result.outcome,
+            attempt_id=str(result.attempt_id),
+            bill_id=str(result.bill_id),
+            source=source,
+        )
+
+
+async def apply_confirmation(
+    conn: AsyncConnection,
     *,
     attempt_id: uuid.UUID,
-    bill_id: uuid.UUID,
+    bill_id: uuid.UUID | None,
     channel_trade_no: str | None,
     amount: int,
     paid_at: datetime,
     source: str,
     cutoff_minutes: int,
 ) -> tuple[ConfirmResult, str]:
-    bill = await s.scalar(select(Bill).where(Bill.id == bill_id).with_for_update())
-    attempt = await s.scalar(
-        select(PaymentAttempt).where(PaymentAttempt.id == attempt_id).with_for_update()
+    """The confirmation inside the caller's transaction: (result, the bill's payment code).
+
+    One locking read of the bill and the attempt (bill first, as every path locks them),
+    then one write statement. An IntegrityError from it means "already recorded": the
+    caller rolls back.
+    """
+    stmt = (
+        select(
+            *BILL_COLUMNS,
+            _A.c.channel,
+            _A.c.status.label("attempt_status"),
+            _A.c.amount.label("attempt_amount"),
+            _A.c.channel_trade_no,
+        )
+        .select_from(_B.join(_A, _A.c.bill_id == _B.c.id))
+        .where(_A.c.id == attempt_id)
+        .with_for_update()
     )
-    if bill is None or attempt is None or attempt.bill_id != bill.id:
+    if bill_id is not None:
+        stmt = stmt.where(_B.c.id == bill_id)
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        log.warning("confirmation for an unknown attempt", attempt_id=str(attempt_id))
         return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id), ""
-    code = bill.payment_code
+    bill = bill_facts(row)
+    attempt = AttemptFacts(
+        id=attempt_id,
+        bill_id=bill.id,
+        channel=row.channel,
+        status=row.attempt_status,
+        amount=row.attempt_amount,
+        channel_trade_no=row.channel_trade_no,
+    )
+    return await apply_to_locked(
+        conn,
+        bill,
+        attempt,
+        channel_trade_no=channel_trade_no,
+        amount=amount,
+        paid_at=paid_at,
+        source=source,
+        cutoff_minutes=cutoff_minutes,
+    )
+
+
+async def apply_to_locked(
+    conn: AsyncConnection,
+    bill: BillFacts,
+    attempt: AttemptFacts,
+    *,
+    channel_trade_no: str | None,
+    amount: int,
+    paid_at: datetime,
+    source: str,
+    cutoff_minutes: int,
+) -> tuple[ConfirmResult, str]:
+    """Decide and write, with the bill row (and an existing attempt row) locked by the
+    caller in this transaction."""
+    attempt_id, code = attempt.id, bill.payment_code
     if channel_trade_no and attempt.channel_trade_no not in (None, channel_trade_no):
         log.error(
             "confirmation names another channel trade for this attempt",
@@ -202,7 +290,7 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
             known=attempt.channel_trade_no,
             got=channel_trade_no,
         )
-        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill_id), code
+        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill.id), code
     if amount != attempt.amount:
         log.warning(
             "confirmation amount differs",
@@ -210,20 +298,18 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
             expected=attempt.amount,
             got=amount,
         )
-        return ConfirmResult(ConfirmOutcome.REJECTED_AMOUNT, attempt_id, bill_id), code
+        return ConfirmResult(ConfirmOutcome.REJECTED_AMOUNT, attempt_id, bill.id), code
     if attempt.status == AttemptStatus.SUCCEEDED:
-        row = (
-            await s.execute(
-                select(Receipt.id, Receipt.kind).where(Receipt.attempt_id == attempt_id)
-            )
+        known = (
+            await conn.execute(select(_R.c.id, _R.c.kind).where(_R.c.attempt_id == attempt_id))
         ).first()
         return (
             ConfirmResult(
                 ConfirmOutcome.ALREADY_CONFIRMED,
                 attempt_id,
-                bill_id,
-                row.id if row else None,
-                receipt_kind=row.kind if row else None,
+                bill.id,
+                known.id if known else None,
+                receipt_kind=known.kind if known else None,
             ),
             code,
         )
@@ -235,136 +321,159 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
     path.append(AttemptStatus.SUCCEEDED)
     if not all(ATTEMPT.allowed(a, b) for a, b in itertools.pairwise(path)):
         log.error("success for an attempt that cannot succeed", status=attempt.status)
-        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill_id), code
-    changed = await s.execute(
-        update(PaymentAttempt)
-        .where(PaymentAttempt.id == attempt_id, PaymentAttempt.status == attempt.status)
-        .values(
-            status=AttemptStatus.SUCCEEDED,
-            channel_trade_no=channel_trade_no or attempt.channel_trade_no,
+        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill.id), code
+    trade_no = channel_trade_no or attempt.channel_trade_no
+    att: Insert | Update
+    if attempt.new is not None:
+        att = insert(_A).values(
+            {**attempt.new, "status": AttemptStatus.SUCCEEDED, "channel_trade_no": trade_no}
         )
-    )
-    assert changed.rowcount == 1  # type: ignore[attr-defined]  # we hold the row lock
+    else:
+        att = (
+            update(_A)
+            .where(_A.c.id == attempt_id, _A.c.status == attempt.status)
+            .values(
+                status=AttemptStatus.SUCCEEDED, channel_trade_no=trade_no, updated_at=func.now()
+            )
+        )
 
     payable = bill_is_payable(bill, paid_at)
-    receipt = Receipt(
-        id=uuid.uuid4(),
-        bill_id=bill.id,
-        attempt_id=attempt.id,
-        channel=attempt.channel,
-        channel_trade_no=channel_trade_no or attempt.channel_trade_no,
-        kind="PAYMENT" if payable else "DUPLICATE",
-        amount=amount,
-        late_fee_amount=max(0, amount - bill.principal_amount) if payable else 0,
-        paid_at=paid_at,
-        business_date=business_date(paid_at, cutoff_minutes),
-    )
-    s.add(receipt)
-    await s.flush()  # the unique indexes speak here
-
-    # POSTING POINT (ledger): receipt confirmed — channel clearing ↔ collection.
+    receipt_id = uuid.uuid4()
+    bdate = business_date(paid_at, cutoff_minutes)
+    late_fee = max(0, amount - bill.principal_amount) if payable else 0
+    receipt = {
+        "id": receipt_id,
+        "bill_id": bill.id,
+        "attempt_id": attempt_id,
+        "channel": attempt.channel,
+        "channel_trade_no": trade_no,
+        "kind": "PAYMENT" if payable else "DUPLICATE",
+        "amount": amount,
+        "late_fee_amount": late_fee,
+        "paid_at": paid_at,
+        "business_date": bdate,
+    }
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    actor = source[:64]
+    # Every write of the confirmation in ONE statement (data-modifying CTEs all run, once,
+    # whether read or not); the unique indexes on receipts still speak, as an IntegrityError.
+    writes: list[Any] = [insert(_R).values(receipt)]
     if payable:
+        # POSTING POINT (ledger): receipt confirmed — channel clearing ↔ collection.
         BILL.check(bill.status, BillStatus.PAID)
-        await s.execute(
-            update(Bill)
-            .where(Bill.id == bill.id, Bill.status == BillStatus.ISSUED)
-            .values(status=BillStatus.PAID, paid_amount=amount, paid_at=paid_at)
-        )
-        s.add(
-            BillEvent(
+        detail = {"attempt_id": str(attempt_id), "receipt_id": str(receipt_id)}
+        writes += [
+            update(_B)
+            .where(_B.c.id == bill.id, _B.c.status == BillStatus.ISSUED)
+            .values(
+                status=BillStatus.PAID, paid_amount=amount, paid_at=paid_at, updated_at=func.now()
+            ),
+            insert(_EV).values(
                 bill_id=bill.id,
                 from_status=BillStatus.ISSUED,
                 to_status=BillStatus.PAID,
                 actor_type="system",
-                actor_id=source[:64],
+                actor_id=actor,
                 reason="payment confirmed",
-                detail={"attempt_id": str(attempt.id), "receipt_id": str(receipt.id)},
-            )
-        )
-        audit.record(
-            s,
-            actor_type="system",
-            actor_id=source[:64],
-            action="payment.confirmed",
-            object_type="bill",
-            object_id=str(bill.id),
-            detail={"attempt_id": str(attempt.id), "receipt_id": str(receipt.id), "amount": amount},
-        )
-        await outbox.enqueue(
-            s,
-            "webhook.event",
-            f"bill.paid:{bill.id}",
-            {
-                "event": "bill.paid",
-                "agency_id": str(bill.agency_id),
-                "bill_id": str(bill.id),
-                "data": {
-                    "agency_bill_no": bill.agency_bill_no,
-                    "payment_code": bill.payment_code,
-                    "amount": amount,
-                    "late_fee": receipt.late_fee_amount,
-                    "channel": attempt.channel,
-                    "attempt_id": str(attempt.id),
-                    "receipt_id": str(receipt.id),
-                    "paid_at": paid_at.isoformat(),
-                    "business_date": receipt.business_date.isoformat(),
-                },
-            },
-        )
-        await outbox.enqueue(
-            s, "enote.issue", f"enote.issue:{receipt.id}", {"receipt_id": str(receipt.id)}
-        )
-        return (
-            ConfirmResult(
-                ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt.id, receipt_kind="PAYMENT"
+                detail=detail,
             ),
-            code,
+            insert(_AU).values(
+                actor_type="system",
+                actor_id=actor,
+                action="payment.confirmed",
+                object_type="bill",
+                object_id=str(bill.id),
+                detail={**detail, "amount": amount},
+                request_id=request_id,
+            ),
+            pg_insert(_OB)
+            .values(
+                [
+                    {
+                        "topic": "webhook.event",
+                        "key": f"bill.paid:{bill.id}",
+                        "payload": {
+                            "event": "bill.paid",
+                            "agency_id": str(bill.agency_id),
+                            "bill_id": str(bill.id),
+                            "data": {
+                                "agency_bill_no": bill.agency_bill_no,
+                                "payment_code": bill.payment_code,
+                                "amount": amount,
+                                "late_fee": late_fee,
+                                "channel": attempt.channel,
+                                "attempt_id": str(attempt_id),
+                                "receipt_id": str(receipt_id),
+                                "paid_at": paid_at.isoformat(),
+                                "business_date": bdate.isoformat(),
+                            },
+                        },
+                    },
+                    {
+                        "topic": "enote.issue",
+                        "key": f"enote.issue:{receipt_id}",
+                        "payload": {"receipt_id": str(receipt_id)},
+                    },
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["key"]),
+        ]
+        result = ConfirmResult(
+            ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt_id, receipt_kind="PAYMENT"
         )
-
-    refund = Refund(
-        id=uuid.uuid4(),
-        receipt_id=receipt.id,
-        bill_id=bill.id,
-        amount=amount,
-        route="CHANNEL",
-        reason="duplicate payment",
-        requested_by_type="system",
-        requested_by_id="confirm",
-    )
-    s.add(refund)
-    await s.flush()
-    audit.record(
-        s,
-        actor_type="system",
-        actor_id=source[:64],
-        action="payment.duplicate",
-        object_type="bill",
-        object_id=str(bill.id),
-        detail={
-            "attempt_id": str(attempt.id),
-            "receipt_id": str(receipt.id),
-            "refund_id": str(refund.id),
-            "bill_status": bill.status,
-            "amount": amount,
-        },
-    )
-    await outbox.enqueue(
-        s, "refund.execute", f"refund.execute:{refund.id}", {"refund_id": str(refund.id)}
-    )
-    log.warning(
-        "duplicate payment recorded; refund opened",
-        bill_id=str(bill.id),
-        bill_status=bill.status,
-        refund_id=str(refund.id),
-    )
-    return (
-        ConfirmResult(
+    else:
+        refund_id = uuid.uuid4()
+        writes += [
+            insert(_RF).values(
+                id=refund_id,
+                receipt_id=receipt_id,
+                bill_id=bill.id,
+                amount=amount,
+                route="CHANNEL",
+                reason="duplicate payment",
+                requested_by_type="system",
+                requested_by_id="confirm",
+            ),
+            insert(_AU).values(
+                actor_type="system",
+                actor_id=actor,
+                action="payment.duplicate",
+                object_type="bill",
+                object_id=str(bill.id),
+                detail={
+                    "attempt_id": str(attempt_id),
+                    "receipt_id": str(receipt_id),
+                    "refund_id": str(refund_id),
+                    "bill_status": bill.status,
+                    "amount": amount,
+                },
+                request_id=request_id,
+            ),
+            pg_insert(_OB)
+            .values(
+                topic="refund.execute",
+                key=f"refund.execute:{refund_id}",
+                payload={"refund_id": str(refund_id)},
+            )
+            .on_conflict_do_nothing(index_elements=["key"]),
+        ]
+        log.warning(
+            "duplicate payment recorded; refund opened",
+            bill_id=str(bill.id),
+            bill_status=bill.status,
+            refund_id=str(refund_id),
+        )
+        result = ConfirmResult(
             ConfirmOutcome.DUPLICATE_REFUNDING,
             attempt_id,
             bill.id,
-            receipt.id,
-            refund.id,
+            receipt_id,
+            refund_id,
             receipt_kind="DUPLICATE",
-        ),
-        code,
-    )
+        )
+    att_cte = att.returning(_A.c.id).cte("att")
+    ctes = [w.returning(literal_column("1")).cte(f"w{i}") for i, w in enumerate(writes)]
+    changed = await conn.scalar(select(func.count()).select_from(att_cte).add_cte(*ctes))
+    # We hold the row locks: the guarded UPDATE cannot miss (a new attempt is inserted).
+    assert changed == 1, "attempt changed under its row lock"
+    return result, code
