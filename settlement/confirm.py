@@ -165,10 +165,11 @@ async def confirm_payment(
     source: str,
     cutoff_minutes: int = 0,
     bill_id: uuid.UUID | None = None,
+    channel: str | None = None,
 ) -> ConfirmResult:
     """Record that the channel took `amount` fen for this attempt; safe to call any number
     of times, concurrently. `source` says who told us (notify, query, bank confirm...).
-    `bill_id`, when the caller knows it, is checked against the attempt's bill.
+    `bill_id` / `channel`, when given, must be the attempt's (else UNKNOWN_ATTEMPT).
 
     `redis` only drops the cached summary after the commit (None: the TTL bounds it)."""
     try:
@@ -182,6 +183,7 @@ async def confirm_payment(
                 paid_at=paid_at,
                 source=source,
                 cutoff_minutes=cutoff_minutes,
+                channel=channel,
             )
     except IntegrityError as exc:
         # The unique indexes caught a confirmation the state checks did not: the whole
@@ -223,6 +225,7 @@ async def apply_confirmation(
     paid_at: datetime,
     source: str,
     cutoff_minutes: int,
+    channel: str | None = None,
 ) -> tuple[ConfirmResult, str]:
     """The confirmation inside the caller's transaction: (result, the bill's payment code).
 
@@ -244,6 +247,8 @@ async def apply_confirmation(
     )
     if bill_id is not None:
         stmt = stmt.where(_B.c.id == bill_id)
+    if channel is not None:
+        stmt = stmt.where(_A.c.channel == channel)
     row = (await conn.execute(stmt)).first()
     if row is None:
         log.warning("confirmation for an unknown attempt", attempt_id=str(attempt_id))
