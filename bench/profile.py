@@ -53,6 +53,7 @@ def main() -> None:
                         sys.executable,
                         "-m",
                         "pyinstrument",
+                        *os.environ.get("PROFILE_FLAGS", "").split(),
                         "-o",
                         str(out),
                         "-m",

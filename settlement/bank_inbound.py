@@ -26,7 +26,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -238,6 +238,25 @@ _A = cast(Table, PaymentAttempt.__table__)
 _B = cast(Table, Bill.__table__)
 _L = cast(Table, BillLine.__table__)
 _RI = cast(Table, RevenueItem.__table__)
+# Built once: a confirmation neither builds nor compiles SQL.
+_BY_SERIAL = (
+    select(_A.c.id, _A.c.bill_id, _A.c.amount, _B.c.payment_code)
+    .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
+    .where(_A.c.channel == bindparam("p_channel"), _A.c.channel_trade_no == bindparam("p_serial"))
+)
+_BY_ORDER = (
+    select(_A.c.bill_id, _A.c.channel, _A.c.amount, _A.c.channel_trade_no, _B.c.payment_code)
+    .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
+    .where(_A.c.id == bindparam("p_order_id"))
+)
+_BILL_FOR_CONFIRM = (
+    select(*BILL_COLUMNS, _B.c.due_date, _L.c.amount, _RI.c.late_fee_rule)
+    .select_from(
+        _B.outerjoin(_L, _L.c.bill_id == _B.c.id).outerjoin(_RI, _RI.c.code == _L.c.item_code)
+    )
+    .where(_B.c.payment_code == bindparam("p_code"))
+    .with_for_update(of=_B)
+)
 
 
 async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the interface
@@ -263,13 +282,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         "source": f"confirm:{channel}",
         "cutoff_minutes": ctx.cutoff_minutes,
     }
-    known = (
-        await conn.execute(
-            select(_A.c.id, _A.c.bill_id, _A.c.amount, _B.c.payment_code)
-            .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
-            .where(_A.c.channel == channel, _A.c.channel_trade_no == serial)
-        )
-    ).first()
+    known = (await conn.execute(_BY_SERIAL, {"p_channel": channel, "p_serial": serial})).first()
     if known is not None:
         if known.payment_code != code or known.amount != amount:
             return None, conflict, code
@@ -279,19 +292,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         )
         return result, None, pc
     if order_id is not None:
-        row = (
-            await conn.execute(
-                select(
-                    _A.c.bill_id,
-                    _A.c.channel,
-                    _A.c.amount,
-                    _A.c.channel_trade_no,
-                    _B.c.payment_code,
-                )
-                .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
-                .where(_A.c.id == order_id)
-            )
-        ).first()
+        row = (await conn.execute(_BY_ORDER, {"p_order_id": order_id})).first()
         if row is None or row.channel != channel or row.payment_code != code:
             return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown order"), code
         if row.amount != amount:
@@ -304,18 +305,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         return result, None, pc
     # 12005 accepted (see the module doc): lock the bill, open an attempt keyed by the
     # serial and confirm it — the attempt row is inserted by the confirmation's write.
-    rows = (
-        await conn.execute(
-            select(*BILL_COLUMNS, _B.c.due_date, _L.c.amount, _RI.c.late_fee_rule)
-            .select_from(
-                _B.outerjoin(_L, _L.c.bill_id == _B.c.id).outerjoin(
-                    _RI, _RI.c.code == _L.c.item_code
-                )
-            )
-            .where(_B.c.payment_code == code)
-            .with_for_update(of=_B)
-        )
-    ).all()
+    rows = (await conn.execute(_BILL_FOR_CONFIRM, {"p_code": code})).all()
     if not rows:
         return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown payment code"), code
     bill = bill_facts(rows[0])

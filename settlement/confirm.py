@@ -24,6 +24,7 @@ is a duplicate and refunded.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from dataclasses import dataclass
@@ -33,7 +34,20 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
-from sqlalchemy import Insert, Table, Update, func, insert, literal_column, select, update
+from sqlalchemy import (
+    BindParameter,
+    Column,
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -233,23 +247,9 @@ async def apply_confirmation(
     then one write statement. An IntegrityError from it means "already recorded": the
     caller rolls back.
     """
-    stmt = (
-        select(
-            *BILL_COLUMNS,
-            _A.c.channel,
-            _A.c.status.label("attempt_status"),
-            _A.c.amount.label("attempt_amount"),
-            _A.c.channel_trade_no,
-        )
-        .select_from(_B.join(_A, _A.c.bill_id == _B.c.id))
-        .where(_A.c.id == attempt_id)
-        .with_for_update()
-    )
-    if bill_id is not None:
-        stmt = stmt.where(_B.c.id == bill_id)
-    if channel is not None:
-        stmt = stmt.where(_A.c.channel == channel)
-    row = (await conn.execute(stmt)).first()
+    stmt = _locking_read(by_bill=bill_id is not None, by_channel=channel is not None)
+    params = {"p_attempt_id": attempt_id, "p_bill_id": bill_id, "p_channel": channel}
+    row = (await conn.execute(stmt, params)).first()
     if row is None:
         log.warning("confirmation for an unknown attempt", attempt_id=str(attempt_id))
         return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id), ""
@@ -328,140 +328,72 @@ async def apply_to_locked(
         log.error("success for an attempt that cannot succeed", status=attempt.status)
         return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill.id), code
     trade_no = channel_trade_no or attempt.channel_trade_no
-    att: Insert | Update
-    if attempt.new is not None:
-        att = insert(_A).values(
-            {**attempt.new, "status": AttemptStatus.SUCCEEDED, "channel_trade_no": trade_no}
-        )
-    else:
-        att = (
-            update(_A)
-            .where(_A.c.id == attempt_id, _A.c.status == attempt.status)
-            .values(
-                status=AttemptStatus.SUCCEEDED, channel_trade_no=trade_no, updated_at=func.now()
-            )
-        )
-
     payable = bill_is_payable(bill, paid_at)
     receipt_id = uuid.uuid4()
     bdate = business_date(paid_at, cutoff_minutes)
     late_fee = max(0, amount - bill.principal_amount) if payable else 0
-    receipt = {
-        "id": receipt_id,
-        "bill_id": bill.id,
-        "attempt_id": attempt_id,
-        "channel": attempt.channel,
-        "channel_trade_no": trade_no,
-        "kind": "PAYMENT" if payable else "DUPLICATE",
-        "amount": amount,
-        "late_fee_amount": late_fee,
-        "paid_at": paid_at,
-        "business_date": bdate,
+    params: dict[str, Any] = {
+        "p_attempt_id": attempt_id,
+        "p_trade_no": trade_no,
+        "p_seen_status": attempt.status,
+        "p_receipt_id": receipt_id,
+        "p_bill_id": bill.id,
+        "p_channel": attempt.channel,
+        "p_kind": "PAYMENT" if payable else "DUPLICATE",
+        "p_amount": amount,
+        "p_late_fee": late_fee,
+        "p_paid_at": paid_at,
+        "p_business_date": bdate,
+        "p_actor": source[:64],
+        "p_object_id": str(bill.id),
+        "p_request_id": structlog.contextvars.get_contextvars().get("request_id"),
     }
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
-    actor = source[:64]
-    # Every write of the confirmation in ONE statement (data-modifying CTEs all run, once,
-    # whether read or not); the unique indexes on receipts still speak, as an IntegrityError.
-    writes: list[Any] = [insert(_R).values(receipt)]
+    if attempt.new is not None:
+        params |= {f"p_new_{k}": v for k, v in attempt.new.items() if k in _NEW_ATTEMPT_KEYS}
     if payable:
         # POSTING POINT (ledger): receipt confirmed — channel clearing ↔ collection.
         BILL.check(bill.status, BillStatus.PAID)
         detail = {"attempt_id": str(attempt_id), "receipt_id": str(receipt_id)}
-        writes += [
-            update(_B)
-            .where(_B.c.id == bill.id, _B.c.status == BillStatus.ISSUED)
-            .values(
-                status=BillStatus.PAID, paid_amount=amount, paid_at=paid_at, updated_at=func.now()
-            ),
-            insert(_EV).values(
-                bill_id=bill.id,
-                from_status=BillStatus.ISSUED,
-                to_status=BillStatus.PAID,
-                actor_type="system",
-                actor_id=actor,
-                reason="payment confirmed",
-                detail=detail,
-            ),
-            insert(_AU).values(
-                actor_type="system",
-                actor_id=actor,
-                action="payment.confirmed",
-                object_type="bill",
-                object_id=str(bill.id),
-                detail={**detail, "amount": amount},
-                request_id=request_id,
-            ),
-            pg_insert(_OB)
-            .values(
-                [
-                    {
-                        "topic": "webhook.event",
-                        "key": f"bill.paid:{bill.id}",
-                        "payload": {
-                            "event": "bill.paid",
-                            "agency_id": str(bill.agency_id),
-                            "bill_id": str(bill.id),
-                            "data": {
-                                "agency_bill_no": bill.agency_bill_no,
-                                "payment_code": bill.payment_code,
-                                "amount": amount,
-                                "late_fee": late_fee,
-                                "channel": attempt.channel,
-                                "attempt_id": str(attempt_id),
-                                "receipt_id": str(receipt_id),
-                                "paid_at": paid_at.isoformat(),
-                                "business_date": bdate.isoformat(),
-                            },
-                        },
-                    },
-                    {
-                        "topic": "enote.issue",
-                        "key": f"enote.issue:{receipt_id}",
-                        "payload": {"receipt_id": str(receipt_id)},
-                    },
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["key"]),
-        ]
+        params |= {
+            "p_event_detail": detail,
+            "p_audit_detail": {**detail, "amount": amount},
+            "p_webhook_key": f"bill.paid:{bill.id}",
+            "p_webhook_payload": {
+                "event": "bill.paid",
+                "agency_id": str(bill.agency_id),
+                "bill_id": str(bill.id),
+                "data": {
+                    "agency_bill_no": bill.agency_bill_no,
+                    "payment_code": bill.payment_code,
+                    "amount": amount,
+                    "late_fee": late_fee,
+                    "channel": attempt.channel,
+                    "attempt_id": str(attempt_id),
+                    "receipt_id": str(receipt_id),
+                    "paid_at": paid_at.isoformat(),
+                    "business_date": bdate.isoformat(),
+                },
+            },
+            "p_enote_key": f"enote.issue:{receipt_id}",
+            "p_enote_payload": {"receipt_id": str(receipt_id)},
+        }
         result = ConfirmResult(
             ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt_id, receipt_kind="PAYMENT"
         )
     else:
         refund_id = uuid.uuid4()
-        writes += [
-            insert(_RF).values(
-                id=refund_id,
-                receipt_id=receipt_id,
-                bill_id=bill.id,
-                amount=amount,
-                route="CHANNEL",
-                reason="duplicate payment",
-                requested_by_type="system",
-                requested_by_id="confirm",
-            ),
-            insert(_AU).values(
-                actor_type="system",
-                actor_id=actor,
-                action="payment.duplicate",
-                object_type="bill",
-                object_id=str(bill.id),
-                detail={
-                    "attempt_id": str(attempt_id),
-                    "receipt_id": str(receipt_id),
-                    "refund_id": str(refund_id),
-                    "bill_status": bill.status,
-                    "amount": amount,
-                },
-                request_id=request_id,
-            ),
-            pg_insert(_OB)
-            .values(
-                topic="refund.execute",
-                key=f"refund.execute:{refund_id}",
-                payload={"refund_id": str(refund_id)},
-            )
-            .on_conflict_do_nothing(index_elements=["key"]),
-        ]
+        params |= {
+            "p_refund_id": refund_id,
+            "p_audit_detail": {
+                "attempt_id": str(attempt_id),
+                "receipt_id": str(receipt_id),
+                "refund_id": str(refund_id),
+                "bill_status": bill.status,
+                "amount": amount,
+            },
+            "p_refund_key": f"refund.execute:{refund_id}",
+            "p_refund_payload": {"refund_id": str(refund_id)},
+        }
         log.warning(
             "duplicate payment recorded; refund opened",
             bill_id=str(bill.id),
@@ -476,9 +408,147 @@ async def apply_to_locked(
             refund_id,
             receipt_kind="DUPLICATE",
         )
-    att_cte = att.returning(_A.c.id).cte("att")
-    ctes = [w.returning(literal_column("1")).cte(f"w{i}") for i, w in enumerate(writes)]
-    changed = await conn.scalar(select(func.count()).select_from(att_cte).add_cte(*ctes))
+    changed = await conn.scalar(
+        _write_statement(new_attempt=attempt.new is not None, payable=payable), params
+    )
     # We hold the row locks: the guarded UPDATE cannot miss (a new attempt is inserted).
     assert changed == 1, "attempt changed under its row lock"
     return result, code
+
+
+@functools.cache
+def _locking_read(*, by_bill: bool, by_channel: bool) -> Select[Any]:
+    """The bill and attempt rows, locked (bill first in FROM: locks are taken in that order)."""
+    stmt = (
+        select(
+            *BILL_COLUMNS,
+            _A.c.channel,
+            _A.c.status.label("attempt_status"),
+            _A.c.amount.label("attempt_amount"),
+            _A.c.channel_trade_no,
+        )
+        .select_from(_B.join(_A, _A.c.bill_id == _B.c.id))
+        .where(_A.c.id == _p("p_attempt_id"))
+        .with_for_update()
+    )
+    if by_bill:
+        stmt = stmt.where(_B.c.id == _p("p_bill_id"))
+    if by_channel:
+        stmt = stmt.where(_A.c.channel == _p("p_channel"))
+    return stmt
+
+
+_NEW_ATTEMPT_KEYS = ("bill_id", "channel", "mode", "amount", "expires_at", "next_check_at")
+
+
+def _p(name: str, like: Column[Any] | None = None) -> BindParameter[Any]:
+    """A named parameter; `like` types it (needed past the first row of a multi-row VALUES,
+    which SQLAlchemy does not type from the column)."""
+    return bindparam(name, type_=like.type if like is not None else None)
+
+
+@functools.cache
+def _write_statement(*, new_attempt: bool, payable: bool) -> Select[int]:
+    """Every write of a confirmation as ONE statement of data-modifying CTEs (they all run,
+    once, whether read or not; their foreign keys are checked at the end of the statement).
+
+    Built once per shape with bind parameters, so a confirmation neither builds nor compiles
+    SQL. The unique indexes on receipts (and attempts) still speak, as an IntegrityError.
+    """
+    att: Insert | Update
+    if new_attempt:
+        att = insert(_A).values(
+            id=_p("p_attempt_id"),
+            status=AttemptStatus.SUCCEEDED,
+            channel_trade_no=_p("p_trade_no"),
+            **{k: _p(f"p_new_{k}") for k in _NEW_ATTEMPT_KEYS},
+        )
+    else:
+        att = (
+            update(_A)
+            .where(_A.c.id == _p("p_attempt_id"), _A.c.status == _p("p_seen_status"))
+            .values(
+                status=AttemptStatus.SUCCEEDED,
+                channel_trade_no=_p("p_trade_no"),
+                updated_at=func.now(),
+            )
+        )
+    writes: list[Any] = [
+        insert(_R).values(
+            id=_p("p_receipt_id"),
+            bill_id=_p("p_bill_id"),
+            attempt_id=_p("p_attempt_id"),
+            channel=_p("p_channel"),
+            channel_trade_no=_p("p_trade_no"),
+            kind=_p("p_kind"),
+            amount=_p("p_amount"),
+            late_fee_amount=_p("p_late_fee"),
+            paid_at=_p("p_paid_at"),
+            business_date=_p("p_business_date"),
+        )
+    ]
+    audit_row = {
+        "actor_type": "system",
+        "actor_id": _p("p_actor"),
+        "object_type": "bill",
+        "object_id": _p("p_object_id"),
+        "detail": _p("p_audit_detail"),
+        "request_id": _p("p_request_id"),
+    }
+    if payable:
+        writes += [
+            update(_B)
+            .where(_B.c.id == _p("p_bill_id"), _B.c.status == BillStatus.ISSUED)
+            .values(
+                status=BillStatus.PAID,
+                paid_amount=_p("p_amount"),
+                paid_at=_p("p_paid_at"),
+                updated_at=func.now(),
+            ),
+            insert(_EV).values(
+                bill_id=_p("p_bill_id"),
+                from_status=BillStatus.ISSUED,
+                to_status=BillStatus.PAID,
+                actor_type="system",
+                actor_id=_p("p_actor"),
+                reason="payment confirmed",
+                detail=_p("p_event_detail"),
+            ),
+            insert(_AU).values(action="payment.confirmed", **audit_row),
+            pg_insert(_OB)
+            .values(
+                [
+                    {
+                        "topic": "webhook.event",
+                        "key": _p("p_webhook_key"),
+                        "payload": _p("p_webhook_payload"),
+                    },
+                    {
+                        "topic": "enote.issue",
+                        "key": _p("p_enote_key", _OB.c.key),
+                        "payload": _p("p_enote_payload", _OB.c.payload),
+                    },
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["key"]),
+        ]
+    else:
+        writes += [
+            insert(_RF).values(
+                id=_p("p_refund_id"),
+                receipt_id=_p("p_receipt_id"),
+                bill_id=_p("p_bill_id"),
+                amount=_p("p_amount"),
+                route="CHANNEL",
+                reason="duplicate payment",
+                requested_by_type="system",
+                requested_by_id="confirm",
+            ),
+            insert(_AU).values(action="payment.duplicate", **audit_row),
+            pg_insert(_OB)
+            .values(topic="refund.execute", key=_p("p_refund_key"), payload=_p("p_refund_payload"))
+            .on_conflict_do_nothing(index_elements=["key"]),
+        ]
+    att_cte = att.returning(_A.c.id).cte("att")
+    ctes = [w.returning(literal_column("1")).cte(f"w{i}") for i, w in enumerate(writes)]
+    return select(func.count()).select_from(att_cte).add_cte(*ctes)
