@@ -36,7 +36,6 @@ import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import (
     BindParameter,
-    Column,
     Insert,
     Select,
     Table,
@@ -441,10 +440,9 @@ def _locking_read(*, by_bill: bool, by_channel: bool) -> Select[Any]:
 _NEW_ATTEMPT_KEYS = ("bill_id", "channel", "mode", "amount", "expires_at", "next_check_at")
 
 
-def _p(name: str, like: Column[Any] | None = None) -> BindParameter[Any]:
-    """A named parameter; `like` types it (needed past the first row of a multi-row VALUES,
-    which SQLAlchemy does not type from the column)."""
-    return bindparam(name, type_=like.type if like is not None else None)
+def _p(name: str) -> BindParameter[Any]:
+    """A named parameter (typed from the column it is compared with or assigned to)."""
+    return bindparam(name)
 
 
 @functools.cache
@@ -515,22 +513,14 @@ def _write_statement(*, new_attempt: bool, payable: bool) -> Select[int]:
                 detail=_p("p_event_detail"),
             ),
             insert(_AU).values(action="payment.confirmed", **audit_row),
+            # Two single-row INSERTs, not one multi-row VALUES: SQLAlchemy cannot cache
+            # a multi-row VALUES statement and would compile it on every confirmation.
             pg_insert(_OB)
-            .values(
-                [
-                    {
-                        "topic": "webhook.event",
-                        "key": _p("p_webhook_key"),
-                        "payload": _p("p_webhook_payload"),
-                    },
-                    {
-                        "topic": "enote.issue",
-                        "key": _p("p_enote_key", _OB.c.key),
-                        "payload": _p("p_enote_payload", _OB.c.payload),
-                    },
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["key"]),
+            .values(topic="webhook.event", key=_p("p_webhook_key"), payload=_p("p_webhook_payload"))
+            .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
+            pg_insert(_OB)
+            .values(topic="enote.issue", key=_p("p_enote_key"), payload=_p("p_enote_payload"))
+            .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
         ]
     else:
         writes += [
@@ -547,7 +537,7 @@ def _write_statement(*, new_attempt: bool, payable: bool) -> Select[int]:
             insert(_AU).values(action="payment.duplicate", **audit_row),
             pg_insert(_OB)
             .values(topic="refund.execute", key=_p("p_refund_key"), payload=_p("p_refund_payload"))
-            .on_conflict_do_nothing(index_elements=["key"]),
+            .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
         ]
     att_cte = att.returning(_A.c.id).cte("att")
     ctes = [w.returning(literal_column("1")).cte(f"w{i}") for i, w in enumerate(writes)]
