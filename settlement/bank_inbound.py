@@ -19,6 +19,7 @@ Decisions (documented here because the national practice does not settle them):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -46,6 +47,7 @@ from settlement.confirm import (
     apply_confirmation,
     apply_to_locked,
     bill_facts,
+    core_transaction,
 )
 from settlement.context import PaymentContext
 from settlement.models import PaymentAttempt
@@ -189,9 +191,9 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
     conflict = BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
     for _ in range(2):  # a second pass after losing a race on a unique index
         try:
-            async with ctx.sessions() as s, s.begin():
+            async with core_transaction(ctx.sessions) as conn:
                 result, answer, payment_code = await _confirm_in(
-                    await s.connection(),
+                    conn,
                     ctx,
                     channel=channel,
                     code=code,
@@ -249,14 +251,44 @@ _BY_ORDER = (
     .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
     .where(_A.c.id == bindparam("p_order_id"))
 )
-_BILL_FOR_CONFIRM = (
-    select(*BILL_COLUMNS, _B.c.due_date, _L.c.amount, _RI.c.late_fee_rule)
+_K = _A.alias("k")
+_KB = _B.alias("kb")
+# The usual bank message (no prior query): ONE locking read answers "which bill, what is
+# due" and "is this serial known already (and for which payment code)".
+_BILL_AND_SERIAL = (
+    select(
+        *BILL_COLUMNS,
+        _B.c.due_date,
+        _L.c.amount.label("line_amount"),
+        _RI.c.late_fee_rule,
+        _K.c.id.label("known_id"),
+        _K.c.bill_id.label("known_bill_id"),
+        _K.c.amount.label("known_amount"),
+        _KB.c.payment_code.label("known_code"),
+    )
     .select_from(
-        _B.outerjoin(_L, _L.c.bill_id == _B.c.id).outerjoin(_RI, _RI.c.code == _L.c.item_code)
+        _B.outerjoin(_L, _L.c.bill_id == _B.c.id)
+        .outerjoin(_RI, _RI.c.code == _L.c.item_code)
+        .outerjoin(
+            _K,
+            (_K.c.channel == bindparam("p_channel"))
+            & (_K.c.channel_trade_no == bindparam("p_serial")),
+        )
+        .outerjoin(_KB, _KB.c.id == _K.c.bill_id)
     )
     .where(_B.c.payment_code == bindparam("p_code"))
     .with_for_update(of=_B)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """The attempt a bank serial already names."""
+
+    id: uuid.UUID
+    bill_id: uuid.UUID
+    amount: int
+    payment_code: str
 
 
 async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the interface
@@ -282,7 +314,20 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         "source": f"confirm:{channel}",
         "cutoff_minutes": ctx.cutoff_minutes,
     }
-    known = (await conn.execute(_BY_SERIAL, {"p_channel": channel, "p_serial": serial})).first()
+    rows: Sequence[Any] = ()
+    known: _Known | None = None
+    if order_id is None:
+        rows = (
+            await conn.execute(
+                _BILL_AND_SERIAL, {"p_code": code, "p_channel": channel, "p_serial": serial}
+            )
+        ).all()
+        if rows and rows[0].known_id is not None:
+            r = rows[0]
+            known = _Known(r.known_id, r.known_bill_id, r.known_amount, r.known_code)
+    else:
+        k = (await conn.execute(_BY_SERIAL, {"p_channel": channel, "p_serial": serial})).first()
+        known = _Known(k.id, k.bill_id, k.amount, k.payment_code) if k is not None else None
     if known is not None:
         if known.payment_code != code or known.amount != amount:
             return None, conflict, code
@@ -305,11 +350,10 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         return result, None, pc
     # 12005 accepted (see the module doc): lock the bill, open an attempt keyed by the
     # serial and confirm it — the attempt row is inserted by the confirmation's write.
-    rows = (await conn.execute(_BILL_FOR_CONFIRM, {"p_code": code})).all()
-    if not rows:
+    if not rows:  # an unknown payment code (a known serial of another code: 11001 too)
         return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown payment code"), code
     bill = bill_facts(rows[0])
-    lines = [(r.late_fee_rule, r.amount) for r in rows if r.amount is not None]
+    lines = [(r.late_fee_rule, r.line_amount) for r in rows if r.line_amount is not None]
     due = bills.due_from(bill.principal_amount, rows[0].due_date, lines, shanghai_today(paid_at))
     if bill.status == BillStatus.ISSUED and amount != due.total:
         return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs"), code

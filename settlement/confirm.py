@@ -24,9 +24,11 @@ is a duplicate and refunded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
@@ -49,7 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
 from billing.late_fee import SHANGHAI
@@ -186,9 +188,9 @@ async def confirm_payment(
 
     `redis` only drops the cached summary after the commit (None: the TTL bounds it)."""
     try:
-        async with sessions() as s, s.begin():
+        async with core_transaction(sessions) as conn:
             result, payment_code = await apply_confirmation(
-                await s.connection(),
+                conn,
                 attempt_id=attempt_id,
                 bill_id=bill_id,
                 channel_trade_no=channel_trade_no,
@@ -210,6 +212,21 @@ async def confirm_payment(
         return ConfirmResult(ConfirmOutcome.ALREADY_CONFIRMED, attempt_id, bill_id)
     await after_commit(redis, result, payment_code, source)
     return result
+
+
+@contextlib.asynccontextmanager
+async def core_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A Core transaction on the sessions' engine (commit on success, rollback on error):
+    these statements need no ORM Session, whose set-up costs more than a round trip."""
+    bind = sessions.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        async with bind.begin() as conn:
+            yield conn
+        return
+    async with sessions() as s, s.begin():  # bound some other way: go through a session
+        yield await s.connection()
 
 
 async def after_commit(
