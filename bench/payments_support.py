@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.payment_code import compose
@@ -27,7 +28,7 @@ AMOUNT = 20_000
 
 async def _seed(n: int) -> list[str]:
     engine = create_engine(os.environ["DATABASE_URL"])
-    codes = [compose("330100", 26, "FINE", secrets.randbelow(10**9)) for _ in range(n)]
+    codes = await _fresh_codes(engine, n)
     item_code = f"BENCH-{secrets.token_hex(4)}"
     agency_id = uuid.uuid4()
     bill_ids = [uuid.uuid4() for _ in range(n)]
@@ -88,6 +89,22 @@ async def _seed(n: int) -> list[str]:
         )
     await engine.dispose()
     return codes
+
+
+async def _fresh_codes(engine: AsyncEngine, n: int) -> list[str]:
+    """n random payment codes that no bill has yet: the bench database keeps every run's
+    bills, and random serials below 10**9 collide once it holds tens of thousands."""
+    codes: set[str] = set()
+    while len(codes) < n:
+        codes |= {
+            compose("330100", 26, "FINE", secrets.randbelow(10**9)) for _ in range(n - len(codes))
+        }
+        async with engine.connect() as conn:
+            taken = await conn.scalars(
+                select(Bill.payment_code).where(Bill.payment_code.in_(sorted(codes)))
+            )
+            codes -= set(taken)
+    return list(codes)
 
 
 def seed_bills(n: int) -> list[str]:

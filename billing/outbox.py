@@ -17,6 +17,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from billing.db import Base
 
+KEY_CONSTRAINT = "uq_outbox_key"
+"""ON CONFLICT names the constraint, not `index_elements`: SQLAlchemy cannot cache a statement
+with `index_elements`, so it would compile the INSERT again on every call."""
+
 
 class OutboxMessage(Base):
     __tablename__ = "outbox"
@@ -46,7 +50,7 @@ class OutboxMessage(Base):
 async def enqueue(session: AsyncSession, topic: str, key: str, payload: dict[str, Any]) -> None:
     """Add a message in the caller's transaction; a repeated key is silently ignored."""
     stmt = insert(OutboxMessage).values(topic=topic, key=key, payload=payload)
-    await session.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+    await session.execute(stmt.on_conflict_do_nothing(constraint=KEY_CONSTRAINT))
 
 
 async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[OutboxMessage]:

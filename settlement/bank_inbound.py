@@ -19,26 +19,38 @@ Decisions (documented here because the national practice does not settle them):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.late_fee import shanghai_today
-from billing.models import Bill
+from billing.models import Bill, BillLine, RevenueItem
 from billing.payment_code import LENGTH, is_valid
 from billing.states import AttemptStatus, BillStatus
 from channels.bank.transforms import ResultCode, format_time, parse_time
 from channels.money import fen_to_yuan, yuan_to_fen
 from settlement import bills
-from settlement.confirm import ConfirmOutcome, confirm_payment
+from settlement.confirm import (
+    BILL_COLUMNS,
+    AttemptFacts,
+    ConfirmOutcome,
+    ConfirmResult,
+    after_commit,
+    apply_confirmation,
+    apply_to_locked,
+    bill_facts,
+    core_transaction,
+)
 from settlement.context import PaymentContext
-from settlement.models import PaymentAttempt, Receipt
+from settlement.models import PaymentAttempt
 
 log = structlog.get_logger(__name__)
 
@@ -176,63 +188,111 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
     if problem is not None:
         return problem
     bound = log.bind(channel=channel, bank_serial=serial)
-
-    ids, answer = await _attempt_for(
-        ctx,
-        channel=channel,
-        code=code,
-        serial=serial,
-        amount=amount,
-        paid_at=paid_at,
-        order_id=order_id,
-        pay_mode=pay_mode,
-        now=now,
-    )
+    conflict = BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
+    for _ in range(2):  # a second pass after losing a race on a unique index
+        try:
+            async with core_transaction(ctx.sessions) as conn:
+                result, answer, payment_code = await _confirm_in(
+                    conn,
+                    ctx,
+                    channel=channel,
+                    code=code,
+                    serial=serial,
+                    amount=amount,
+                    paid_at=paid_at,
+                    order_id=order_id,
+                    pay_mode=pay_mode,
+                    now=now,
+                )
+            break
+        except IntegrityError:
+            # Rolled back whole. The winner has committed: the next pass finds its attempt
+            # by the serial and answers the repeat.
+            continue
+    else:
+        bound.warning("bank confirmation conflicts with a recorded one")
+        return conflict
     if answer is not None:
         bound.info("bank confirmation refused", code=answer.code)
         return answer
-    assert ids is not None
-    attempt_id, bill_id = ids
-    result = await confirm_payment(
-        ctx.sessions,
-        ctx.redis,
-        attempt_id=attempt_id,
-        bill_id=bill_id,
-        channel_trade_no=serial,
-        amount=amount,
-        paid_at=paid_at,
-        source=f"confirm:{channel}",
-        cutoff=ctx.cutoff,
-    )
+    assert result is not None
+    await after_commit(ctx.redis, result, payment_code, f"confirm:{channel}")
     if result.outcome == ConfirmOutcome.REJECTED_AMOUNT:
         return BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs from the amount due")
     if result.outcome == ConfirmOutcome.REJECTED_STATE:
-        return BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
+        return conflict
     if result.outcome == ConfirmOutcome.UNKNOWN_ATTEMPT:
         return BankAnswer(ResultCode.UNKNOWN_CODE, "unknown order")
-    kind, receipt_id = result.receipt_kind, result.receipt_id
-    if kind is None:  # answered by the unique indexes: read what was recorded
-        async with ctx.sessions() as s:
-            row = (
-                await s.execute(
-                    select(Receipt.id, Receipt.kind).where(Receipt.attempt_id == attempt_id)
-                )
-            ).first()
-        kind, receipt_id = (row.kind, row.id) if row is not None else (None, None)
-    disposition = "PAID" if kind == "PAYMENT" else "REFUND"
+    disposition = "PAID" if result.receipt_kind == "PAYMENT" else "REFUND"
     return BankAnswer(
         ResultCode.OK,
         "ok",
         {
-            "order_id": str(attempt_id),
+            "order_id": str(result.attempt_id),
             "bank_serial": serial,
-            "receipt_id": str(receipt_id) if receipt_id is not None else None,
+            "receipt_id": str(result.receipt_id) if result.receipt_id is not None else None,
             "disposition": disposition,
         },
     )
 
 
-async def _attempt_for(
+_A = cast(Table, PaymentAttempt.__table__)
+_B = cast(Table, Bill.__table__)
+_L = cast(Table, BillLine.__table__)
+_RI = cast(Table, RevenueItem.__table__)
+# Built once: a confirmation neither builds nor compiles SQL.
+_BY_SERIAL = (
+    select(_A.c.id, _A.c.bill_id, _A.c.amount, _B.c.payment_code)
+    .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
+    .where(_A.c.channel == bindparam("p_channel"), _A.c.channel_trade_no == bindparam("p_serial"))
+)
+_BY_ORDER = (
+    select(_A.c.bill_id, _A.c.channel, _A.c.amount, _A.c.channel_trade_no, _B.c.payment_code)
+    .select_from(_A.join(_B, _B.c.id == _A.c.bill_id))
+    .where(_A.c.id == bindparam("p_order_id"))
+)
+_K = _A.alias("k")
+_KB = _B.alias("kb")
+# The usual bank message (no prior query): ONE locking read answers "which bill, what is
+# due" and "is this serial known already (and for which payment code)".
+_BILL_AND_SERIAL = (
+    select(
+        *BILL_COLUMNS,
+        _B.c.due_date,
+        _L.c.amount.label("line_amount"),
+        _RI.c.late_fee_rule,
+        _K.c.id.label("known_id"),
+        _K.c.bill_id.label("known_bill_id"),
+        _K.c.amount.label("known_amount"),
+        _KB.c.payment_code.label("known_code"),
+    )
+    .select_from(
+        _B.outerjoin(_L, _L.c.bill_id == _B.c.id)
+        .outerjoin(_RI, _RI.c.code == _L.c.item_code)
+        .outerjoin(
+            _K,
+            (_K.c.channel == bindparam("p_channel"))
+            & (_K.c.channel_trade_no == bindparam("p_serial")),
+        )
+        .outerjoin(_KB, _KB.c.id == _K.c.bill_id)
+    )
+    .where(_B.c.payment_code == bindparam("p_code"))
+    .with_for_update(of=_B)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """The attempt a bank serial already names."""
+
+    id: uuid.UUID
+    bill_id: uuid.UUID
+    amount: int
+    payment_code: str
+
+
+async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the interface
+    conn: AsyncConnection,
     ctx: PaymentContext,
     *,
     channel: str,
@@ -243,78 +303,79 @@ async def _attempt_for(
     order_id: uuid.UUID | None,
     pay_mode: str,
     now: datetime,
-) -> tuple[tuple[uuid.UUID, uuid.UUID] | None, BankAnswer | None]:
-    """The attempt this confirmation is about: by bank serial, by order id, or a new one."""
-    for _ in range(2):  # a second pass after losing an insert race on the serial
-        try:
-            return await _attempt_once(
-                ctx,
-                channel=channel,
-                code=code,
-                serial=serial,
-                amount=amount,
-                paid_at=paid_at,
-                order_id=order_id,
-                pay_mode=pay_mode,
-                now=now,
-            )
-        except IntegrityError:
-            continue
-    return None, BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
-
-
-async def _attempt_once(  # noqa: PLR0911 - one answer per result code of the interface
-    ctx: PaymentContext,
-    *,
-    channel: str,
-    code: str,
-    serial: str,
-    amount: int,
-    paid_at: datetime,
-    order_id: uuid.UUID | None,
-    pay_mode: str,
-    now: datetime,
-) -> tuple[tuple[uuid.UUID, uuid.UUID] | None, BankAnswer | None]:
+) -> tuple[ConfirmResult | None, BankAnswer | None, str]:
+    """Find the attempt (by bank serial, by order id, or open one) and confirm it, all in
+    the caller's transaction: (result, refusal, payment code)."""
     conflict = BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
-    async with ctx.sessions() as s, s.begin():
-        known = (
-            await s.execute(
-                select(PaymentAttempt, Bill.payment_code)
-                .join(Bill, Bill.id == PaymentAttempt.bill_id)
-                .where(
-                    PaymentAttempt.channel == channel,
-                    PaymentAttempt.channel_trade_no == serial,
-                )
+    confirm: dict[str, Any] = {
+        "channel_trade_no": serial,
+        "amount": amount,
+        "paid_at": paid_at,
+        "source": f"confirm:{channel}",
+        "cutoff": ctx.cutoff,
+    }
+    rows: Sequence[Any] = ()
+    known: _Known | None = None
+    if order_id is None:
+        rows = (
+            await conn.execute(
+                _BILL_AND_SERIAL, {"p_code": code, "p_channel": channel, "p_serial": serial}
             )
-        ).first()
-        if known is not None:
-            attempt, known_code = known
-            if known_code != code or attempt.amount != amount:
-                return None, conflict
-            return (attempt.id, attempt.bill_id), None  # a repeat: confirm_payment answers it
-        if order_id is not None:
-            row = (
-                await s.execute(
-                    select(PaymentAttempt, Bill.payment_code)
-                    .join(Bill, Bill.id == PaymentAttempt.bill_id)
-                    .where(PaymentAttempt.id == order_id)
-                )
-            ).first()
-            if row is None or row[0].channel != channel or row[1] != code:
-                return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown order")
-            if row[0].amount != amount:
-                return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs")
-            if row[0].channel_trade_no not in (None, serial):
-                return None, conflict
-            return (row[0].id, row[0].bill_id), None
-        # 12005 accepted (see the module doc): open an attempt keyed by the serial.
-        view = await bills.load_view(s, payment_code=code)
-        if view is None:
-            return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown payment code")
-        due = bills.due_on(view, shanghai_today(paid_at)).total
-        if view.status == BillStatus.ISSUED and amount != due:
-            return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs")
-        attempt = _new_attempt(ctx, view, channel, amount, now, serial=serial, mode=pay_mode)
-        s.add(attempt)
-        await s.flush()  # the unique (channel, serial) index decides a race
-        return (attempt.id, attempt.bill_id), None
+        ).all()
+        if rows and rows[0].known_id is not None:
+            r = rows[0]
+            known = _Known(r.known_id, r.known_bill_id, r.known_amount, r.known_code)
+    else:
+        k = (await conn.execute(_BY_SERIAL, {"p_channel": channel, "p_serial": serial})).first()
+        known = _Known(k.id, k.bill_id, k.amount, k.payment_code) if k is not None else None
+    if known is not None:
+        if known.payment_code != code or known.amount != amount:
+            return None, conflict, code
+        # A repeat: the confirmation answers it (ALREADY_CONFIRMED with its receipt).
+        result, pc = await apply_confirmation(
+            conn, attempt_id=known.id, bill_id=known.bill_id, **confirm
+        )
+        return result, None, pc
+    if order_id is not None:
+        row = (await conn.execute(_BY_ORDER, {"p_order_id": order_id})).first()
+        if row is None or row.channel != channel or row.payment_code != code:
+            return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown order"), code
+        if row.amount != amount:
+            return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs"), code
+        if row.channel_trade_no not in (None, serial):
+            return None, conflict, code
+        result, pc = await apply_confirmation(
+            conn, attempt_id=order_id, bill_id=row.bill_id, **confirm
+        )
+        return result, None, pc
+    # 12005 accepted (see the module doc): lock the bill, open an attempt keyed by the
+    # serial and confirm it — the attempt row is inserted by the confirmation's write.
+    if not rows:  # an unknown payment code (a known serial of another code: 11001 too)
+        return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown payment code"), code
+    bill = bill_facts(rows[0])
+    lines = [(r.late_fee_rule, r.line_amount) for r in rows if r.line_amount is not None]
+    due = bills.due_from(bill.principal_amount, rows[0].due_date, lines, shanghai_today(paid_at))
+    if bill.status == BillStatus.ISSUED and amount != due.total:
+        return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs"), code
+    attempt_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=ctx.attempt_ttl_s)
+    new = {
+        "id": attempt_id,
+        "bill_id": bill.id,
+        "channel": channel,
+        "mode": pay_mode[:16],
+        "amount": amount,
+        "expires_at": expires_at,
+        "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at),
+    }
+    attempt = AttemptFacts(
+        id=attempt_id,
+        bill_id=bill.id,
+        channel=channel,
+        status=AttemptStatus.PENDING,  # what a bank attempt starts as (see _new_attempt)
+        amount=amount,
+        channel_trade_no=serial,
+        new=new,
+    )
+    result, pc = await apply_to_locked(conn, bill, attempt, **confirm)
+    return result, None, pc

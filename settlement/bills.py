@@ -8,6 +8,7 @@ state change must call `invalidate(redis, payment_code)` after its commit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import date, datetime
 
 import msgspec
@@ -52,16 +53,25 @@ class BillView(msgspec.Struct, frozen=True):
 
 def due_on(view: BillView, day: date) -> AmountDue:
     """Amount due on `day`: each late-fee rule applied to the principal it covers."""
+    return due_from(
+        view.principal, view.due_date, ((li.late_fee_rule, li.amount) for li in view.lines), day
+    )
+
+
+def due_from(
+    principal: int, due_date: date, lines: Iterable[tuple[str, int]], day: date
+) -> AmountDue:
+    """`due_on` from the bill's principal, due date and (late-fee rule, amount) per line."""
     by_rule: dict[str, int] = {}
-    for line in view.lines:
-        by_rule[line.late_fee_rule] = by_rule.get(line.late_fee_rule, 0) + line.amount
+    for rule, line_amount in lines:
+        by_rule[rule] = by_rule.get(rule, 0) + line_amount
     fee = 0
     overdue = 0
-    for rule, principal in sorted(by_rule.items()):
-        part = amount_due(principal, view.due_date, day, rule=rule)
+    for rule, covered in sorted(by_rule.items()):
+        part = amount_due(covered, due_date, day, rule=rule)
         fee += part.late_fee
         overdue = max(overdue, part.overdue_days)
-    return AmountDue(view.principal, overdue, fee)
+    return AmountDue(principal, overdue, fee)
 
 
 def refusal(view: BillView, now: datetime) -> tuple[str, str] | None:

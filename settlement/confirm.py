@@ -1,12 +1,17 @@
 """Confirming a payment exactly once.
 
 `confirm_payment` is the one place a channel's "this attempt was paid" becomes a receipt.
-One transaction: lock the bill row, move the attempt to SUCCEEDED through the ATTEMPT
-machine (guarded UPDATE), insert the receipt, move the bill ISSUED → PAID (with its event,
-audit row and outbox messages). The unique indexes on `receipts` are the final guard: a
-concurrent or repeated confirmation that slips past the state checks fails on them, rolls
-back whole and is answered ALREADY_CONFIRMED. A short Redis lock per bill in front only
-reduces contention; with Redis down the database lock alone is enough.
+One transaction, two statements (Core, no ORM unit of work): a locking read of the bill and
+the attempt rows (`FOR UPDATE`, bill first), then ONE write statement of data-modifying CTEs
+that moves the attempt to SUCCEEDED through the ATTEMPT machine (guarded UPDATE), inserts the
+receipt, moves the bill ISSUED → PAID and inserts its event, the audit row and the outbox
+messages (multi-row). The unique indexes on `receipts` are the final guard: a concurrent or
+repeated confirmation that slips past the state checks fails on them, rolls back whole and
+is answered ALREADY_CONFIRMED.
+
+There is no Redis lock in front any more: concurrent confirmations of one bill queue on the
+bill's row lock, which serialises them exactly; a Redis lock only added two round trips
+(acquire, release) to every confirmation and could not replace the row lock anyway.
 
 Money is never dropped: a confirmation for a bill that can no longer be paid (already paid
 through another attempt, cancelled, expired, or an exam fee / tuition paid after its hard
@@ -20,31 +25,42 @@ is a duplicate and refunded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, time
 from enum import StrEnum
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import (
+    BindParameter,
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
-from billing.audit import Actor
 from billing.models import Bill, BillEvent
 from billing.states import ATTEMPT, BILL, AttemptStatus, BillStatus
-from settlement import bills, ledger, refunds
+from settlement import bills, ledger
 from settlement.business_day import business_date
-from settlement.models import PaymentAttempt, Receipt
+from settlement.models import PaymentAttempt, Receipt, Refund
 
 log = structlog.get_logger(__name__)
-
-LOCK_TTL_S = 5.0
 
 
 class ConfirmOutcome(StrEnum):
@@ -85,37 +101,61 @@ class ConfirmResult:
         return self.outcome in ACKNOWLEDGED
 
 
-def bill_is_payable(bill: Bill, paid_at: datetime) -> bool:
+def bill_is_payable(bill: Bill | BillFacts, paid_at: datetime) -> bool:
     """Whether money paid at `paid_at` can be this bill's payment (see the module doc)."""
     if bill.status != BillStatus.ISSUED:
         return False
     return not (bill.category in bills.FIXED_DEADLINE_CATEGORIES and paid_at > bill.expires_at)
 
 
-@contextlib.asynccontextmanager
-async def bill_lock(redis: aioredis.Redis | None, bill_id: uuid.UUID) -> AsyncIterator[None]:
-    """A short per-bill Redis lock that serialises confirmations before they reach Postgres.
+@dataclass(frozen=True, slots=True)
+class BillFacts:
+    """What a confirmation needs of the (locked) bill row."""
 
-    Best effort only: if Redis is down or the lock is not had in time, go on — the row lock
-    and the unique indexes decide.
-    """
-    lock = None
-    if redis is not None:
-        try:
-            lock = redis.lock(
-                f"lock:bill:{bill_id}", timeout=LOCK_TTL_S, blocking_timeout=LOCK_TTL_S
-            )
-            if not await lock.acquire():
-                lock = None
-        except RedisError:
-            log.warning("bill lock unavailable; relying on the database lock")
-            lock = None
-    try:
-        yield
-    finally:
-        if lock is not None:
-            with contextlib.suppress(RedisError):  # expired or Redis gone: nothing to release
-                await lock.release()
+    id: uuid.UUID
+    agency_id: uuid.UUID
+    agency_bill_no: str
+    payment_code: str
+    category: str
+    status: str
+    principal_amount: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    id: uuid.UUID
+    bill_id: uuid.UUID
+    channel: str
+    status: str
+    amount: int
+    channel_trade_no: str | None
+    new: dict[str, Any] | None = None
+    """Column values of an attempt to INSERT (already SUCCEEDED) instead of updating one: a
+    bank confirmation without a prior query opens and confirms it in one transaction."""
+
+
+_B = cast(Table, Bill.__table__)
+_A = cast(Table, PaymentAttempt.__table__)
+_R = cast(Table, Receipt.__table__)
+_RF = cast(Table, Refund.__table__)
+_EV = cast(Table, BillEvent.__table__)
+_AU = cast(Table, audit.AuditEntry.__table__)
+_OB = cast(Table, outbox.OutboxMessage.__table__)
+BILL_COLUMNS = (
+    _B.c.id,
+    _B.c.agency_id,
+    _B.c.agency_bill_no,
+    _B.c.payment_code,
+    _B.c.category,
+    _B.c.status,
+    _B.c.principal_amount,
+    _B.c.expires_at,
+)
+
+
+def bill_facts(row: Any) -> BillFacts:
+    return BillFacts(*(row[i] for i in range(len(BILL_COLUMNS))))
 
 
 async def confirm_payment(
@@ -129,62 +169,130 @@ async def confirm_payment(
     source: str,
     cutoff: time = time(0, 0),
     bill_id: uuid.UUID | None = None,
+    channel: str | None = None,
 ) -> ConfirmResult:
     """Record that the channel took `amount` fen for this attempt; safe to call any number
     of times, concurrently. `source` says who told us (notify, query, bank confirm...).
-    `bill_id`, when the caller knows it, saves a lookup (it is checked in the transaction)."""
-    bound = log.bind(attempt_id=str(attempt_id), source=source)
-    if bill_id is None:
-        async with sessions() as s:
-            bill_id = await s.scalar(
-                select(PaymentAttempt.bill_id).where(PaymentAttempt.id == attempt_id)
+    `bill_id` / `channel`, when given, must be the attempt's (else UNKNOWN_ATTEMPT).
+
+    `redis` only drops the cached summary after the commit (None: the TTL bounds it)."""
+    try:
+        async with core_transaction(sessions) as conn:
+            result, payment_code = await apply_confirmation(
+                conn,
+                attempt_id=attempt_id,
+                bill_id=bill_id,
+                channel_trade_no=channel_trade_no,
+                amount=amount,
+                paid_at=paid_at,
+                source=source,
+                cutoff=cutoff,
+                channel=channel,
             )
-    if bill_id is None:
-        bound.warning("confirmation for an unknown attempt")
-        return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id)
-    async with bill_lock(redis, bill_id):
-        try:
-            async with sessions() as s, s.begin():
-                result, payment_code = await _apply(
-                    s,
-                    attempt_id=attempt_id,
-                    bill_id=bill_id,
-                    channel_trade_no=channel_trade_no,
-                    amount=amount,
-                    paid_at=paid_at,
-                    source=source,
-                    cutoff=cutoff,
-                )
-        except IntegrityError as exc:
-            # The unique indexes caught a confirmation the state checks did not: the whole
-            # transaction is rolled back, which is exactly "changes nothing".
-            bound.info("confirmation already recorded", constraint=str(exc.orig)[:200])
-            return ConfirmResult(ConfirmOutcome.ALREADY_CONFIRMED, attempt_id, bill_id)
-    if result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.DUPLICATE_REFUNDING}:
-        if redis is not None:
-            await bills.invalidate(redis, payment_code)
-        bound.info("payment confirmed", outcome=result.outcome, bill_id=str(bill_id))
+    except IntegrityError as exc:
+        # The unique indexes caught a confirmation the state checks did not: the whole
+        # transaction is rolled back, which is exactly "changes nothing".
+        log.info(
+            "confirmation already recorded",
+            attempt_id=str(attempt_id),
+            source=source,
+            constraint=str(exc.orig)[:200],
+        )
+        return ConfirmResult(ConfirmOutcome.ALREADY_CONFIRMED, attempt_id, bill_id)
+    await after_commit(redis, result, payment_code, source)
     return result
 
 
-async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
-    s: AsyncSession,
+@contextlib.asynccontextmanager
+async def core_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncConnection]:
+    """A Core transaction on the sessions' engine (commit on success, rollback on error):
+    these statements need no ORM Session, whose set-up costs more than a round trip."""
+    bind = sessions.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        async with bind.begin() as conn:
+            yield conn
+        return
+    async with sessions() as s, s.begin():  # bound some other way: go through a session
+        yield await s.connection()
+
+
+async def after_commit(
+    redis: aioredis.Redis | None, result: ConfirmResult, payment_code: str, source: str
+) -> None:
+    """Once the confirmation is committed: drop the cached summary of a bill it changed."""
+    if result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.DUPLICATE_REFUNDING}:
+        if redis is not None:
+            await bills.invalidate(redis, payment_code)
+        log.info(
+            "payment confirmed",
+            outcome=result.outcome,
+            attempt_id=str(result.attempt_id),
+            bill_id=str(result.bill_id),
+            source=source,
+        )
+
+
+async def apply_confirmation(
+    conn: AsyncConnection,
     *,
     attempt_id: uuid.UUID,
-    bill_id: uuid.UUID,
+    bill_id: uuid.UUID | None,
+    channel_trade_no: str | None,
+    amount: int,
+    paid_at: datetime,
+    source: str,
+    cutoff: time,
+    channel: str | None = None,
+) -> tuple[ConfirmResult, str]:
+    """The confirmation inside the caller's transaction: (result, the bill's payment code).
+
+    One locking read of the bill and the attempt (bill first, as every path locks them),
+    then one write statement. An IntegrityError from it means "already recorded": the
+    caller rolls back.
+    """
+    stmt = _locking_read(by_bill=bill_id is not None, by_channel=channel is not None)
+    params = {"p_attempt_id": attempt_id, "p_bill_id": bill_id, "p_channel": channel}
+    row = (await conn.execute(stmt, params)).first()
+    if row is None:
+        log.warning("confirmation for an unknown attempt", attempt_id=str(attempt_id))
+        return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id), ""
+    bill = bill_facts(row)
+    attempt = AttemptFacts(
+        id=attempt_id,
+        bill_id=bill.id,
+        channel=row.channel,
+        status=row.attempt_status,
+        amount=row.attempt_amount,
+        channel_trade_no=row.channel_trade_no,
+    )
+    return await apply_to_locked(
+        conn,
+        bill,
+        attempt,
+        channel_trade_no=channel_trade_no,
+        amount=amount,
+        paid_at=paid_at,
+        source=source,
+        cutoff=cutoff,
+    )
+
+
+async def apply_to_locked(
+    conn: AsyncConnection,
+    bill: BillFacts,
+    attempt: AttemptFacts,
+    *,
     channel_trade_no: str | None,
     amount: int,
     paid_at: datetime,
     source: str,
     cutoff: time,
 ) -> tuple[ConfirmResult, str]:
-    bill = await s.scalar(select(Bill).where(Bill.id == bill_id).with_for_update())
-    attempt = await s.scalar(
-        select(PaymentAttempt).where(PaymentAttempt.id == attempt_id).with_for_update()
-    )
-    if bill is None or attempt is None or attempt.bill_id != bill.id:
-        return ConfirmResult(ConfirmOutcome.UNKNOWN_ATTEMPT, attempt_id), ""
-    code = bill.payment_code
+    """Decide and write, with the bill row (and an existing attempt row) locked by the
+    caller in this transaction."""
+    attempt_id, code = attempt.id, bill.payment_code
     if channel_trade_no and attempt.channel_trade_no not in (None, channel_trade_no):
         log.error(
             "confirmation names another channel trade for this attempt",
@@ -192,7 +300,7 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
             known=attempt.channel_trade_no,
             got=channel_trade_no,
         )
-        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill_id), code
+        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill.id), code
     if amount != attempt.amount:
         log.warning(
             "confirmation amount differs",
@@ -200,20 +308,18 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
             expected=attempt.amount,
             got=amount,
         )
-        return ConfirmResult(ConfirmOutcome.REJECTED_AMOUNT, attempt_id, bill_id), code
+        return ConfirmResult(ConfirmOutcome.REJECTED_AMOUNT, attempt_id, bill.id), code
     if attempt.status == AttemptStatus.SUCCEEDED:
-        row = (
-            await s.execute(
-                select(Receipt.id, Receipt.kind).where(Receipt.attempt_id == attempt_id)
-            )
+        known = (
+            await conn.execute(select(_R.c.id, _R.c.kind).where(_R.c.attempt_id == attempt_id))
         ).first()
         return (
             ConfirmResult(
                 ConfirmOutcome.ALREADY_CONFIRMED,
                 attempt_id,
-                bill_id,
-                row.id if row else None,
-                receipt_kind=row.kind if row else None,
+                bill.id,
+                known.id if known else None,
+                receipt_kind=known.kind if known else None,
             ),
             code,
         )
@@ -225,65 +331,41 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
     path.append(AttemptStatus.SUCCEEDED)
     if not all(ATTEMPT.allowed(a, b) for a, b in itertools.pairwise(path)):
         log.error("success for an attempt that cannot succeed", status=attempt.status)
-        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill_id), code
-    changed = await s.execute(
-        update(PaymentAttempt)
-        .where(PaymentAttempt.id == attempt_id, PaymentAttempt.status == attempt.status)
-        .values(
-            status=AttemptStatus.SUCCEEDED,
-            channel_trade_no=channel_trade_no or attempt.channel_trade_no,
-        )
-    )
-    assert changed.rowcount == 1  # type: ignore[attr-defined]  # we hold the row lock
-
+        return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill.id), code
+    trade_no = channel_trade_no or attempt.channel_trade_no
     payable = bill_is_payable(bill, paid_at)
-    receipt = Receipt(
-        id=uuid.uuid4(),
-        bill_id=bill.id,
-        attempt_id=attempt.id,
-        channel=attempt.channel,
-        channel_trade_no=channel_trade_no or attempt.channel_trade_no,
-        kind="PAYMENT" if payable else "DUPLICATE",
-        amount=amount,
-        late_fee_amount=max(0, amount - bill.principal_amount) if payable else 0,
-        paid_at=paid_at,
-        business_date=business_date(paid_at, cutoff),
-    )
-    s.add(receipt)
-    await s.flush()  # the unique indexes speak here
-    await ledger.post_receipt(s, receipt)  # same transaction: the books never lag the money
+    receipt_id = uuid.uuid4()
+    bdate = business_date(paid_at, cutoff)
+    late_fee = max(0, amount - bill.principal_amount) if payable else 0
+    params: dict[str, Any] = {
+        "p_attempt_id": attempt_id,
+        "p_trade_no": trade_no,
+        "p_seen_status": attempt.status,
+        "p_receipt_id": receipt_id,
+        "p_bill_id": bill.id,
+        "p_channel": attempt.channel,
+        "p_kind": "PAYMENT" if payable else "DUPLICATE",
+        "p_amount": amount,
+        # A duplicate's refund is opened with it and reserves the whole amount, as
+        # settlement.refunds.request_refund does ("amount available" guard).
+        "p_reserved": 0 if payable else amount,
+        "p_late_fee": late_fee,
+        "p_paid_at": paid_at,
+        "p_business_date": bdate,
+        "p_actor": source[:64],
+        "p_object_id": str(bill.id),
+        "p_request_id": structlog.contextvars.get_contextvars().get("request_id"),
+    }
+    if attempt.new is not None:
+        params |= {f"p_new_{k}": v for k, v in attempt.new.items() if k in _NEW_ATTEMPT_KEYS}
     if payable:
         BILL.check(bill.status, BillStatus.PAID)
-        await s.execute(
-            update(Bill)
-            .where(Bill.id == bill.id, Bill.status == BillStatus.ISSUED)
-            .values(status=BillStatus.PAID, paid_amount=amount, paid_at=paid_at)
-        )
-        s.add(
-            BillEvent(
-                bill_id=bill.id,
-                from_status=BillStatus.ISSUED,
-                to_status=BillStatus.PAID,
-                actor_type="system",
-                actor_id=source[:64],
-                reason="payment confirmed",
-                detail={"attempt_id": str(attempt.id), "receipt_id": str(receipt.id)},
-            )
-        )
-        audit.record(
-            s,
-            actor_type="system",
-            actor_id=source[:64],
-            action="payment.confirmed",
-            object_type="bill",
-            object_id=str(bill.id),
-            detail={"attempt_id": str(attempt.id), "receipt_id": str(receipt.id), "amount": amount},
-        )
-        await outbox.enqueue(
-            s,
-            "webhook.event",
-            f"bill.paid:{bill.id}",
-            {
+        detail = {"attempt_id": str(attempt_id), "receipt_id": str(receipt_id)}
+        params |= {
+            "p_event_detail": detail,
+            "p_audit_detail": {**detail, "amount": amount},
+            "p_webhook_key": f"bill.paid:{bill.id}",
+            "p_webhook_payload": {
                 "event": "bill.paid",
                 "agency_id": str(bill.agency_id),
                 "bill_id": str(bill.id),
@@ -291,62 +373,191 @@ async def _apply(  # noqa: PLR0911 - each guard answers with its own outcome
                     "agency_bill_no": bill.agency_bill_no,
                     "payment_code": bill.payment_code,
                     "amount": amount,
-                    "late_fee": receipt.late_fee_amount,
+                    "late_fee": late_fee,
                     "channel": attempt.channel,
-                    "attempt_id": str(attempt.id),
-                    "receipt_id": str(receipt.id),
+                    "attempt_id": str(attempt_id),
+                    "receipt_id": str(receipt_id),
                     "paid_at": paid_at.isoformat(),
-                    "business_date": receipt.business_date.isoformat(),
+                    "business_date": bdate.isoformat(),
                 },
             },
+            "p_enote_key": f"enote.issue:{receipt_id}",
+            "p_enote_payload": {"receipt_id": str(receipt_id)},
+        }
+        result = ConfirmResult(
+            ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt_id, receipt_kind="PAYMENT"
         )
-        await outbox.enqueue(
-            s, "enote.issue", f"enote.issue:{receipt.id}", {"receipt_id": str(receipt.id)}
+    else:
+        refund_id = uuid.uuid4()
+        params |= {
+            "p_refund_id": refund_id,
+            "p_audit_detail": {
+                "attempt_id": str(attempt_id),
+                "receipt_id": str(receipt_id),
+                "refund_id": str(refund_id),
+                "bill_status": bill.status,
+                "amount": amount,
+            },
+            "p_refund_key": f"refund.execute:{refund_id}",
+            "p_refund_payload": {"refund_id": str(refund_id)},
+        }
+        log.warning(
+            "duplicate payment recorded; refund opened",
+            bill_id=str(bill.id),
+            bill_status=bill.status,
+            refund_id=str(refund_id),
         )
-        return (
-            ConfirmResult(
-                ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt.id, receipt_kind="PAYMENT"
-            ),
-            code,
-        )
-
-    # The guarded request reserves the amount on the receipt and queues the channel refund.
-    refund = await refunds.request_refund(
-        s,
-        receipt_id=receipt.id,
-        amount=amount,
-        reason="duplicate payment",
-        actor=Actor("system", "confirm"),
-    )
-    audit.record(
-        s,
-        actor_type="system",
-        actor_id=source[:64],
-        action="payment.duplicate",
-        object_type="bill",
-        object_id=str(bill.id),
-        detail={
-            "attempt_id": str(attempt.id),
-            "receipt_id": str(receipt.id),
-            "refund_id": str(refund.id),
-            "bill_status": bill.status,
-            "amount": amount,
-        },
-    )
-    log.warning(
-        "duplicate payment recorded; refund opened",
-        bill_id=str(bill.id),
-        bill_status=bill.status,
-        refund_id=str(refund.id),
-    )
-    return (
-        ConfirmResult(
+        result = ConfirmResult(
             ConfirmOutcome.DUPLICATE_REFUNDING,
             attempt_id,
             bill.id,
-            receipt.id,
-            refund.id,
+            receipt_id,
+            refund_id,
             receipt_kind="DUPLICATE",
-        ),
-        code,
+        )
+    changed = await conn.scalar(
+        _write_statement(new_attempt=attempt.new is not None, payable=payable), params
     )
+    # We hold the row locks: the guarded UPDATE cannot miss (a new attempt is inserted).
+    assert changed == 1, "attempt changed under its row lock"
+    # The books move in the same transaction as the money (issue: ledger postings are
+    # never a step behind the business change).
+    await ledger.post_receipt_row(
+        conn,
+        receipt_id=receipt_id,
+        kind="PAYMENT" if payable else "DUPLICATE",
+        channel=attempt.channel,
+        amount=amount,
+        business_date=bdate,
+    )
+    return result, code
+
+
+@functools.cache
+def _locking_read(*, by_bill: bool, by_channel: bool) -> Select[Any]:
+    """The bill and attempt rows, locked (bill first in FROM: locks are taken in that order)."""
+    stmt = (
+        select(
+            *BILL_COLUMNS,
+            _A.c.channel,
+            _A.c.status.label("attempt_status"),
+            _A.c.amount.label("attempt_amount"),
+            _A.c.channel_trade_no,
+        )
+        .select_from(_B.join(_A, _A.c.bill_id == _B.c.id))
+        .where(_A.c.id == _p("p_attempt_id"))
+        .with_for_update()
+    )
+    if by_bill:
+        stmt = stmt.where(_B.c.id == _p("p_bill_id"))
+    if by_channel:
+        stmt = stmt.where(_A.c.channel == _p("p_channel"))
+    return stmt
+
+
+_NEW_ATTEMPT_KEYS = ("bill_id", "channel", "mode", "amount", "expires_at", "next_check_at")
+
+
+def _p(name: str) -> BindParameter[Any]:
+    """A named parameter (typed from the column it is compared with or assigned to)."""
+    return bindparam(name)
+
+
+@functools.cache
+def _write_statement(*, new_attempt: bool, payable: bool) -> Select[int]:
+    """Every write of a confirmation as ONE statement of data-modifying CTEs (they all run,
+    once, whether read or not; their foreign keys are checked at the end of the statement).
+
+    Built once per shape with bind parameters, so a confirmation neither builds nor compiles
+    SQL. The unique indexes on receipts (and attempts) still speak, as an IntegrityError.
+    """
+    att: Insert | Update
+    if new_attempt:
+        att = insert(_A).values(
+            id=_p("p_attempt_id"),
+            status=AttemptStatus.SUCCEEDED,
+            channel_trade_no=_p("p_trade_no"),
+            **{k: _p(f"p_new_{k}") for k in _NEW_ATTEMPT_KEYS},
+        )
+    else:
+        att = (
+            update(_A)
+            .where(_A.c.id == _p("p_attempt_id"), _A.c.status == _p("p_seen_status"))
+            .values(
+                status=AttemptStatus.SUCCEEDED,
+                channel_trade_no=_p("p_trade_no"),
+                updated_at=func.now(),
+            )
+        )
+    writes: list[Any] = [
+        insert(_R).values(
+            id=_p("p_receipt_id"),
+            bill_id=_p("p_bill_id"),
+            attempt_id=_p("p_attempt_id"),
+            channel=_p("p_channel"),
+            channel_trade_no=_p("p_trade_no"),
+            kind=_p("p_kind"),
+            amount=_p("p_amount"),
+            refunded_amount=_p("p_reserved"),
+            late_fee_amount=_p("p_late_fee"),
+            paid_at=_p("p_paid_at"),
+            business_date=_p("p_business_date"),
+        )
+    ]
+    audit_row = {
+        "actor_type": "system",
+        "actor_id": _p("p_actor"),
+        "object_type": "bill",
+        "object_id": _p("p_object_id"),
+        "detail": _p("p_audit_detail"),
+        "request_id": _p("p_request_id"),
+    }
+    if payable:
+        writes += [
+            update(_B)
+            .where(_B.c.id == _p("p_bill_id"), _B.c.status == BillStatus.ISSUED)
+            .values(
+                status=BillStatus.PAID,
+                paid_amount=_p("p_amount"),
+                paid_at=_p("p_paid_at"),
+                updated_at=func.now(),
+            ),
+            insert(_EV).values(
+                bill_id=_p("p_bill_id"),
+                from_status=BillStatus.ISSUED,
+                to_status=BillStatus.PAID,
+                actor_type="system",
+                actor_id=_p("p_actor"),
+                reason="payment confirmed",
+                detail=_p("p_event_detail"),
+            ),
+            insert(_AU).values(action="payment.confirmed", **audit_row),
+            # Two single-row INSERTs, not one multi-row VALUES: SQLAlchemy cannot cache
+            # a multi-row VALUES statement and would compile it on every confirmation.
+            pg_insert(_OB)
+            .values(topic="webhook.event", key=_p("p_webhook_key"), payload=_p("p_webhook_payload"))
+            .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
+            pg_insert(_OB)
+            .values(topic="enote.issue", key=_p("p_enote_key"), payload=_p("p_enote_payload"))
+            .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
+        ]
+    else:
+        writes += [
+            insert(_RF).values(
+                id=_p("p_refund_id"),
+                receipt_id=_p("p_receipt_id"),
+                bill_id=_p("p_bill_id"),
+                amount=_p("p_amount"),
+                route="CHANNEL",
+                reason="duplicate payment",
+                requested_by_type="system",
+                requested_by_id="confirm",
+            ),
+            insert(_AU).values(action="payment.duplicate", **audit_row),
+            pg_insert(_OB)
+            .values(topic="refund.execute", key=_p("p_refund_key"), payload=_p("p_refund_payload"))
+            .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
+        ]
+    att_cte = att.returning(_A.c.id).cte("att")
+    ctes = [w.returning(literal_column("1")).cte(f"w{i}") for i, w in enumerate(writes)]
+    return select(func.count()).select_from(att_cte).add_cte(*ctes)

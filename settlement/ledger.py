@@ -40,10 +40,13 @@ from datetime import date
 import structlog
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from settlement.models import Receipt, Refund
 from settlement.tables import JournalEntry, JournalLine, LedgerAccount
+
+Executor = AsyncSession | AsyncConnection
+"""Postings are Core statements: they run in an ORM session or on a bare connection."""
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +91,7 @@ class Posted:
     """False when (kind, ref) was already posted: posting is idempotent per business event."""
 
 
-async def _account_ids(session: AsyncSession, codes: Iterable[str]) -> dict[str, int]:
+async def _account_ids(session: Executor, codes: Iterable[str]) -> dict[str, int]:
     """Account ids by code, creating the missing accounts (an account is data)."""
     wanted = sorted(set(codes))
     found = dict(
@@ -112,7 +115,7 @@ async def _account_ids(session: AsyncSession, codes: Iterable[str]) -> dict[str,
 
 
 async def post(
-    session: AsyncSession,
+    session: Executor,
     *,
     kind: str,
     ref: str,
@@ -186,16 +189,36 @@ async def reverse(session: AsyncSession, entry_id: int, *, memo: str = "") -> Po
 # ------------------------------------------------------------------ business postings
 
 
-async def post_receipt(session: AsyncSession, receipt: Receipt) -> Posted:
+async def post_receipt(session: Executor, receipt: Receipt) -> Posted:
     """A confirmed receipt: the payment (revenue) or a duplicate (owed back to the payer)."""
-    credit = REVENUE_PENDING if receipt.kind == "PAYMENT" else REFUNDS_PAYABLE
+    return await post_receipt_row(
+        session,
+        receipt_id=receipt.id,
+        kind=receipt.kind,
+        channel=receipt.channel,
+        amount=receipt.amount,
+        business_date=receipt.business_date,
+    )
+
+
+async def post_receipt_row(
+    session: Executor,
+    *,
+    receipt_id: uuid.UUID,
+    kind: str,
+    channel: str,
+    amount: int,
+    business_date: date,
+) -> Posted:
+    """post_receipt from the receipt's values (the confirm path writes with Core)."""
+    credit = REVENUE_PENDING if kind == "PAYMENT" else REFUNDS_PAYABLE
     return await post(
         session,
         kind="receipt",
-        ref=str(receipt.id),
-        lines=[(clearing(receipt.channel), receipt.amount), (credit, -receipt.amount)],
-        business_date=receipt.business_date,
-        memo=f"{receipt.kind.lower()} via {receipt.channel}",
+        ref=str(receipt_id),
+        lines=[(clearing(channel), amount), (credit, -amount)],
+        business_date=business_date,
+        memo=f"{kind.lower()} via {channel}",
     )
 
 

@@ -91,20 +91,22 @@ async def handle_notification(  # noqa: PLR0911 - each outcome answers the chann
     except ValueError:
         bound.warning("notification for an order we never issued")
         return NotifyResult(ack=False, outcome="UNKNOWN_ORDER")
-    async with ctx.sessions() as s:
-        known = await s.scalar(
-            select(PaymentAttempt.channel).where(PaymentAttempt.id == attempt_id)
-        )
-    if known != channel:
-        bound.warning("notification for an order we never issued on this channel")
-        return NotifyResult(ack=False, outcome="UNKNOWN_ORDER")
     if note.refund_id is not None or note.state not in (TradeState.SUCCEEDED, TradeState.FINISHED):
         # Refund and close notices carry nothing we must act on at once; a query settles it.
-        await schedule_query(ctx, channel, attempt_id)
+        if not await schedule_query(ctx, channel, attempt_id) and not await _known(
+            ctx, channel, attempt_id
+        ):
+            bound.warning("notification for an order we never issued on this channel")
+            return NotifyResult(ack=False, outcome="UNKNOWN_ORDER")
         return NotifyResult(ack=True, outcome="NOTED")
     if note.amount is None:
+        if not await _known(ctx, channel, attempt_id):
+            bound.warning("notification for an order we never issued on this channel")
+            return NotifyResult(ack=False, outcome="UNKNOWN_ORDER")
         await schedule_query(ctx, channel, attempt_id)
         return NotifyResult(ack=False, outcome="NO_AMOUNT")
+    # The hot path: the confirmation's own locking read checks the order is ours on this
+    # channel (UNKNOWN_ATTEMPT otherwise), so no separate look-up first.
     result = await confirm_payment(
         ctx.sessions,
         ctx.redis,
@@ -114,10 +116,22 @@ async def handle_notification(  # noqa: PLR0911 - each outcome answers the chann
         paid_at=note.paid_at or datetime.now(UTC),
         source=f"notify:{channel}",
         cutoff=ctx.cutoff,
+        channel=channel,
     )
+    if result.outcome == ConfirmOutcome.UNKNOWN_ATTEMPT:
+        bound.warning("notification for an order we never issued on this channel")
+        return NotifyResult(ack=False, outcome="UNKNOWN_ORDER")
     if not result.acknowledged:
         bound.warning("notification not applied", outcome=result.outcome)
         if result.outcome == ConfirmOutcome.REJECTED_AMOUNT:
             await schedule_query(ctx, channel, attempt_id)
         return NotifyResult(ack=False, outcome=result.outcome)
     return NotifyResult(ack=True, outcome=result.outcome)
+
+
+async def _known(ctx: PaymentContext, channel: str, attempt_id: uuid.UUID) -> bool:
+    async with ctx.sessions() as s:
+        known = await s.scalar(
+            select(PaymentAttempt.channel).where(PaymentAttempt.id == attempt_id)
+        )
+    return known == channel
