@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import crypto
+from billing.late_fee import DayCount
 from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
@@ -43,6 +44,7 @@ class Resources:
             attempt_ttl_s=pay.attempt_ttl_s,
             first_check_s=pay.first_check_s,
             cutoff=self.settings.settlement.cutoff,
+            day_count=DayCount(self.settings.billing.late_fee_grace_days),
             summary_cache_ttl_s=pay.summary_cache_ttl_s,
         )
 

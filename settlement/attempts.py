@@ -129,7 +129,7 @@ async def create_attempt(
         refused = bills.refusal(view, now)
         if refused is not None:
             raise Conflict(refused[1], code=refused[0])
-        amount = bills.due_on(view, shanghai_today(now)).total
+        amount = bills.due_on(view, shanghai_today(now), ctx.day_count).total
         expires_at = now + timedelta(seconds=ctx.attempt_ttl_s)
         if view.category in bills.FIXED_DEADLINE_CATEGORIES:
             expires_at = min(expires_at, view.expires_at)

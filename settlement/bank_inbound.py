@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.late_fee import shanghai_today
-from billing.models import Bill, BillLine, RevenueItem
+from billing.models import Bill, BillLine
 from billing.payment_code import LENGTH, is_valid
 from billing.states import AttemptStatus, BillStatus
 from channels.bank.transforms import ResultCode, format_time, parse_time
@@ -108,7 +108,7 @@ async def bank_query(
         if refused is not None:
             code, msg = _REFUSALS.get(refused[0], (ALREADY_PAID, "bill already paid"))
             return BankAnswer(code, msg)
-        due = bills.due_on(view, shanghai_today(now))
+        due = bills.due_on(view, shanghai_today(now), ctx.day_count)
         attempt = await s.scalar(
             select(PaymentAttempt)
             .where(
@@ -239,7 +239,6 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
 _A = cast(Table, PaymentAttempt.__table__)
 _B = cast(Table, Bill.__table__)
 _L = cast(Table, BillLine.__table__)
-_RI = cast(Table, RevenueItem.__table__)
 # Built once: a confirmation neither builds nor compiles SQL.
 _BY_SERIAL = (
     select(_A.c.id, _A.c.bill_id, _A.c.amount, _B.c.payment_code)
@@ -260,7 +259,7 @@ _BILL_AND_SERIAL = (
         *BILL_COLUMNS,
         _B.c.due_date,
         _L.c.amount.label("line_amount"),
-        _RI.c.late_fee_rule,
+        _B.c.late_fee_rule,  # fixed on the bill when it was issued
         _K.c.id.label("known_id"),
         _K.c.bill_id.label("known_bill_id"),
         _K.c.amount.label("known_amount"),
@@ -268,7 +267,6 @@ _BILL_AND_SERIAL = (
     )
     .select_from(
         _B.outerjoin(_L, _L.c.bill_id == _B.c.id)
-        .outerjoin(_RI, _RI.c.code == _L.c.item_code)
         .outerjoin(
             _K,
             (_K.c.channel == bindparam("p_channel"))
@@ -354,7 +352,9 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown payment code"), code
     bill = bill_facts(rows[0])
     lines = [(r.late_fee_rule, r.line_amount) for r in rows if r.line_amount is not None]
-    due = bills.due_from(bill.principal_amount, rows[0].due_date, lines, shanghai_today(paid_at))
+    due = bills.due_from(
+        bill.principal_amount, rows[0].due_date, lines, shanghai_today(paid_at), ctx.day_count
+    )
     if bill.status == BillStatus.ISSUED and amount != due.total:
         return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs"), code
     attempt_id = uuid.uuid4()

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.late_fee import AmountDue, amount_due
+from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.states import BillStatus
 
@@ -51,15 +51,23 @@ class BillView(msgspec.Struct, frozen=True):
     lines: tuple[LineView, ...]
 
 
-def due_on(view: BillView, day: date) -> AmountDue:
-    """Amount due on `day`: each late-fee rule applied to the principal it covers."""
+def due_on(view: BillView, day: date, day_count: DayCount | None = None) -> AmountDue:
+    """Amount due on `day`: the bill's late-fee rule applied to the principal it covers."""
     return due_from(
-        view.principal, view.due_date, ((li.late_fee_rule, li.amount) for li in view.lines), day
+        view.principal,
+        view.due_date,
+        ((li.late_fee_rule, li.amount) for li in view.lines),
+        day,
+        day_count,
     )
 
 
 def due_from(
-    principal: int, due_date: date, lines: Iterable[tuple[str, int]], day: date
+    principal: int,
+    due_date: date,
+    lines: Iterable[tuple[str, int]],
+    day: date,
+    day_count: DayCount | None = None,
 ) -> AmountDue:
     """`due_on` from the bill's principal, due date and (late-fee rule, amount) per line."""
     by_rule: dict[str, int] = {}
@@ -68,7 +76,7 @@ def due_from(
     fee = 0
     overdue = 0
     for rule, covered in sorted(by_rule.items()):
-        part = amount_due(covered, due_date, day, rule=rule)
+        part = amount_due(covered, due_date, day, rule=rule, day_count=day_count)
         fee += part.late_fee
         overdue = max(overdue, part.overdue_days)
     return AmountDue(principal, overdue, fee)
@@ -101,7 +109,7 @@ async def load_view(
     bill, agency_name = row
     lines = (
         await session.execute(
-            select(BillLine, RevenueItem.name, RevenueItem.late_fee_rule)
+            select(BillLine, RevenueItem.name)
             .join(RevenueItem, RevenueItem.code == BillLine.item_code)
             .where(BillLine.bill_id == bill.id)
             .order_by(BillLine.line_no)
@@ -125,9 +133,10 @@ async def load_view(
                 quantity=line.quantity,
                 unit_amount=line.unit_amount,
                 amount=line.amount,
-                late_fee_rule=rule,
+                # The rule the bill was issued under, not today's catalogue entry.
+                late_fee_rule=bill.late_fee_rule,
             )
-            for line, name, rule in lines
+            for line, name in lines
         ),
     )
 

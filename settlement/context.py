@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.late_fee import DayCount
 from channels.base import ChannelRegistry
 
 
@@ -23,3 +24,5 @@ class PaymentContext:
     cutoff: time = time(0, 0)
     """Business-day cutoff (日切), Asia/Shanghai wall-clock time."""
     summary_cache_ttl_s: int = 300
+    day_count: DayCount = field(default_factory=DayCount)
+    """How late-fee days are counted (the same rule the agency API shows)."""

@@ -95,6 +95,8 @@ async def make_bill(
         request_hash=secrets.token_bytes(32),
         payment_code=payment_code or "".join(secrets.choice("0123456789") for _ in range(20)),
         category=lines[0][0].category,
+        # Fixed at issuance from the items, as billing.bills does (one rule per bill).
+        late_fee_rule=lines[0][0].late_fee_rule,
         status=status,
         payer_type=payer_type,
         payer_name=payer_name,

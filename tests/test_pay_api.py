@@ -176,3 +176,24 @@ async def test_attempts_are_refused_with_clear_codes(
     assert status in {400, 422}
     async with res.sessions() as s:
         assert await s.scalar(select(func.count()).select_from(PaymentAttempt)) == 0
+
+
+async def test_citizen_and_agency_see_the_same_amount_due(
+    res: Resources, pay_client: AsyncTestClient[Litestar]
+) -> None:
+    """The rule is the one the bill was issued under (a later catalogue change does not
+    move it), and the citizen amount is the agency's `amount_due_today`."""
+    from billing.bills import amount_due_today
+    from billing.models import Bill, RevenueItem
+
+    today = shanghai_today(datetime.now(UTC))
+    async with res.sessions() as s:
+        _, item, bill = await bill_for_test(
+            s, amount=10_000, late_fee_rule="FINE_DAILY_3PCT", due_date=today - timedelta(days=4)
+        )
+        (await s.get_one(RevenueItem, item.code)).late_fee_rule = "NONE"
+        await s.commit()
+        agency_view = amount_due_today(await s.get_one(Bill, bill.id))
+    body = (await pay_client.get(f"/v1/pay/{bill.payment_code}")).json()
+    assert (body["late_fee"], body["amount_due"]) == (agency_view.late_fee, agency_view.total)
+    assert body["amount_due"] == 11_200
