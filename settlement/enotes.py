@@ -21,7 +21,7 @@ import queue
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import outbox
+from billing.bills import reveal_payer
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from settlement.capitals import rmb_capitals
@@ -83,8 +84,6 @@ class EnoteConfig:
 class EnoteContext:
     signers: NoteSigners
     config: EnoteConfig = field(default_factory=EnoteConfig)
-    payer_id_decrypt: Callable[[bytes], str] | None = None
-    """Decrypts `bills.payer_id_enc`; the note only ever holds the masked form."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +128,6 @@ def note_code(region_code: str, note_class: str, kind: str, when: datetime) -> s
 
 def check_code() -> str:
     return f"{secrets.randbelow(10**6):06d}"
-
-
-def mask_id_code(id_code: str) -> str:
-    """Keep the first 4 and last 4 characters of an identity number (3301**********1234)."""
-    if len(id_code) <= 8:
-        return "*" * len(id_code)
-    return id_code[:4] + "*" * (len(id_code) - 8) + id_code[-4:]
 
 
 def _quantity_for(amount: int, standard: int) -> tuple[int, int]:
@@ -395,11 +387,10 @@ async def _insert_drafts(
     return issued
 
 
-def _payer(bill: Bill, ctx: EnoteContext) -> dict[str, Any]:
-    id_code = ""
-    if bill.payer_id_enc is not None and ctx.payer_id_decrypt is not None:
-        id_code = mask_id_code(ctx.payer_id_decrypt(bill.payer_id_enc))
-    return {"type": bill.payer_type, "id_code": id_code, "name": bill.payer_name}
+def _payer(bill: Bill) -> dict[str, Any]:
+    # The note only ever holds (and signs) the masked ID number.
+    masked_id, _ = reveal_payer(bill, reveal=False)
+    return {"type": bill.payer_type, "id_code": masked_id or "", "name": bill.payer_name}
 
 
 def _main(
@@ -411,7 +402,7 @@ def _main(
         "specimen_code": f"{region}{ctx.config.note_class}{kind_code}0001",
         "region": f"{region}0000",
         "issuer": {"credit_code": agency.credit_code, "name": agency.name},
-        "payer": _payer(bill, ctx),
+        "payer": _payer(bill),
         "pay_mode": PAY_MODES.get(receipt.channel, receipt.channel),
         "payment_code": bill.payment_code,
         "currency": "CNY",

@@ -389,3 +389,24 @@ def test_demo_keys_are_made_once_and_configured_keys_win(tmp_path: Path) -> None
     as_path = load_signer(str(key_file), demo, "CN-42")
     assert as_text.key_id == as_path.key_id == configured.key_id != first.key_id
     assert as_path.cert_serial == "CN-42"
+
+
+async def test_note_carries_the_masked_payer_id_never_the_clear_one(
+    res: Resources, ctx: EnoteContext
+) -> None:
+    from billing.crypto import keyring
+
+    async with res.sessions() as s:
+        agency, fine, _ = await agency_with_items(s)
+        bill, receipt = await paid_bill(s, agency, [(fine, 1, 5000)], enqueue=False)
+        # Encrypted as billing.bills stores it: bound to this bill's row and column.
+        bill.payer_id_enc = keyring().encrypt(
+            b"330102199001011234", aad=f"bills.payer_id:{bill.id}".encode()
+        )
+        await s.commit()
+        await issue_for_receipts(s, [receipt.id], ctx)
+        await s.commit()
+    (note,) = await _notes(res)
+    content = json.loads(note.content)
+    assert "330102199001011234" not in note.content.decode()
+    assert "3301**********1234" in json.dumps(content, ensure_ascii=False)
