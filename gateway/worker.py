@@ -81,6 +81,15 @@ async def _recover_refunds(resources: Resources) -> int:
     return await recover_refunds(resources.payment_context())
 
 
+async def _ledger_rollup(resources: Resources) -> int:
+    from settlement.ledger import rollup
+
+    async with resources.sessions() as session:
+        n = await rollup(session)
+        await session.commit()
+    return n
+
+
 async def expire_bills(resources: Resources) -> int:
     from billing.bills import expire_due
     from settlement.bills import invalidate
@@ -123,6 +132,7 @@ def default_jobs() -> list[Job]:
         Job("bills.expire", 30.0, expire_bills),
         Job("auth.purge_nonces", 300.0, purge_auth_nonces),
         Job("recon_hold_expiry", 3600.0, _expire_recon_holds),
+        Job("ledger.rollup", 5.0, _ledger_rollup),
     ]
 
 

@@ -151,16 +151,17 @@ async def post(
         assert existing is not None
         return Posted(existing, created=False)
     ids = await _account_ids(session, legs)
+    codes = sorted(legs)
+    # Lines and their "pending" marks in one statement; no account row is locked here
+    # (see LedgerAccount), so concurrent postings never queue on a balance.
     await session.execute(
-        insert(JournalLine),
-        [{"entry_id": entry_id, "account_id": ids[c], "amount": a} for c, a in legs.items()],
+        _LINES,
+        {
+            "entry_id": entry_id,
+            "accounts": [ids[c] for c in codes],
+            "amounts": [legs[c] for c in codes],
+        },
     )
-    # Accounts in a fixed order so two concurrent postings cannot deadlock on them.
-    for code in sorted(legs):
-        await session.execute(
-            text("UPDATE ledger_accounts SET balance = balance + :a WHERE id = :id"),
-            {"a": legs[code], "id": ids[code]},
-        )
     log.debug("ledger posted", kind=kind, ref=ref, entry_id=entry_id)
     return Posted(entry_id, created=True)
 
@@ -357,6 +358,8 @@ async def verify(session: AsyncSession) -> VerifyReport:
                 "SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM"
                 " journal_lines), (SELECT count(*) FROM ledger_accounts),"
                 " (SELECT coalesce(sum(balance), 0) FROM ledger_accounts)"
+                " + (SELECT coalesce(sum(l.amount), 0) FROM ledger_pending p"
+                " JOIN journal_lines l ON l.id = p.line_id)"
             )
         )
     ).one()
@@ -375,16 +378,49 @@ async def verify(session: AsyncSession) -> VerifyReport:
             report.short_entries.append(int(entry_id))
     drift = await session.execute(
         text(
-            "SELECT a.code, a.balance, coalesce(s.total, 0) FROM ledger_accounts a"
+            "SELECT a.code, a.balance + coalesce(p.total, 0), coalesce(s.total, 0)"
+            " FROM ledger_accounts a"
             " LEFT JOIN (SELECT account_id, sum(amount) AS total FROM journal_lines"
-            " GROUP BY account_id) s ON s.account_id = a.id"
-            " WHERE a.balance <> coalesce(s.total, 0) ORDER BY a.code"
+            " GROUP BY account_id) s ON s.account_id = a.id LEFT JOIN"
+            " (SELECT l.account_id, sum(l.amount) AS total FROM ledger_pending lp"
+            " JOIN journal_lines l ON l.id = lp.line_id GROUP BY l.account_id) p"
+            " ON p.account_id = a.id"
+            " WHERE a.balance + coalesce(p.total, 0) <> coalesce(s.total, 0) ORDER BY a.code"
         )
     )
     report.drifted_accounts = {code: (int(b), int(t)) for code, b, t in drift}
     return report
 
 
-async def balances(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(select(LedgerAccount.code, LedgerAccount.balance))
+async def balances(session: Executor) -> dict[str, int]:
+    """Every account's balance: the stored one plus its lines not yet rolled up."""
+    rows = await session.execute(_BALANCES)
     return {code: int(b) for code, b in rows}
+
+
+async def rollup(session: Executor) -> int:
+    """Fold pending lines into stored balances (worker job; set-based, any number of
+    concurrent runs: each pending mark is deleted, and so counted, exactly once)."""
+    return int((await session.execute(_ROLLUP)).scalar_one())
+
+
+_LINES = text(
+    "WITH l AS (INSERT INTO journal_lines (entry_id, account_id, amount)"
+    " SELECT :entry_id, a, m FROM unnest(CAST(:accounts AS integer[]),"
+    " CAST(:amounts AS bigint[])) AS t(a, m) RETURNING id)"
+    " INSERT INTO ledger_pending (line_id) SELECT id FROM l"
+)
+_BALANCES = text(
+    "SELECT a.code, a.balance + coalesce(p.total, 0) FROM ledger_accounts a"
+    " LEFT JOIN (SELECT l.account_id, sum(l.amount) AS total FROM ledger_pending lp"
+    " JOIN journal_lines l ON l.id = lp.line_id GROUP BY l.account_id) p"
+    " ON p.account_id = a.id"
+)
+_ROLLUP = text(
+    "WITH d AS (DELETE FROM ledger_pending p USING journal_lines l WHERE p.line_id = l.id"
+    " RETURNING l.account_id, l.amount),"
+    " s AS (SELECT account_id, sum(amount) AS total FROM d GROUP BY account_id),"
+    " u AS (UPDATE ledger_accounts a SET balance = a.balance + s.total FROM s"
+    " WHERE a.id = s.account_id RETURNING 1)"
+    " SELECT count(*) FROM d"
+)

@@ -37,7 +37,12 @@ from billing.db import Base
 
 
 class LedgerAccount(Base):
-    """One account; `balance` = Σ its lines (debit positive), kept in the posting statement."""
+    """One account; `balance` + its pending lines = Σ its lines (debit positive).
+
+    Postings do not touch this row: every confirmation would otherwise queue on the same
+    few account rows (clearing, revenue) until its commit. The worker folds pending lines
+    into `balance` set-based (ledger.rollup); balances() and verify() add what is pending.
+    """
 
     __tablename__ = "ledger_accounts"
 
@@ -65,6 +70,14 @@ class JournalEntry(Base):
     memo: Mapped[str] = mapped_column(Text, server_default="")
     reverses_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
     posted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LedgerPending(Base):
+    """Journal lines not yet folded into their account's stored balance."""
+
+    __tablename__ = "ledger_pending"
+
+    line_id: Mapped[int] = mapped_column(ForeignKey("journal_lines.id"), primary_key=True)
 
 
 class JournalLine(Base):

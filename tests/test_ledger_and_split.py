@@ -67,6 +67,10 @@ async def test_database_refuses_unbalanced_entries_and_edits(res: Resources) -> 
                 await s.execute(text(sql))
     # The balance column is derived: verify catches it when it drifts from the lines.
     async with res.sessions() as s:
+        assert await ledger.rollup(s) == 2  # the entry's two lines, folded in once
+        assert await ledger.rollup(s) == 0
+        assert (await ledger.balances(s))["collection"] == 100
+        assert (await ledger.verify(s)).ok
         await s.execute(text("UPDATE ledger_accounts SET balance = 7 WHERE code = 'collection'"))
         report = await ledger.verify(s)
     assert not report.ok

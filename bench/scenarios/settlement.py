@@ -36,7 +36,7 @@ AGENCY = uuid.UUID("00000000-0000-4000-8000-00000000be0c")
 
 _TABLES = (
     "batched_refunds, deposit_lines, deposit_batches, settled_receipts, settlements,"
-    " discrepancies, recon_runs, statement_lines, statement_files, journal_lines,"
+    " discrepancies, recon_runs, statement_lines, statement_files, ledger_pending, journal_lines,"
     " journal_entries, ledger_accounts, treasuries, refunds, receipts, payment_attempts,"
     " bill_events, bill_lines, bills, agency_items, agencies, revenue_items, audit_log, outbox"
 )
