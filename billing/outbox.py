@@ -53,6 +53,13 @@ async def enqueue(session: AsyncSession, topic: str, key: str, payload: dict[str
     await session.execute(stmt.on_conflict_do_nothing(constraint=KEY_CONSTRAINT))
 
 
+async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Add many messages (`topic`, `key`, `payload` each) as one cached executemany."""
+    if rows:
+        stmt = insert(OutboxMessage).on_conflict_do_nothing(constraint=KEY_CONSTRAINT)
+        await session.execute(stmt, rows)
+
+
 async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[OutboxMessage]:
     """Lock up to `limit` due messages of a topic for the caller's transaction."""
     stmt = (
