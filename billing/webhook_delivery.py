@@ -10,12 +10,15 @@ no transaction open; the outcome is recorded in a second, short transaction.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpcore
 import httpx
 import structlog
 from sqlalchemy import func, select, tuple_, update
@@ -40,6 +43,84 @@ log = structlog.get_logger(__name__)
 _EXCERPT_BYTES = 1024
 _EXCERPT_CHARS = 500
 USER_AGENT = "paygate-webhooks/1"
+
+
+# ------------------------------------------------------------------ where we may connect
+
+
+async def vetted_address(host: str, port: int, *, allow_private: bool) -> str:
+    """The address to connect to for an agency's endpoint host, after vetting it.
+
+    Agencies choose webhook URLs, so an unvetted one could make the worker POST into our
+    own network (PostgreSQL, Redis, cloud metadata). Every address the name resolves to
+    must be public unless `allow_private` (development and tests); the connection then goes
+    to the vetted address itself, so a second, different DNS answer cannot slip in.
+    """
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from exc
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise httpcore.ConnectError(f"{host} has no address")
+    if not allow_private:
+        for address in addresses:
+            if not address.is_global or address.is_multicast:
+                raise httpcore.ConnectError(
+                    f"address_not_allowed: {host} resolves to non-public {address}"
+                )
+    return str(addresses[0])
+
+
+class _VettingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to vetted addresses. The pool still
+    keys connections by host name, and TLS still verifies the name, not the address."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool) -> None:
+        self._inner = inner
+        self._allow_private = allow_private
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        address = await vetted_address(host, port, allow_private=self._allow_private)
+        return await self._inner.connect_tcp(
+            address,
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        del path, timeout, socket_options
+        raise httpcore.ConnectError("webhooks are never sent to a unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _vetting_transport(limits: httpx.Limits, *, allow_private: bool) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    # httpx builds its httpcore pool without a way to pass a network backend; swap it in
+    # here, the one place that knows (tests fail loudly if httpx ever renames these).
+    pool = transport._pool
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    pool._network_backend = _VettingBackend(
+        pool._network_backend,
+        allow_private=allow_private,
+    )
+    return transport
 
 
 # ------------------------------------------------------------------ ingest
@@ -152,8 +233,16 @@ def next_delay(failures: int) -> timedelta | None:
 class Deliverer:
     """Sends due webhook events. One per worker process: it owns one pooled HTTP client."""
 
-    def __init__(self, *, timeout_ms: int, max_connections: int = 20, batch_size: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_ms: int,
+        max_connections: int = 20,
+        batch_size: int = 50,
+        allow_private: bool = False,
+    ) -> None:
         self.timeout_s = timeout_ms / 1000
+        self.allow_private = allow_private
         self.max_connections = max_connections
         self.batch_size = batch_size
         # The lease outlives the slowest possible send (deadline per request, plus a batch
@@ -168,13 +257,14 @@ class Deliverer:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            limits = httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            )
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_s),
                 follow_redirects=False,  # a redirect is a failure, never a second target
-                limits=httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                ),
+                transport=_vetting_transport(limits, allow_private=self.allow_private),
                 headers={"User-Agent": USER_AGENT},
                 trust_env=False,
             )

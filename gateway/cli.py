@@ -93,6 +93,8 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
             settings = Settings.from_env()  # now pointing at the simulator
         for line in _with_resources(settings, seed):
             click.echo(line)
+        # A demo's webhook receiver runs on this machine; production never allows that.
+        os.environ.setdefault("PAYGATE_WEBHOOK_ALLOW_PRIVATE", "1")
         # Children inherit DATABASE_URL/REDIS_URL and stop when we stop, even on SIGKILL.
         children.append(spawn_child("worker"))
     click.secho(f"paygate {__version__} serving on http://{host}:{port}", fg="green", bold=True)

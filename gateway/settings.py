@@ -223,6 +223,8 @@ class WebhookSettings:
     """Connection pool bound of the worker's one HTTP client."""
     batch_size: int
     """Events claimed per delivery round; they are sent concurrently."""
+    allow_private: bool = False
+    """Deliver to loopback/private addresses too: development and the demo only."""
 
     @classmethod
     def from_env(cls) -> WebhookSettings:
@@ -230,6 +232,7 @@ class WebhookSettings:
             timeout_ms=_env_int("PAYGATE_WEBHOOK_TIMEOUT_MS", 10_000),
             max_connections=_env_int("PAYGATE_WEBHOOK_MAX_CONNECTIONS", 20),
             batch_size=_env_int("PAYGATE_WEBHOOK_BATCH", 50),
+            allow_private=_env_bool("PAYGATE_WEBHOOK_ALLOW_PRIVATE", default=False),
         )
 
 

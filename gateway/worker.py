@@ -46,6 +46,7 @@ def _webhook_jobs() -> list[Job]:
                     timeout_ms=cfg.timeout_ms,
                     max_connections=cfg.max_connections,
                     batch_size=cfg.batch_size,
+                    allow_private=cfg.allow_private,
                 )
             )
         return await holder[0].deliver_due(res.sessions)

@@ -42,6 +42,8 @@ def settings() -> Iterator[Settings]:
     os.environ["DATABASE_URL"] = db_url or services.database_url or ""
     os.environ["REDIS_URL"] = redis_url or services.redis_url or ""
     os.environ.setdefault("PAYGATE_LOG_FORMAT", "json")
+    # Test webhook receivers listen on loopback, which production delivery refuses.
+    os.environ.setdefault("PAYGATE_WEBHOOK_ALLOW_PRIVATE", "1")
     migrate.upgrade(os.environ["DATABASE_URL"])
     yield Settings.from_env()
     services.stop()

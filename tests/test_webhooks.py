@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
+import httpcore
 import pytest
 from sqlalchemy import func, select, update
 
@@ -24,7 +25,7 @@ from billing.audit import Actor, AuditEntry
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency
 from billing.outbox import OutboxMessage
-from billing.webhook_delivery import Deliverer, ingest
+from billing.webhook_delivery import Deliverer, ingest, vetted_address
 from billing.webhooks import WebhookEvent
 from gateway.state import Resources
 from gateway.worker import close_jobs, default_jobs, run_once
@@ -68,8 +69,13 @@ async def agency(res: Resources, receiver: Receiver) -> Hooked:
 
 @pytest.fixture
 async def deliverer() -> AsyncIterator[Deliverer]:
-    async with Deliverer(timeout_ms=3000) as d:
+    async with _loopback() as d:
         yield d
+
+
+def _loopback(timeout_ms: int = 3000, **kw: int) -> Deliverer:
+    """A deliverer that may reach the test receiver on loopback (production may not)."""
+    return Deliverer(timeout_ms=timeout_ms, allow_private=True, **kw)
 
 
 async def _emit(
@@ -144,7 +150,10 @@ async def test_rolled_back_emit_sends_nothing_committed_once_sends_once(
             dedupe_key="webhook:rolled-back",
         )
         await s.rollback()
-    async with Deliverer(timeout_ms=3000) as d1, Deliverer(timeout_ms=3000) as d2:
+    async with (
+        Deliverer(timeout_ms=3000, allow_private=True) as d1,
+        Deliverer(timeout_ms=3000, allow_private=True) as d2,
+    ):
         assert await ingest(res.sessions) == 0
         assert await d1.deliver_due(res.sessions) == 0
         assert receiver.received() == []
@@ -169,7 +178,10 @@ async def test_many_events_many_workers_each_delivered_exactly_once(
 ) -> None:
     for _ in range(40):
         await _emit(res, agency.id)
-    workers = [Deliverer(timeout_ms=3000, max_connections=4, batch_size=7) for _ in range(3)]
+    workers = [
+        Deliverer(timeout_ms=3000, max_connections=4, batch_size=7, allow_private=True)
+        for _ in range(3)
+    ]
     try:
         await asyncio.gather(ingest(res.sessions), ingest(res.sessions))
 
@@ -239,7 +251,7 @@ async def test_timeout_schedules_a_retry_and_is_not_lost(
     res: Resources, receiver: Receiver, agency: Hooked
 ) -> None:
     receiver.stall_next(1, seconds=3.0)
-    async with Deliverer(timeout_ms=400) as d:
+    async with _loopback(timeout_ms=400) as d:
         await _emit(res, agency.id)
         started = time.monotonic()
         assert await _pump(res, d) == 1
@@ -266,7 +278,10 @@ async def test_a_lapsed_claim_cannot_reschedule_over_the_new_owner(
 ) -> None:
     await _emit(res, agency.id)
     await ingest(res.sessions)
-    async with Deliverer(timeout_ms=3000) as slow, Deliverer(timeout_ms=3000) as fast:
+    async with (
+        Deliverer(timeout_ms=3000, allow_private=True) as slow,
+        Deliverer(timeout_ms=3000, allow_private=True) as fast,
+    ):
         stale = await slow._claim(res.sessions)  # worker A claims, then stalls past its lease
         assert [c.attempt_no for c in stale] == [1]
         assert await fast.deliver_due(res.sessions) == 0  # leased: B cannot take it
@@ -560,6 +575,43 @@ async def test_poison_outbox_message_is_set_aside_with_its_reason(
     assert all(m.processed_at is not None for m in rows)
     assert (reasons["poison-1"] or "").startswith("unknown agency")
     assert (reasons["poison-2"] or "").startswith("unknown event")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "127.0.0.1",
+        "10.1.2.3",
+        "169.254.169.254",
+        "100.64.0.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "fe80::1",
+        "0.0.0.0",
+    ],
+)
+async def test_private_and_loopback_addresses_are_refused(host: str) -> None:
+    with pytest.raises(httpcore.ConnectError, match="address_not_allowed"):
+        await vetted_address(host, 443, allow_private=False)
+    assert await vetted_address("8.8.8.8", 443, allow_private=False) == "8.8.8.8"
+
+
+async def test_endpoint_on_our_own_network_gets_nothing_and_is_retried(
+    res: Resources, receiver: Receiver, agency: Hooked
+) -> None:
+    # An agency pointing its webhook at our loopback (PostgreSQL, Redis, metadata...).
+    await _emit(res, agency.id)
+    async with Deliverer(timeout_ms=3000) as production:
+        assert await _pump(res, production) == 1
+    assert receiver.received() == []
+    event = await _one_event(res)
+    assert (event.status, event.failures) == ("PENDING", 1)
+    async with res.sessions() as s:
+        (attempt,) = await wh.list_attempts(s, agency.id, event.id)
+    assert attempt.status_code is None
+    assert attempt.error is not None
+    assert "address_not_allowed" in attempt.error
 
 
 async def test_worker_default_jobs_ingest_and_deliver(

@@ -42,7 +42,9 @@ async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:
                     data={"paid_amount": 20_000, "seq": i},
                     dedupe_key=f"bench:{agency.id}:{i}",
                 )
-        async with Deliverer(timeout_ms=10_000, max_connections=concurrency, batch_size=50) as d:
+        async with Deliverer(
+            timeout_ms=10_000, max_connections=concurrency, batch_size=50, allow_private=True
+        ) as d:
             started = time.perf_counter()
             while await ingest(res.sessions):
                 pass
