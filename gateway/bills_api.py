@@ -85,6 +85,20 @@ class CancelIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
+class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /v1/bills/search: the list filters, in a body because `payer_id` is personal
+    data and URLs end up in proxy and browser logs."""
+
+    agency_bill_no: str | None = None
+    status: str | None = None
+    issued_from: datetime | None = None
+    issued_to: datetime | None = None
+    payer_id: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    payment_code: str | None = None
+    cursor: str | None = None
+    limit: int = 50
+
+
 class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
     amount: Fen
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
@@ -242,6 +256,30 @@ def _actor(principal: AgencyPrincipal) -> Actor:
     return Actor("agency", principal.key_id)
 
 
+async def _page(  # noqa: PLR0917 - the handlers' dependencies, passed through
+    request: Request[Any, Any, Any],
+    principal: AgencyPrincipal,
+    db: AsyncSession,
+    resources: Resources,
+    f: svc.BillFilter,
+    cursor: str | None,
+    limit: int,
+) -> Response[BillPage] | Stream:
+    """One page of the agency's bills (cursor-paginated), or all of them as a CSV stream."""
+    if not 1 <= limit <= 500:
+        raise InvalidInput("limit is 1–500.", code="limit_invalid")
+    if "text/csv" in request.headers.get("accept", ""):
+        return Stream(
+            _csv(resources, principal.agency_id, f),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="bills.csv"'},
+        )
+    views, next_cursor = await svc.list_bills(
+        db, principal.agency_id, f, cursor=cursor, limit=limit, day_count=_days(resources)
+    )
+    return Response(BillPage([_out(v, resources) for v in views], next_cursor))
+
+
 class BillsController(Controller):
     path = "/v1"
     tags = ["bills"]  # noqa: RUF012
@@ -324,26 +362,42 @@ class BillsController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: FromQuery[int] = 50,
     ) -> Response[BillPage] | Stream:
-        if not 1 <= limit <= 500:
-            raise InvalidInput("limit is 1–500.", code="limit_invalid")
+        if payer_id is not None:
+            # Refused rather than ignored: ignoring it would answer with every bill.
+            raise InvalidInput(
+                "An ID number must not travel in a URL; send it in the body of"
+                " POST /v1/bills/search.",
+                code="payer_id_in_url",
+            )
         f = svc.BillFilter(
             agency_bill_no,
             status,
             local_time(issued_from),
             local_time(issued_to),
-            payer_id,
+            None,
             payment_code,
         )
-        if "text/csv" in request.headers.get("accept", ""):
-            return Stream(
-                _csv(resources, principal.agency_id, f),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": 'attachment; filename="bills.csv"'},
-            )
-        views, next_cursor = await svc.list_bills(
-            db, principal.agency_id, f, cursor=cursor, limit=limit, day_count=_days(resources)
+        return await _page(request, principal, db, resources, f, cursor, limit)
+
+    @post("/bills/search", summary="List bills by filters sent in the body (e.g. payer_id)")
+    async def search(
+        self,
+        *,
+        request: Request[Any, Any, Any],
+        principal: NamedDependency[AgencyPrincipal],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+    ) -> Response[BillPage] | Stream:
+        q = decode_body(await request.body(), SearchIn)
+        f = svc.BillFilter(
+            q.agency_bill_no,
+            q.status,
+            local_time(q.issued_from),
+            local_time(q.issued_to),
+            q.payer_id,
+            q.payment_code,
         )
-        return Response(BillPage([_out(v, resources) for v in views], next_cursor))
+        return await _page(request, principal, db, resources, f, q.cursor, q.limit)
 
     @get("/bills/{bill_id:uuid}", summary="One bill of this agency")
     async def get_one(

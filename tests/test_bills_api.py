@@ -366,8 +366,14 @@ async def test_list_paginates_filters_and_searches_by_payer_id(api: AgencyClient
             break
     assert sorted(seen) == [f"L-{i}" for i in range(7)]
     assert len(seen) == len(set(seen))
-    found = (await api.get("/v1/bills", params={"payer_id": someone})).json()["items"]
+    # An ID number is searched for in a body, never in a URL (proxies log URLs).
+    in_url = await api.get("/v1/bills", params={"payer_id": someone})
+    assert (in_url.status_code, in_url.json()["code"]) == (422, "payer_id_in_url")
+    found = (await api.post("/v1/bills/search", json={"payer_id": someone})).json()["items"]
     assert sorted(b["agency_bill_no"] for b in found) == ["L-0", "L-3", "L-6"]
+    paged = await api.post("/v1/bills/search", json={"payer_id": someone, "limit": 2})
+    assert len(paged.json()["items"]) == 2
+    assert paged.json()["next_cursor"]
     assert (await api.get("/v1/bills", params={"status": "PAID"})).json()["items"] == []
     bad = await api.get("/v1/bills", params={"cursor": "!!!"})
     assert bad.status_code == 422
@@ -403,7 +409,7 @@ async def test_nothing_leaks_payer_id_into_logs(
 ) -> None:
     pid = resident_id("44030619800808777")
     await api.post("/v1/bills", json=bill_body("LOG-1", payer_id=pid))
-    await api.get("/v1/bills", params={"payer_id": pid})
+    await api.post("/v1/bills/search", json={"payer_id": pid})
     await api.post("/v1/bills", json=bill_body("LOG-2", payer_id=pid, unit_amount=1))
     err = capsys.readouterr().err
     assert pid not in err
