@@ -138,30 +138,52 @@ async def post(
         raise LedgerError(f"unbalanced entry {kind}/{ref}: {dict(net)}")
     if not legs:
         raise LedgerError(f"empty entry {kind}/{ref}")
-    entry_id = await session.scalar(
-        insert(JournalEntry)
-        .values(kind=kind, ref=ref, business_date=business_date, memo=memo, reverses_id=reverses_id)
-        .on_conflict_do_nothing(index_elements=["kind", "ref"])
-        .returning(JournalEntry.id)
-    )
-    if entry_id is None:
+    codes = sorted(legs)
+    amounts = [legs[c] for c in codes]
+    # Entry, lines and their "pending" marks in one statement (the hot path of every
+    # confirmation). No account row is locked (see LedgerAccount), so concurrent postings
+    # never queue on a balance.
+    row = (
+        await session.execute(
+            _POST,
+            {
+                "kind": kind,
+                "ref": ref,
+                "business_date": business_date,
+                "memo": memo,
+                "reverses_id": reverses_id,
+                "codes": codes,
+                "amounts": amounts,
+            },
+        )
+    ).first()
+    if row is None:
         existing = await session.scalar(
             select(JournalEntry.id).where(JournalEntry.kind == kind, JournalEntry.ref == ref)
         )
         assert existing is not None
         return Posted(existing, created=False)
-    ids = await _account_ids(session, legs)
-    codes = sorted(legs)
-    # Lines and their "pending" marks in one statement; no account row is locked here
-    # (see LedgerAccount), so concurrent postings never queue on a balance.
-    await session.execute(
-        _LINES,
-        {
-            "entry_id": entry_id,
-            "accounts": [ids[c] for c in codes],
-            "amounts": [legs[c] for c in codes],
-        },
-    )
+    entry_id, lines_written = int(row[0]), int(row[1])
+    if lines_written < len(codes):
+        # An account's first posting: create it, then add the lines it missed. The entry
+        # is checked for balance at commit (deferred trigger), so this completes it.
+        have = set(
+            await session.scalars(
+                select(LedgerAccount.code)
+                .join(JournalLine, JournalLine.account_id == LedgerAccount.id)
+                .where(JournalLine.entry_id == entry_id)
+            )
+        )
+        missing = [c for c in codes if c not in have]
+        ids = await _account_ids(session, missing)
+        await session.execute(
+            _LINES,
+            {
+                "entry_id": entry_id,
+                "accounts": [ids[c] for c in missing],
+                "amounts": [legs[c] for c in missing],
+            },
+        )
     log.debug("ledger posted", kind=kind, ref=ref, entry_id=entry_id)
     return Posted(entry_id, created=True)
 
@@ -404,6 +426,17 @@ async def rollup(session: Executor) -> int:
     return int((await session.execute(_ROLLUP)).scalar_one())
 
 
+_POST = text(
+    "WITH e AS (INSERT INTO journal_entries (kind, ref, business_date, memo, reverses_id)"
+    " VALUES (:kind, :ref, :business_date, :memo, :reverses_id)"
+    " ON CONFLICT (kind, ref) DO NOTHING RETURNING id),"
+    " l AS (INSERT INTO journal_lines (entry_id, account_id, amount)"
+    " SELECT e.id, a.id, t.m FROM e CROSS JOIN unnest(CAST(:codes AS text[]),"
+    " CAST(:amounts AS bigint[])) AS t(c, m) JOIN ledger_accounts a ON a.code = t.c"
+    " RETURNING id),"
+    " p AS (INSERT INTO ledger_pending (line_id) SELECT id FROM l)"
+    " SELECT e.id, (SELECT count(*) FROM l) FROM e"
+)
 _LINES = text(
     "WITH l AS (INSERT INTO journal_lines (entry_id, account_id, amount)"
     " SELECT :entry_id, a, m FROM unnest(CAST(:accounts AS integer[]),"
