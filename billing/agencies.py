@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import audit
@@ -271,6 +271,29 @@ class KeyLookup:
     secret: str
     nonce_seen: bool
     """The nonce is in the Postgres fallback store (used while Redis was down)."""
+    last_used_at: datetime | None = None
+
+
+KEY_USE_RESOLUTION = timedelta(minutes=1)
+"""`api_keys.last_used_at` is kept to this resolution: a write per request would put every
+call made with one key on the same row lock."""
+
+
+def key_use_due(key: KeyLookup, now: datetime) -> bool:
+    return key.last_used_at is None or now - key.last_used_at >= KEY_USE_RESOLUTION
+
+
+async def touch_key(session: AsyncSession, key: KeyLookup, now: datetime) -> None:
+    """Record an authenticated use of the key (caller commits). The resolution is repeated
+    in SQL, so concurrent requests at the boundary write once."""
+    await session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.key_id == key.key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - KEY_USE_RESOLUTION),
+        )
+        .values(last_used_at=now)
+    )
 
 
 async def find_live_key(session: AsyncSession, key_id: str, nonce: str = "") -> KeyLookup | None:
@@ -295,4 +318,6 @@ async def find_live_key(session: AsyncSession, key_id: str, nonce: str = "") -> 
     if row is None:
         return None
     key, nonce_seen = row
-    return KeyLookup(key.agency_id, key.key_id, decrypt_secret(key), bool(nonce_seen))
+    return KeyLookup(
+        key.agency_id, key.key_id, decrypt_secret(key), bool(nonce_seen), key.last_used_at
+    )

@@ -37,7 +37,7 @@ from litestar.di import NamedDependency
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
-from billing.agencies import find_live_key
+from billing.agencies import find_live_key, key_use_due, touch_key
 from billing.errors import Unauthorized
 from gateway.state import Resources
 
@@ -171,6 +171,10 @@ async def verify(
         resources, key.key_id, p["nonce"], cfg.nonce_ttl_s
     ):
         raise Unauthorized("Nonce already used.", code="auth_replay")
+    used_at = datetime.now(UTC)
+    if key_use_due(key, used_at):  # authenticated use, recorded once a minute at most
+        async with resources.sessions() as session, session.begin():
+            await touch_key(session, key, used_at)
     structlog.contextvars.bind_contextvars(agency_id=str(key.agency_id), key_id=key.key_id)
     return AgencyPrincipal(key.agency_id, key.key_id)
 

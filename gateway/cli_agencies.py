@@ -146,7 +146,15 @@ def agency_list() -> None:
     async def run(session: Any) -> list[str]:
         out = []
         for a in await session.scalars(select(Agency).order_by(Agency.created_at)):
-            keys = ",".join(k.key_id for k in await agencies.live_keys(session, a.id)) or "-"
+            keys = (
+                ",".join(
+                    f"{k.key_id}(last used {k.last_used_at:%Y-%m-%d %H:%M}Z)"
+                    if k.last_used_at
+                    else f"{k.key_id}(never used)"
+                    for k in await agencies.live_keys(session, a.id)
+                )
+                or "-"
+            )
             out.append(f"{a.id}  {a.credit_code}  {a.region_code}  {a.name}  keys={keys}")
         return out
 

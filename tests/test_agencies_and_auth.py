@@ -111,6 +111,33 @@ async def test_rotation_grace_expires(res: Resources, client: AsyncTestClient[Li
     assert (await old_api.get("/v1/bills")).status_code == 401
 
 
+async def test_key_use_is_recorded_once_a_minute_and_only_when_authenticated(
+    res: Resources, client: AsyncTestClient[Litestar]
+) -> None:
+    agency = await make_agency_with_key(res)
+
+    async def last_used() -> object:
+        async with res.sessions() as s:
+            return await s.scalar(select(ApiKey.last_used_at).where(ApiKey.key_id == agency.key_id))
+
+    forged = AgencyClient(client, agency.key_id, "not-the-secret")
+    assert (await forged.get("/v1/bills")).status_code == 401
+    assert await last_used() is None  # a failed signature is not a use
+    api = AgencyClient(client, agency.key_id, agency.secret)
+    assert (await api.get("/v1/bills")).status_code == 200
+    first = await last_used()
+    assert first is not None
+    assert (await api.get("/v1/bills")).status_code == 200
+    assert await last_used() == first  # within the minute: no second write
+    async with res.sessions() as s:  # a minute later, the next use moves it
+        await s.execute(
+            update(ApiKey).values(last_used_at=ApiKey.last_used_at - timedelta(minutes=2))
+        )
+        await s.commit()
+    assert (await api.get("/v1/bills")).status_code == 200
+    assert await last_used() > first  # type: ignore[operator]
+
+
 async def test_inactive_agency_cannot_authenticate(
     res: Resources, client: AsyncTestClient[Litestar]
 ) -> None:
