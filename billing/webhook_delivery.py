@@ -48,13 +48,13 @@ USER_AGENT = "paygate-webhooks/1"
 # ------------------------------------------------------------------ where we may connect
 
 
-async def vetted_address(host: str, port: int, *, allow_private: bool) -> str:
-    """The address to connect to for an agency's endpoint host, after vetting it.
+async def vetted_addresses(host: str, port: int, *, allow_private: bool) -> list[str]:
+    """The addresses to connect to for an agency's endpoint host, after vetting them.
 
     Agencies choose webhook URLs, so an unvetted one could make the worker POST into our
     own network (PostgreSQL, Redis, cloud metadata). Every address the name resolves to
     must be public unless `allow_private` (development and tests); the connection then goes
-    to the vetted address itself, so a second, different DNS answer cannot slip in.
+    to a vetted address itself, so a second, different DNS answer cannot slip in.
     """
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -69,7 +69,7 @@ async def vetted_address(host: str, port: int, *, allow_private: bool) -> str:
                 raise httpcore.ConnectError(
                     f"address_not_allowed: {host} resolves to non-public {address}"
                 )
-    return str(addresses[0])
+    return list(dict.fromkeys(str(a) for a in addresses))
 
 
 class _VettingBackend(httpcore.AsyncNetworkBackend):
@@ -88,9 +88,21 @@ class _VettingBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        address = await vetted_address(host, port, allow_private=self._allow_private)
+        addresses = await vetted_addresses(host, port, allow_private=self._allow_private)
+        # In resolver order, falling back as a plain connect would (e.g. IPv6 unreachable).
+        for address in addresses[:-1]:
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                continue
         return await self._inner.connect_tcp(
-            address,
+            addresses[-1],
             port,
             timeout=timeout,
             local_address=local_address,

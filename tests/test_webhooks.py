@@ -25,7 +25,7 @@ from billing.audit import Actor, AuditEntry
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency
 from billing.outbox import OutboxMessage
-from billing.webhook_delivery import Deliverer, ingest, vetted_address
+from billing.webhook_delivery import Deliverer, ingest, vetted_addresses
 from billing.webhooks import WebhookEvent
 from gateway.state import Resources
 from gateway.worker import close_jobs, default_jobs, run_once
@@ -593,8 +593,10 @@ async def test_poison_outbox_message_is_set_aside_with_its_reason(
 )
 async def test_private_and_loopback_addresses_are_refused(host: str) -> None:
     with pytest.raises(httpcore.ConnectError, match="address_not_allowed"):
-        await vetted_address(host, 443, allow_private=False)
-    assert await vetted_address("8.8.8.8", 443, allow_private=False) == "8.8.8.8"
+        await vetted_addresses(host, 443, allow_private=False)
+    assert await vetted_addresses("8.8.8.8", 443, allow_private=False) == ["8.8.8.8"]
+    # Development: allowed, and every address is offered (localhost may be ::1 and 127.0.0.1).
+    assert "127.0.0.1" in await vetted_addresses("localhost", 80, allow_private=True)
 
 
 async def test_endpoint_on_our_own_network_gets_nothing_and_is_retried(
