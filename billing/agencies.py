@@ -88,14 +88,17 @@ async def create_agency(
     item_codes: list[str] | None = None,
     webhook_url: str | None = None,
     actor: str = "cli",
+    allow_private_webhook: bool = False,
 ) -> Agency:
     credit_code = validate_credit_code(credit_code)
     if not _REGION.match(region_code):
         raise InvalidInput("Region code must be 6 digits.", code="region_code_invalid")
     if not name.strip():
         raise InvalidInput("Agency name is required.", code="agency_name_required")
-    if webhook_url is not None and not webhook_url.startswith(("https://", "http://")):
-        raise InvalidInput("Webhook URL must be http(s).", code="webhook_url_invalid")
+    if webhook_url is not None:
+        from billing.webhooks import check_url  # webhooks imports this module's models
+
+        check_url(webhook_url, allow_private=allow_private_webhook)
     exists = await session.scalar(select(Agency.id).where(Agency.credit_code == credit_code))
     if exists is not None:
         raise Conflict("An agency with this credit code exists.", code="agency_exists")

@@ -35,6 +35,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import time
@@ -266,7 +267,10 @@ def decrypt_secret(agency_id: uuid.UUID, sealed: bytes) -> str:
     return crypto.decrypt(sealed, aad=secret_aad(agency_id)).decode()
 
 
-def _check_url(url: str) -> str:
+def check_url(url: str, *, allow_private: bool = False) -> str:
+    """A webhook URL we will send to: absolute http(s), no credentials; in production https
+    only and not obviously our own network. Names are vetted again at every delivery
+    (webhook_delivery.vetted_addresses), since DNS can change after registration."""
     try:
         parsed = httpx.URL(url)  # exactly what the delivery client will have to parse
         _ = parsed.port
@@ -276,10 +280,33 @@ def _check_url(url: str) -> str:
         raise InvalidInput("webhook_url must be an absolute http(s) URL", code="invalid_url")
     if parsed.userinfo:
         raise InvalidInput("webhook_url must not carry credentials", code="invalid_url")
+    if allow_private:
+        return url
+    if parsed.scheme != "https":
+        # Events carry bill and payment details; the signature protects integrity only.
+        raise InvalidInput("webhook_url must use https", code="webhook_url_insecure")
+    host = parsed.host.lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if (
+        host == "localhost"
+        or host.endswith(".localhost")
+        or (address is not None and (not address.is_global or address.is_multicast))
+    ):
+        raise InvalidInput("webhook_url must be a public address", code="webhook_url_not_public")
     return url
 
 
-async def set_endpoint(session: AsyncSession, agency_id: uuid.UUID, url: str, actor: Actor) -> str:
+async def set_endpoint(
+    session: AsyncSession,
+    agency_id: uuid.UUID,
+    url: str,
+    actor: Actor,
+    *,
+    allow_private: bool = False,
+) -> str:
     """Set an agency's webhook URL with a NEW secret; returns the secret (shown once).
 
     Runs in the caller's transaction: commit to apply. The secret is stored encrypted.
@@ -287,7 +314,7 @@ async def set_endpoint(session: AsyncSession, agency_id: uuid.UUID, url: str, ac
     agency = await session.get(Agency, agency_id, with_for_update=True)
     if agency is None:
         raise NotFound("agency not found", code="agency_not_found")
-    agency.webhook_url = _check_url(url)
+    agency.webhook_url = check_url(url, allow_private=allow_private)
     secret = "whsec_" + secrets.token_urlsafe(32)
     agency.webhook_secret_enc = crypto.encrypt(secret.encode(), aad=secret_aad(agency_id))
     audit.record(

@@ -46,7 +46,9 @@ def webhooks_set_endpoint(agency_id: uuid.UUID, url: str, actor: str | None) -> 
 
     async def run(res: Resources) -> str:
         async with res.sessions() as s, s.begin():
-            return await wh.set_endpoint(s, agency_id, url, _actor(actor))
+            return await wh.set_endpoint(
+                s, agency_id, url, _actor(actor), allow_private=res.settings.webhooks.allow_private
+            )
 
     secret = service(run)
     click.echo(f"webhook secret (store it now, it is not shown again): {secret}")
@@ -117,6 +119,9 @@ def agency_create(
 ) -> None:
     """Create an agency and its first API key (the secret is shown once)."""
     from billing import agencies
+    from gateway.settings import Settings
+
+    allow_private = Settings.from_env().webhooks.allow_private
 
     async def run(session: Any) -> tuple[Any, Any]:
         a = await agencies.create_agency(
@@ -126,6 +131,7 @@ def agency_create(
             region_code=region,
             item_codes=list(items),
             webhook_url=webhook_url,
+            allow_private_webhook=allow_private,
         )
         return a.id, await agencies.create_key(session, a.id)
 

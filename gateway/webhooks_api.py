@@ -20,6 +20,7 @@ from billing import webhooks as wh
 from billing.audit import Actor
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.bills_api import decode_body, local_time
+from gateway.state import Resources
 
 
 class EndpointIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,9 +49,16 @@ class WebhooksController(Controller):
         request: Request[Any, Any, Any],
         principal: NamedDependency[AgencyPrincipal],
         db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
     ) -> EndpointOut:
         data = decode_body(await request.body(), EndpointIn)
-        secret = await wh.set_endpoint(db, principal.agency_id, data.url, _actor(principal))
+        secret = await wh.set_endpoint(
+            db,
+            principal.agency_id,
+            data.url,
+            _actor(principal),
+            allow_private=resources.settings.webhooks.allow_private,
+        )
         await db.commit()
         return EndpointOut(url=data.url, secret=secret)
 

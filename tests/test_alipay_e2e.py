@@ -72,7 +72,7 @@ async def test_agency_bill_paid_with_alipay_qr_end_to_end(
     agency = await make_agency_with_key(world.res)
     async with world.res.sessions() as s, s.begin():
         hook_secret = await wh.set_endpoint(
-            s, agency.agency_id, hooks.url, Actor(type="system", id="test")
+            s, agency.agency_id, hooks.url, Actor(type="system", id="test"), allow_private=True
         )
     # The agency issues a bill over the signed API, on the real port.
     async with httpx.AsyncClient(base_url=world.url, timeout=30) as http:

@@ -58,7 +58,7 @@ class Hooked:
 async def _hooked_agency(res: Resources, url: str, name: str = "交警支队") -> Hooked:
     async with res.sessions() as s, s.begin():
         agency = await make_agency(s, name=name)
-        secret = await wh.set_endpoint(s, agency.id, url, SYSTEM)
+        secret = await wh.set_endpoint(s, agency.id, url, SYSTEM, allow_private=True)
     return Hooked(agency.id, secret)
 
 
@@ -366,6 +366,32 @@ async def test_set_endpoint_rejects_bad_urls(res: Resources, url: str) -> None:
             await wh.set_endpoint(s, agency.id, url, SYSTEM)
         assert info.value.code == "invalid_url"
         assert agency.webhook_secret_enc is None
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://hooks.example.org/paygate", "webhook_url_insecure"),
+        ("https://localhost/hook", "webhook_url_not_public"),
+        ("https://api.localhost/hook", "webhook_url_not_public"),
+        ("https://127.0.0.1:6379/", "webhook_url_not_public"),
+        ("https://10.0.0.5/hook", "webhook_url_not_public"),
+        ("https://169.254.169.254/latest/meta-data", "webhook_url_not_public"),
+        ("https://[::1]/hook", "webhook_url_not_public"),
+    ],
+)
+async def test_production_endpoints_are_https_and_not_our_network(
+    res: Resources, url: str, code: str
+) -> None:
+    async with res.sessions() as s:
+        agency = await make_agency(s)
+        with pytest.raises(InvalidInput) as info:
+            await wh.set_endpoint(s, agency.id, url, SYSTEM)
+        assert info.value.code == code
+        assert agency.webhook_url is None
+        # A public https name is accepted; development may use loopback.
+        assert await wh.set_endpoint(s, agency.id, "https://hooks.example.org/p", SYSTEM)
+        assert await wh.set_endpoint(s, agency.id, url, SYSTEM, allow_private=True)
 
 
 async def test_redirect_is_not_followed(

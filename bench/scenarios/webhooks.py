@@ -32,7 +32,9 @@ async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:
             agency = Agency(credit_code=uuid.uuid4().hex[:18], name="bench", region_code="330100")
             s.add(agency)
             await s.flush()
-            await wh.set_endpoint(s, agency.id, url, Actor(type="system", id="bench"))
+            await wh.set_endpoint(
+                s, agency.id, url, Actor(type="system", id="bench"), allow_private=True
+            )
             for i in range(n):
                 await wh.emit(
                     s,
