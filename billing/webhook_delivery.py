@@ -90,7 +90,8 @@ class _VettingBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         addresses = await vetted_addresses(host, port, allow_private=self._allow_private)
         # In resolver order, falling back as a plain connect would (e.g. IPv6 unreachable).
-        for address in addresses[:-1]:
+        failure: Exception | None = None
+        for address in addresses:
             try:
                 return await self._inner.connect_tcp(
                     address,
@@ -99,15 +100,10 @@ class _VettingBackend(httpcore.AsyncNetworkBackend):
                     local_address=local_address,
                     socket_options=socket_options,
                 )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout):
-                continue
-        return await self._inner.connect_tcp(
-            addresses[-1],
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # vetted_addresses never returns an empty list
+        raise failure
 
     async def connect_unix_socket(
         self,
