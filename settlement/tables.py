@@ -317,9 +317,12 @@ class DepositLine(Base):
 
 
 class BatchedRefund(Base):
-    """A treasury refund (退库) → the batch that carries it; the key batches a refund once."""
+    """A treasury refund (退库) → each batch that carries part of it (one per budget level it
+    spans); it is done when all of them are exported."""
 
     __tablename__ = "batched_refunds"
 
     refund_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("refunds.id"), primary_key=True)
-    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deposit_batches.id"), index=True)
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deposit_batches.id"), primary_key=True, index=True
+    )

@@ -341,6 +341,7 @@ async def _treasury_refunds(session: AsyncSession, acc: dict[tuple[str, int], _A
         )
         items = await _items(session, {code for code, _ in lines})
         per_line = split_fen(refund.amount, [amount for _, amount in lines])
+        levels: set[int] = set()
         for (item_code, _), line_amount in zip(lines, per_line, strict=True):
             subject, bps = items[item_code]
             for level, share in zip(LEVELS, split_fen(line_amount, bps), strict=True):
@@ -348,17 +349,13 @@ async def _treasury_refunds(session: AsyncSession, acc: dict[tuple[str, int], _A
                     cell = acc[(str(region), level)].refunds[subject]
                     cell[0] += share
                     cell[1] += 1
+                    levels.add(level)
         refund.status = "PROCESSING"
-        # Linked to one batch (its first item's first level); exporting it completes the
-        # refund even when its lines spread over several levels' batches.
-        acc[(str(region), _first_level(items))].refund_ids.append(refund.id)
+        # Linked to every level's batch that pays part of it: the refund is done only once
+        # all of them are exported (see export_batch).
+        for level in sorted(levels):
+            acc[(str(region), level)].refund_ids.append(refund.id)
     return len(refunds)
-
-
-def _first_level(items: dict[str, tuple[str, list[int]]]) -> int:
-    """The batch a refund is linked to: the first level its first item shares in."""
-    _, bps = next(iter(items.values()))
-    return next(level for level, bp in zip(LEVELS, bps, strict=True) if bp)
 
 
 async def _make_batch(
@@ -500,17 +497,13 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
             amount=batch.total,
             business_date=batch.business_date,
         )
-    refund_ids = list(
-        await session.scalars(
-            select(BatchedRefund.refund_id).where(BatchedRefund.batch_id == batch.id)
-        )
-    )
-    for refund_id in refund_ids:
-        await refunds_.complete_refund(session, refund_id, succeeded=True)
+    # All in one UPDATE: once EXPORTED, the row refuses any change (deposit_batches_frozen).
     batch.status = "EXPORTED"
     batch.content_hash = digest
     batch.exported_at = datetime.now(UTC)
     batch.exported_by = actor
+    for refund_id in await _refunds_now_paid(session, batch.id):
+        await refunds_.complete_refund(session, refund_id, succeeded=True)
     audit.record(
         session,
         actor_type="finance",
@@ -522,6 +515,36 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
     )
     await session.flush()
     return ExportedBatch(batch.id, csv_bytes, xml_bytes, digest)
+
+
+async def _refunds_now_paid(session: AsyncSession, batch_id: uuid.UUID) -> list[uuid.UUID]:
+    """The refunds of this batch whose every batch is now exported (this one included).
+
+    The refund rows are locked (in id order, so two exports cannot deadlock) before the
+    other batches are looked at: of two exports finishing one refund's last two batches,
+    the second waits here and then sees the first one's EXPORTED, so exactly one of them
+    completes the refund.
+    """
+    await session.flush()  # this batch's EXPORTED, for the query below
+    ids = list(
+        await session.scalars(
+            select(Refund.id)
+            .join(BatchedRefund, BatchedRefund.refund_id == Refund.id)
+            .where(BatchedRefund.batch_id == batch_id)
+            .order_by(Refund.id)
+            .with_for_update(of=Refund)
+        )
+    )
+    if not ids:
+        return []
+    unfinished = set(
+        await session.scalars(
+            select(BatchedRefund.refund_id)
+            .join(DepositBatch, DepositBatch.id == BatchedRefund.batch_id)
+            .where(BatchedRefund.refund_id.in_(ids), DepositBatch.status != "EXPORTED")
+        )
+    )
+    return [i for i in ids if i not in unfinished]
 
 
 async def payment_codes(session: AsyncSession, batch_id: uuid.UUID, line_no: int) -> list[str]:

@@ -23,7 +23,7 @@ from gateway.state import Resources
 from settlement import ledger, refunds, treasury
 from settlement.models import Receipt, Refund
 from settlement.reconcile import reconcile
-from settlement.tables import DepositBatch, DepositLine, StatementFile
+from settlement.tables import BatchedRefund, DepositBatch, DepositLine, StatementFile
 from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import (
     DAY,
@@ -232,9 +232,19 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
             await s.scalars(select(DepositLine).where(DepositLine.kind == "REFUND"))
         ).all()
         assert sorted(ln.amount for ln in refund_lines) == [-1334, -1333, -1333]
-        for batch_id in result.batches:
+        # The refund spans three levels' batches: it is paid only when the last is exported.
+        links = (
+            await s.scalars(
+                select(BatchedRefund.batch_id).where(BatchedRefund.refund_id == refund_id)
+            )
+        ).all()
+        assert sorted(links) == sorted(result.batches)
+        assert len(result.batches) == 3
+        for n, batch_id in enumerate(result.batches, start=1):
             await treasury.export_batch(s, batch_id, actor="finance-wang")
-        await s.commit()
+            await s.commit()
+            status = await s.scalar(select(Refund.status).where(Refund.id == refund_id))
+            assert status == ("SUCCEEDED" if n == 3 else "PROCESSING")
     async with res.sessions() as s:
         refund = await s.get(Refund, refund_id)
         bill = await s.get(Bill, plain.bill_id)
