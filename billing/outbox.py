@@ -76,6 +76,36 @@ async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[Outb
     return list((await session.scalars(stmt)).all())
 
 
+async def claim_payloads(
+    session: AsyncSession, topic: str, limit: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """claim() for batch handlers that need only (id, payload): no ORM objects to build,
+    and mark_done() closes them with one UPDATE."""
+    stmt = (
+        select(OutboxMessage.id, OutboxMessage.payload)
+        .where(
+            OutboxMessage.topic == topic,
+            OutboxMessage.processed_at.is_(None),
+            OutboxMessage.available_at <= func.now(),
+        )
+        .order_by(OutboxMessage.available_at, OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [(int(i), dict(p)) for i, p in await session.execute(stmt)]
+
+
+async def mark_done(session: AsyncSession, ids: list[int]) -> None:
+    """Close claimed messages in one statement."""
+    await session.execute(_MARK_DONE, {"ids": ids})
+
+
+_MARK_DONE = text(
+    "UPDATE outbox SET processed_at = now(), last_error = NULL"
+    " WHERE id = ANY(CAST(:ids AS bigint[]))"
+)
+
+
 def done(message: OutboxMessage, when: datetime) -> None:
     message.processed_at = when
     message.last_error = None

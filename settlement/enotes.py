@@ -29,7 +29,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing import outbox
 from billing.bills import reveal_payer
 from billing.errors import Conflict, InvalidInput, NotFound
-from billing.models import Agency, Bill, BillLine, RevenueItem
+from billing.models import Agency, Bill
 from settlement.capitals import rmb_capitals
 from settlement.documents import DocItem, NoteView
 from settlement.enote_models import ENote
@@ -289,6 +289,12 @@ async def _lock_codes(session: AsyncSession, codes: Iterable[str]) -> None:
 # ---------------------------------------------------------------- issuing
 
 
+_BILL_LINES = text(
+    "SELECT l.bill_id, l.line_no, i.code, i.name, i.unit, l.quantity, l.unit_amount, l.amount"
+    " FROM bill_lines l JOIN revenue_items i ON i.code = l.item_code"
+    " WHERE l.bill_id = ANY(CAST(:bills AS uuid[])) ORDER BY l.bill_id, l.line_no"
+)
+_ITEM_KEYS = ("line", "code", "name", "unit", "quantity", "standard", "amount")
 _ENOTES = cast(Table, ENote.__table__)
 """Core inserts: the ORM's bulk path costs more Python per row than the row itself."""
 SIGN_CHUNK = 25
@@ -456,27 +462,11 @@ async def issue_for_receipts(
     }
     # Everything that needs no number is read and built before the counter lock: the lock
     # is held until commit, so only numbering, signing and writing happen under it.
-    lines = (
-        await session.execute(
-            select(BillLine, RevenueItem)
-            .join(RevenueItem, RevenueItem.code == BillLine.item_code)
-            .where(BillLine.bill_id.in_({b.id for _, b, _ in found}))
-            .order_by(BillLine.bill_id, BillLine.line_no)
-        )
-    ).all()
     by_bill: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
-    for line, item in lines:
-        by_bill[line.bill_id].append(
-            {
-                "line": line.line_no,
-                "code": item.code,
-                "name": item.name,
-                "unit": item.unit,
-                "quantity": line.quantity,
-                "standard": line.unit_amount,
-                "amount": line.amount,
-            }
-        )
+    for bill_id, *item in await session.execute(
+        _BILL_LINES, {"bills": list({b.id for _, b, _ in found})}
+    ):
+        by_bill[bill_id].append(dict(zip(_ITEM_KEYS, item, strict=True)))
     drafts: list[_Draft] = []
     for receipt, bill, agency in found:
         items = [dict(i) for i in by_bill[bill.id]]
@@ -643,6 +633,13 @@ def _uuid_of(message: outbox.OutboxMessage, field_name: str) -> uuid.UUID | None
         return None
 
 
+def _receipt_id(payload: dict[str, Any]) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(payload["receipt_id"]))
+    except (KeyError, ValueError):
+        return None
+
+
 async def run_issue_job(
     sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 100
 ) -> int:
@@ -653,18 +650,12 @@ async def run_issue_job(
     """
     try:
         async with sessions() as session, session.begin():
-            messages = await outbox.claim(session, ISSUE_TOPIC, limit)
+            messages = await outbox.claim_payloads(session, ISSUE_TOPIC, limit)
             if not messages:
                 return 0
-            ids = [i for m in messages if (i := _uuid_of(m, "receipt_id")) is not None]
+            ids = [i for _, p in messages if (i := _receipt_id(p)) is not None]
             await issue_for_receipts(session, ids, ctx)
-            # One set-based UPDATE instead of a flush of `limit` row updates.
-            await session.execute(
-                update(outbox.OutboxMessage)
-                .where(outbox.OutboxMessage.id.in_([m.id for m in messages]))
-                .values(processed_at=func.now(), last_error=None)
-                .execution_options(synchronize_session=False)
-            )
+            await outbox.mark_done(session, [m for m, _ in messages])
             return len(messages)
     except Exception:
         log.warning("enote batch failed; retrying one by one", exc_info=True)
