@@ -8,14 +8,27 @@ same one, and a crash before `done()` simply leaves it to be claimed again.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    Select,
+    String,
+    Text,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billing.db import Base
+
+_T = TypeVar("_T")  # the row type of a Select
 
 KEY_CONSTRAINT = "uq_outbox_key"
 """ON CONFLICT names the constraint, not `index_elements`: SQLAlchemy cannot cache a statement
@@ -60,11 +73,10 @@ async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> Non
         await session.execute(stmt, rows)
 
 
-async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[OutboxMessage]:
-    """Lock up to `limit` due messages of a topic for the caller's transaction."""
-    stmt = (
-        select(OutboxMessage)
-        .where(
+def _due(stmt: Select[_T], topic: str, limit: int) -> Select[_T]:
+    """The first `limit` due messages of a topic, locked; others' locked ones are skipped."""
+    return (
+        stmt.where(
             OutboxMessage.topic == topic,
             OutboxMessage.processed_at.is_(None),
             OutboxMessage.available_at <= func.now(),
@@ -73,7 +85,11 @@ async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[Outb
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return list((await session.scalars(stmt)).all())
+
+
+async def claim(session: AsyncSession, topic: str, limit: int = 50) -> list[OutboxMessage]:
+    """Lock up to `limit` due messages of a topic for the caller's transaction."""
+    return list((await session.scalars(_due(select(OutboxMessage), topic, limit))).all())
 
 
 async def claim_payloads(
@@ -81,17 +97,7 @@ async def claim_payloads(
 ) -> list[tuple[int, dict[str, Any]]]:
     """claim() for batch handlers that need only (id, payload): no ORM objects to build,
     and mark_done() closes them with one UPDATE."""
-    stmt = (
-        select(OutboxMessage.id, OutboxMessage.payload)
-        .where(
-            OutboxMessage.topic == topic,
-            OutboxMessage.processed_at.is_(None),
-            OutboxMessage.available_at <= func.now(),
-        )
-        .order_by(OutboxMessage.available_at, OutboxMessage.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    stmt = _due(select(OutboxMessage.id, OutboxMessage.payload), topic, limit)
     return [(int(i), dict(p)) for i, p in await session.execute(stmt)]
 
 
