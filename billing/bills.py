@@ -17,7 +17,7 @@ import base64
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -56,7 +56,6 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 @dataclass(frozen=True, slots=True)
 class BillingConfig:
     serial_key: bytes
-    day_count: DayCount = field(default_factory=DayCount)
 
 
 # Requests are msgspec Structs (not dataclasses): a batch builds 10⁴ of them, and Structs

@@ -217,7 +217,7 @@ def _days(resources: Resources) -> DayCount:
 
 def _config(resources: Resources) -> svc.BillingConfig:
     b = resources.settings.billing
-    return svc.BillingConfig(serial_key=b.serial_key, day_count=_days(resources))
+    return svc.BillingConfig(serial_key=b.serial_key)
 
 
 def _out(view: svc.BillView, resources: Resources) -> BillOut:
@@ -450,7 +450,10 @@ class BillsController(Controller):
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
     ) -> Response[bytes]:
-        view = await svc.get_bill(db, principal.agency_id, bill_id, reveal=False)
+        # The notice states the amount due today, as GET /v1/bills/{id} and the citizen do.
+        view = await svc.get_bill(
+            db, principal.agency_id, bill_id, reveal=False, day_count=_days(resources)
+        )
         bill = view.bill
         agency = await db.get_one(Agency, bill.agency_id)
         codes = {line.item_code for line in view.lines}

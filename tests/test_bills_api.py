@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pypdfium2
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -24,6 +25,7 @@ from billing.payment_code import is_valid
 from gateway.bills_api import BillIn
 from gateway.state import Resources
 from gateway.worker import default_jobs, run_once
+from settlement.documents import yuan
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key, resident_id
 
 
@@ -503,6 +505,19 @@ async def test_late_fee_grace_days_come_from_settings(res: Resources, api: Agenc
         again = await AgencyClient(c, api.key_id, api.secret).get(f"/v1/bills/{bill['id']}")
     assert again.json()["amount_due_today"]["overdue_days"] == 1
     assert again.json()["amount_due_today"]["late_fee"] == 600
+    # The payment notice states the same amount due today.
+    total = again.json()["amount_due_today"]["total"]
+    async with AsyncTestClient(app=create_app(graced)) as c:
+        notice = await AgencyClient(c, api.key_id, api.secret).get(
+            f"/v1/bills/{bill['id']}/notice.pdf"
+        )
+    document = pypdfium2.PdfDocument(notice.content)
+    try:
+        text = str(document[0].get_textpage().get_text_range())
+    finally:
+        document.close()
+    assert f"¥{yuan(total)}" in text
+    assert f"¥{yuan(bill['amount_due_today']['total'])}" not in text
 
 
 async def test_find_by_payment_code(res: Resources, api: AgencyClient) -> None:
