@@ -35,6 +35,7 @@ from billing.webhooks import (
     WebhookEvent,
     body_bytes,
     decrypt_secret,
+    is_public,
     sign,
 )
 
@@ -65,7 +66,7 @@ async def vetted_addresses(host: str, port: int, *, allow_private: bool) -> list
         raise httpcore.ConnectError(f"{host} has no address")
     if not allow_private:
         for address in addresses:
-            if not address.is_global or address.is_multicast:
+            if not is_public(address):
                 raise httpcore.ConnectError(
                     f"address_not_allowed: {host} resolves to non-public {address}"
                 )

@@ -267,6 +267,12 @@ def decrypt_secret(agency_id: uuid.UUID, sealed: bytes) -> str:
     return crypto.decrypt(sealed, aad=secret_aad(agency_id)).decode()
 
 
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address webhooks may go to: globally routable unicast (not loopback, private,
+    link-local, CGNAT, IPv4-mapped loopback, multicast)."""
+    return address.is_global and not address.is_multicast
+
+
 def check_url(url: str, *, allow_private: bool = False) -> str:
     """A webhook URL we will send to: absolute http(s), no credentials; in production https
     only and not obviously our own network. Names are vetted again at every delivery
@@ -290,11 +296,8 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    if (
-        host == "localhost"
-        or host.endswith(".localhost")
-        or (address is not None and (not address.is_global or address.is_multicast))
-    ):
+    private_ip = address is not None and not is_public(address)
+    if host == "localhost" or host.endswith(".localhost") or private_ip:
         raise InvalidInput("webhook_url must be a public address", code="webhook_url_not_public")
     return url
 

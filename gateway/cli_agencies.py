@@ -119,23 +119,21 @@ def agency_create(
 ) -> None:
     """Create an agency and its first API key (the secret is shown once)."""
     from billing import agencies
-    from gateway.settings import Settings
 
-    allow_private = Settings.from_env().webhooks.allow_private
+    async def run(res: Resources) -> tuple[Any, Any]:
+        async with res.sessions() as session, session.begin():
+            a = await agencies.create_agency(
+                session,
+                credit_code=credit_code,
+                name=name,
+                region_code=region,
+                item_codes=list(items),
+                webhook_url=webhook_url,
+                allow_private_webhook=res.settings.webhooks.allow_private,
+            )
+            return a.id, await agencies.create_key(session, a.id)
 
-    async def run(session: Any) -> tuple[Any, Any]:
-        a = await agencies.create_agency(
-            session,
-            credit_code=credit_code,
-            name=name,
-            region_code=region,
-            item_codes=list(items),
-            webhook_url=webhook_url,
-            allow_private_webhook=allow_private,
-        )
-        return a.id, await agencies.create_key(session, a.id)
-
-    agency_id, key = in_session(run)
+    agency_id, key = service(run)
     click.echo(f"agency {agency_id}")
     click.echo(f"key id {key.key_id}")
     click.echo(f"secret {key.secret}   (shown once: store it now)")
