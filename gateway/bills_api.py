@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing import bills as svc
 from billing.audit import Actor
 from billing.errors import Conflict, InvalidInput
-from billing.late_fee import SHANGHAI, DayCount, shanghai_today
+from billing.late_fee import SHANGHAI, shanghai_today
 from billing.models import Agency, RevenueItem
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.state import Resources
@@ -211,10 +211,6 @@ def pay_url(resources: Resources, payment_code: str) -> str:
     return f"{resources.settings.server.public_url}/pay/{payment_code}"
 
 
-def _days(resources: Resources) -> DayCount:
-    return DayCount(resources.settings.billing.late_fee_grace_days)
-
-
 def _config(resources: Resources) -> svc.BillingConfig:
     b = resources.settings.billing
     return svc.BillingConfig(serial_key=b.serial_key)
@@ -275,7 +271,7 @@ async def _page(  # noqa: PLR0917 - the handlers' dependencies, passed through
             headers={"Content-Disposition": 'attachment; filename="bills.csv"'},
         )
     views, next_cursor = await svc.list_bills(
-        db, principal.agency_id, f, cursor=cursor, limit=limit, day_count=_days(resources)
+        db, principal.agency_id, f, cursor=cursor, limit=limit, day_count=resources.day_count
     )
     return Response(BillPage([_out(v, resources) for v in views], next_cursor))
 
@@ -302,7 +298,7 @@ class BillsController(Controller):
             actor=_actor(principal),
         )
         await db.commit()
-        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources))
+        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=resources.day_count)
         return Response(_out(view, resources), status_code=201 if created else 200)
 
     @post(
@@ -408,7 +404,7 @@ class BillsController(Controller):
         resources: NamedDependency[Resources],
     ) -> BillOut:
         return _out(
-            await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources)),
+            await svc.get_bill(db, principal.agency_id, bill_id, day_count=resources.day_count),
             resources,
         )
 
@@ -427,7 +423,7 @@ class BillsController(Controller):
             db, principal.agency_id, bill_id, actor=_actor(principal), reason=data.reason
         )
         await db.commit()
-        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=_days(resources))
+        view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=resources.day_count)
         await invalidate(resources.redis, view.bill.payment_code)
         return _out(view, resources)
 
@@ -452,7 +448,7 @@ class BillsController(Controller):
     ) -> Response[bytes]:
         # The notice states the amount due today, as GET /v1/bills/{id} and the citizen do.
         view = await svc.get_bill(
-            db, principal.agency_id, bill_id, reveal=False, day_count=_days(resources)
+            db, principal.agency_id, bill_id, reveal=False, day_count=resources.day_count
         )
         bill = view.bill
         agency = await db.get_one(Agency, bill.agency_id)
@@ -574,7 +570,9 @@ async def _csv(resources: Resources, agency_id: uuid.UUID, f: svc.BillFilter) ->
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(svc.CSV_COLUMNS)
-    async for rows in svc.export_rows(resources.sessions, agency_id, f, day_count=_days(resources)):
+    async for rows in svc.export_rows(
+        resources.sessions, agency_id, f, day_count=resources.day_count
+    ):
         writer.writerows(rows)
         yield buf.getvalue()
         buf.seek(0)

@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody
 from redis.exceptions import NoScriptError, RedisError
 
 from billing.errors import NotFound, RateLimited
-from billing.late_fee import DayCount, shanghai_today
+from billing.late_fee import shanghai_today
 from billing.payment_code import validate
 from gateway.state import Resources
 from settlement import attempts, bills
@@ -160,9 +160,7 @@ async def bill_summary(
     if view is None:
         raise NotFound("No bill has this payment code.", code="bill_not_found")
     now = datetime.now(UTC)
-    due = bills.due_on(
-        view, shanghai_today(now), DayCount(resources.settings.billing.late_fee_grace_days)
-    )
+    due = bills.due_on(view, shanghai_today(now), resources.day_count)
     refused = bills.refusal(view, now)
     return BillSummary(
         payment_code=view.payment_code,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -33,8 +34,13 @@ class Resources:
         redis = aioredis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
 
-    def payment_context(self) -> PaymentContext:
-        """What the payment services need, without the web layer."""
+    @cached_property
+    def day_count(self) -> DayCount:
+        """How overdue days are counted (the configured grace days), for every amount due."""
+        return DayCount(self.settings.billing.late_fee_grace_days)
+
+    @cached_property
+    def _payment_context(self) -> PaymentContext:
         pay = self.settings.payments
         return PaymentContext(
             sessions=self.sessions,
@@ -44,9 +50,14 @@ class Resources:
             attempt_ttl_s=pay.attempt_ttl_s,
             first_check_s=pay.first_check_s,
             cutoff=self.settings.settlement.cutoff,
-            day_count=DayCount(self.settings.billing.late_fee_grace_days),
+            day_count=self.day_count,
             summary_cache_ttl_s=pay.summary_cache_ttl_s,
         )
+
+    def payment_context(self) -> PaymentContext:
+        """What the payment services need, without the web layer (built once: its parts
+        are fixed once the resources are open)."""
+        return self._payment_context
 
     async def close(self) -> None:
         for name in self.channels.names():
