@@ -20,12 +20,9 @@ from billing.late_fee import SHANGHAI
 from billing.models import Agency, ApiKey
 from gateway.state import Resources
 
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-
 
 def demo_resident_id(first17: str) -> str:
-    total = sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS, strict=True))
-    return first17 + "10X98765432"[total % 11]
+    return first17 + svc.resident_id_check_char(first17)
 
 
 DEMO_AGENCIES = (

@@ -19,6 +19,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from billing import agencies, catalogue
+from billing.bills import resident_id_check_char
 from billing.late_fee import SHANGHAI
 from gateway.auth import authorization_header
 from gateway.state import Resources
@@ -65,9 +66,7 @@ async def make_agency_with_key(
 
 
 def resident_id(first17: str = "33010219900101123") -> str:
-    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-    total = sum(int(c) * w for c, w in zip(first17, weights, strict=True))
-    return first17 + "10X98765432"[total % 11]
+    return first17 + resident_id_check_char(first17)
 
 
 def bill_body(

@@ -17,15 +17,14 @@ import asyncpg
 import httpx
 
 from bench.runner import PeakRSS, Row, paygate_server
+from billing.bills import resident_id_check_char
 
 BATCH = 10_000
 
 
 def _resident_id(n: int) -> str:
     first17 = f"330102{19900101 + n % 28:08d}{n % 1000:03d}"
-    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-    total = sum(int(c) * w for c, w in zip(first17, weights, strict=True))
-    return first17 + "10X98765432"[total % 11]
+    return first17 + resident_id_check_char(first17)
 
 
 async def _setup() -> tuple[uuid.UUID, str, str]:
