@@ -37,6 +37,7 @@ from billing.models import Agency, AgencyItem, Bill, BillEvent, BillLine, Revenu
 from billing.payment_code import validate as validate_payment_code
 from billing.serials import allocate, payment_codes
 from billing.states import BILL, BillStatus
+from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,6 @@ MAX_AMOUNT = 10**12
 MAX_QUANTITY = 10_000
 MAX_LINES = 100
 MAX_BATCH = 10_000
-WEBHOOK_TOPIC = "webhook.event"
 
 _BILL_NO = re.compile(r"^[0-9A-Za-z._/-]{1,64}$")
 _PERSON_ID = re.compile(r"^[0-9]{17}[0-9X]$")

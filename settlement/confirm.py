@@ -56,6 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from billing import audit, outbox
 from billing.models import Bill, BillEvent
 from billing.states import ATTEMPT, BILL, AttemptStatus, BillStatus
+from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from settlement import bills, ledger
 from settlement.business_day import business_date
 from settlement.models import PaymentAttempt, Receipt, Refund
@@ -535,7 +536,7 @@ def _write_statement(*, new_attempt: bool, payable: bool) -> Select[int]:
             # Two single-row INSERTs, not one multi-row VALUES: SQLAlchemy cannot cache
             # a multi-row VALUES statement and would compile it on every confirmation.
             pg_insert(_OB)
-            .values(topic="webhook.event", key=_p("p_webhook_key"), payload=_p("p_webhook_payload"))
+            .values(topic=WEBHOOK_TOPIC, key=_p("p_webhook_key"), payload=_p("p_webhook_payload"))
             .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
             pg_insert(_OB)
             .values(topic="enote.issue", key=_p("p_enote_key"), payload=_p("p_enote_payload"))

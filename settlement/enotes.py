@@ -38,6 +38,7 @@ from billing import outbox
 from billing.bills import reveal_payer
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency, Bill
+from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from settlement.capitals import rmb_capitals
 from settlement.documents import DocItem, NoteView
 from settlement.enote_models import ENote
@@ -50,7 +51,6 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 SPEC_VERSION = "1.0"
 ISSUE_TOPIC = "enote.issue"
 RED_TOPIC = "enote.red"
-WEBHOOK_TOPIC = "webhook.event"
 MAX_NUMBER = 9_999_999_999
 
 KIND_BY_CATEGORY = {"FINE": "03", "EXAM_FEE": "01", "TUITION": "01", "OTHER": "01"}
