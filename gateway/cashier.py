@@ -25,9 +25,8 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
 from billing.errors import DomainError, InvalidInput
-from billing.payment_code import validate
-from gateway.bills_api import qr_svg
-from gateway.pay_api import BillSummary, bill_summary, rate_limit
+from gateway.bills_api import pay_url, qr_svg
+from gateway.pay_api import BillSummary, bill_summary, start_attempt
 from gateway.state import Resources
 from settlement import attempts, enotes
 from settlement.documents import yuan
@@ -287,16 +286,8 @@ class CashierController(Controller):
         form = await request.form()
         channel, mode = str(form.get("channel", "")), str(form.get("mode", "default"))
         try:
-            await rate_limit(
-                resources, request, "attempt", resources.settings.payments.lookup_rate_limit
-            )
-            validate(payment_code)
-            view = await attempts.create_attempt(
-                resources.payment_context(),
-                payment_code=payment_code,
-                channel=channel,
-                mode=mode,
-                return_url=f"{resources.settings.server.public_url}/pay/{payment_code}",
+            view = await start_attempt(
+                resources, request, payment_code, channel, mode, pay_url(resources, payment_code)
             )
         except DomainError as exc:
             return _error_page(exc, payment_code)

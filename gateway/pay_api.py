@@ -188,6 +188,27 @@ async def bill_summary(
     )
 
 
+async def start_attempt(  # noqa: PLR0917 - the request's parts, as both callers have them
+    resources: Resources,
+    request: Request[Any, Any, Any],
+    payment_code: str,
+    channel: str,
+    mode: str,
+    return_url: str | None,
+) -> attempts.AttemptView:
+    """Start paying a bill (rate-limited, check digit first); shared by the citizen API
+    and the cashier page."""
+    await rate_limit(resources, request, "attempt", resources.settings.payments.lookup_rate_limit)
+    validate(payment_code)
+    return await attempts.create_attempt(
+        resources.payment_context(),
+        payment_code=payment_code,
+        channel=channel,
+        mode=mode,
+        return_url=return_url,
+    )
+
+
 class PayController(Controller):
     path = "/v1"
     tags = ["citizen"]  # noqa: RUF012
@@ -209,16 +230,8 @@ class PayController(Controller):
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
     ) -> AttemptOut:
-        await rate_limit(
-            resources, request, "attempt", resources.settings.payments.lookup_rate_limit
-        )
-        validate(payment_code)
-        view = await attempts.create_attempt(
-            resources.payment_context(),
-            payment_code=payment_code,
-            channel=data.channel,
-            mode=data.mode,
-            return_url=data.return_url,
+        view = await start_attempt(
+            resources, request, payment_code, data.channel, data.mode, data.return_url
         )
         return _attempt_out(view)
 
