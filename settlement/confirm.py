@@ -60,6 +60,7 @@ from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from settlement import bills, ledger
 from settlement.business_day import business_date
 from settlement.models import PaymentAttempt, Receipt, Refund
+from settlement.refunds import TOPIC_EXECUTE
 
 log = structlog.get_logger(__name__)
 
@@ -556,7 +557,7 @@ def _write_statement(*, new_attempt: bool, payable: bool) -> Select[int]:
             ),
             insert(_AU).values(action="payment.duplicate", **audit_row),
             pg_insert(_OB)
-            .values(topic="refund.execute", key=_p("p_refund_key"), payload=_p("p_refund_payload"))
+            .values(topic=TOPIC_EXECUTE, key=_p("p_refund_key"), payload=_p("p_refund_payload"))
             .on_conflict_do_nothing(constraint=outbox.KEY_CONSTRAINT),
         ]
     att_cte = att.returning(_A.c.id).cte("att")

@@ -43,6 +43,7 @@ from settlement.capitals import rmb_capitals
 from settlement.documents import DocItem, NoteView
 from settlement.enote_models import ENote
 from settlement.models import Receipt, Refund
+from settlement.refunds import TOPIC_RED_LETTER as RED_TOPIC
 from settlement.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,6 @@ log = structlog.get_logger(__name__)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 SPEC_VERSION = "1.0"
 ISSUE_TOPIC = "enote.issue"
-RED_TOPIC = "enote.red"
 MAX_NUMBER = 9_999_999_999
 
 KIND_BY_CATEGORY = {"FINE": "03", "EXAM_FEE": "01", "TUITION": "01", "OTHER": "01"}
@@ -626,16 +626,9 @@ async def red_letter_for_refund(
 # ---------------------------------------------------------------- worker jobs
 
 
-def _uuid_of(message: outbox.OutboxMessage, field_name: str) -> uuid.UUID | None:
+def _uuid_of(payload: dict[str, Any], field_name: str) -> uuid.UUID | None:
     try:
-        return uuid.UUID(str(message.payload[field_name]))
-    except (KeyError, ValueError):
-        return None
-
-
-def _receipt_id(payload: dict[str, Any]) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(payload["receipt_id"]))
+        return uuid.UUID(str(payload[field_name]))
     except (KeyError, ValueError):
         return None
 
@@ -653,7 +646,7 @@ async def run_issue_job(
             messages = await outbox.claim_payloads(session, ISSUE_TOPIC, limit)
             if not messages:
                 return 0
-            ids = [i for _, p in messages if (i := _receipt_id(p)) is not None]
+            ids = [i for _, p in messages if (i := _uuid_of(p, "receipt_id")) is not None]
             await issue_for_receipts(session, ids, ctx)
             await outbox.mark_done(session, [m for m, _ in messages])
             return len(messages)
@@ -671,7 +664,7 @@ async def _issue_one(sessions: async_sessionmaker[AsyncSession], ctx: EnoteConte
         if not messages:
             return False
         message = messages[0]
-        receipt_id = _uuid_of(message, "receipt_id")
+        receipt_id = _uuid_of(message.payload, "receipt_id")
         now = datetime.now(UTC)
         try:
             async with session.begin_nested():
@@ -696,7 +689,7 @@ async def run_red_job(
             if not messages:
                 return handled
             message = messages[0]
-            refund_id = _uuid_of(message, "refund_id")
+            refund_id = _uuid_of(message.payload, "refund_id")
             now = datetime.now(UTC)
             try:
                 async with session.begin_nested():

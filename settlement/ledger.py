@@ -245,13 +245,6 @@ async def post_receipt_row(
     )
 
 
-async def post_duplicate(session: AsyncSession, receipt: Receipt) -> Posted:
-    """Same as post_receipt for a DUPLICATE receipt; kept as its own name for callers."""
-    if receipt.kind != "DUPLICATE":
-        raise LedgerError(f"receipt {receipt.id} is not a duplicate")
-    return await post_receipt(session, receipt)
-
-
 async def post_refund(session: AsyncSession, refund: Refund, receipt: Receipt) -> Posted:
     """A refund that succeeded at the channel (route CHANNEL).
 

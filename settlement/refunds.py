@@ -282,7 +282,7 @@ async def execute_refunds(
     now = now or datetime.now(UTC)
     flights: list[_InFlight] = []
     async with ctx.sessions() as s, s.begin():
-        for msg in await outbox.claim(s, "refund.execute", limit):
+        for msg in await outbox.claim(s, TOPIC_EXECUTE, limit):
             refund_id = uuid.UUID(str(msg.payload["refund_id"]))
             refund = await s.scalar(select(Refund).where(Refund.id == refund_id).with_for_update())
             if refund is None or refund.status not in (

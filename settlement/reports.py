@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import InvalidInput
 from settlement.tables import DepositBatch, Discrepancy, ReconRun
+from settlement.treasury import day_batches
 
 MAX_RANGE_DAYS = 366
 
@@ -52,11 +53,7 @@ async def day_summary(session: AsyncSession, day: date) -> dict[str, Any]:
         ),
         {"d": day},
     )
-    batches = await session.scalars(
-        select(DepositBatch)
-        .where(DepositBatch.business_date == day)
-        .order_by(DepositBatch.treasury_code, DepositBatch.id)
-    )
+    batches = await day_batches(session, day)
     return {
         "date": day.isoformat(),
         "channels": channels,

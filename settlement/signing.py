@@ -72,10 +72,6 @@ class SM2Verifier:
         self.key_id = key_id_of(self.point)
         self.cert_serial = cert_serial or f"DEMO-{self.key_id}"
 
-    @classmethod
-    def from_point(cls, point: bytes, cert_serial: str = "") -> SM2Verifier:
-        return cls(ec.EllipticCurvePublicKey.from_encoded_point(ec.SM2(), point), cert_serial)
-
     def verify(self, message: bytes, signature: bytes) -> bool:
         try:
             self._public.verify(signature, message, ec.ECDSA(hashes.SM3()))

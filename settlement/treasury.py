@@ -52,7 +52,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import structlog
-from sqlalchemy import CursorResult, delete, func, select, text, update
+from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import audit
@@ -60,7 +60,7 @@ from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import BillLine, RevenueItem
 from channels.money import fen_to_yuan
 from settlement import ledger
-from settlement.models import Receipt, Refund
+from settlement.models import Refund
 from settlement.split import split_fen
 from settlement.tables import (
     BatchedRefund,
@@ -576,15 +576,4 @@ async def day_batches(session: AsyncSession, day: date) -> list[DepositBatch]:
             .where(DepositBatch.business_date == day)
             .order_by(DepositBatch.treasury_code, DepositBatch.id)
         )
-    )
-
-
-async def settled_count(session: AsyncSession, day: date) -> int:
-    return int(
-        await session.scalar(
-            select(func.count())
-            .select_from(Receipt)
-            .where(Receipt.business_date == day, Receipt.status == "SETTLED")
-        )
-        or 0
     )

@@ -43,16 +43,10 @@ class _Tracking:
     """Mixin: remembers the last connection of this thread and whether it sent bytes."""
 
     paygate_sent: bool = False
-    paygate_status: int | None = None
 
     def send(self, data: Any) -> None:
         self.paygate_sent = True
         super().send(data)  # type: ignore[misc]
-
-    def getresponse(self) -> http.client.HTTPResponse:
-        resp: http.client.HTTPResponse = super().getresponse()  # type: ignore[misc]
-        self.paygate_status = resp.status
-        return resp
 
 
 class TrackedHTTPConnection(_Tracking, http.client.HTTPConnection):
