@@ -43,7 +43,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
@@ -72,6 +71,7 @@ from billing import audit, crypto, outbox
 from billing.audit import Actor
 from billing.db import Base
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.late_fee import SHANGHAI
 from billing.models import Agency
 
 log = structlog.get_logger(__name__)
@@ -93,7 +93,6 @@ RETRY_SCHEDULE: Final = (
 
 SIGNATURE_HEADER: Final = "Paygate-Signature"
 DEFAULT_TOLERANCE_S: Final = 300
-_SHANGHAI = ZoneInfo("Asia/Shanghai")
 _MAX_KEY = 128  # outbox.key length
 
 
@@ -206,7 +205,7 @@ def body_bytes(
     doc = {
         "id": str(event_id),
         "type": event,
-        "created_at": created_at.astimezone(_SHANGHAI).isoformat(),
+        "created_at": created_at.astimezone(SHANGHAI).isoformat(),
         "data": data,
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()

@@ -7,9 +7,8 @@ default 00:00 the business day is the calendar day in Beijing.
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+from billing.late_fee import SHANGHAI
 
 
 def business_date(ts: datetime, cutoff: time = time(0, 0)) -> date:

@@ -19,16 +19,15 @@ from datetime import date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 import pylopdf_fonts_zh_cn
 import qrcode
 from fpdf import FPDF
 from PIL import Image, ImageStat
 
+from billing.late_fee import SHANGHAI
 from settlement.capitals import rmb_capitals
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 FONT = "NotoSansSC"
 BLACK = (0, 0, 0)
 RED = (200, 16, 30)

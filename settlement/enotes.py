@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
-from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Table, select, text, update
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing import outbox
 from billing.bills import reveal_payer
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.late_fee import SHANGHAI
 from billing.models import Agency, Bill
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from settlement.capitals import rmb_capitals
@@ -48,7 +48,6 @@ from settlement.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifi
 
 log = structlog.get_logger(__name__)
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 SPEC_VERSION = "1.0"
 ISSUE_TOPIC = "enote.issue"
 MAX_NUMBER = 9_999_999_999

@@ -43,9 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing import audit
 from billing.audit import Actor
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.late_fee import SHANGHAI
 from channels.base import StatementKind, StatementLine
 from settlement import ledger
-from settlement.business_day import SHANGHAI, day_bounds
+from settlement.business_day import day_bounds
 from settlement.context import PaymentContext
 from settlement.models import Receipt
 from settlement.tables import Discrepancy, ReconRun, StatementFile

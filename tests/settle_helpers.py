@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.late_fee import SHANGHAI
 from billing.models import Agency, Bill, RevenueItem
 from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
 from settlement import ledger
-from settlement.business_day import SHANGHAI, business_date
+from settlement.business_day import business_date
 from settlement.models import PaymentAttempt, Receipt
 from settlement.tables import Treasury
 from tests.factories import make_bill

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from billing.late_fee import SHANGHAI
 from gateway.state import Resources
 from settlement import ledger
-from settlement.business_day import SHANGHAI, business_date, day_bounds
+from settlement.business_day import business_date, day_bounds
 from settlement.split import split_fen
 
 

@@ -30,9 +30,8 @@ import threading
 import types
 import urllib.parse
 from typing import Any
-from zoneinfo import ZoneInfo
 
-BEIJING = ZoneInfo("Asia/Shanghai")
+from channels.alipay.transforms import BEIJING
 
 _local = threading.local()
 _lock = threading.Lock()
