@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from billing.agencies import find_live_key, key_use_due, touch_key
+from billing.audit import Actor
 from billing.errors import Unauthorized
 from gateway.state import Resources
 
@@ -53,6 +54,11 @@ _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 class AgencyPrincipal:
     agency_id: uuid.UUID
     key_id: str
+
+    @property
+    def actor(self) -> Actor:
+        """Who the audit log names for this request: the agency's key."""
+        return Actor("agency", self.key_id)
 
 
 def canonical_query(query: str) -> str:

@@ -25,7 +25,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import bills as svc
-from billing.audit import Actor
 from billing.errors import Conflict, InvalidInput
 from billing.late_fee import SHANGHAI, shanghai_today
 from billing.models import Agency, RevenueItem
@@ -248,10 +247,6 @@ def _out(view: svc.BillView, resources: Resources) -> BillOut:
     )
 
 
-def _actor(principal: AgencyPrincipal) -> Actor:
-    return Actor("agency", principal.key_id)
-
-
 async def _page(  # noqa: PLR0917 - the handlers' dependencies, passed through
     request: Request[Any, Any, Any],
     principal: AgencyPrincipal,
@@ -295,7 +290,7 @@ class BillsController(Controller):
             principal.agency_id,
             data.to_domain(),
             config=_config(resources),
-            actor=_actor(principal),
+            actor=principal.actor,
         )
         await db.commit()
         view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=resources.day_count)
@@ -320,7 +315,7 @@ class BillsController(Controller):
             principal.agency_id,
             [b.to_domain() for b in data.bills],
             config=_config(resources),
-            actor=_actor(principal),
+            actor=principal.actor,
         )
         await db.commit()
         out = [
@@ -420,7 +415,7 @@ class BillsController(Controller):
         body = await request.body()
         data = decode_body(body, CancelIn) if body.strip() else CancelIn()
         await svc.cancel_bill(
-            db, principal.agency_id, bill_id, actor=_actor(principal), reason=data.reason
+            db, principal.agency_id, bill_id, actor=principal.actor, reason=data.reason
         )
         await db.commit()
         view = await svc.get_bill(db, principal.agency_id, bill_id, day_count=resources.day_count)
@@ -506,7 +501,7 @@ class BillsController(Controller):
             receipt_id=receipt_id,
             amount=data.amount,
             reason=data.reason,
-            actor=_actor(principal),
+            actor=principal.actor,
             refund_id=data.refund_id,
             agency_id=principal.agency_id,
         )

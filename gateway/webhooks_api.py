@@ -17,7 +17,6 @@ from litestar.params import FromPath, FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import webhooks as wh
-from billing.audit import Actor
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.bills_api import decode_body, local_time
 from gateway.state import Resources
@@ -32,10 +31,6 @@ class EndpointOut(msgspec.Struct):
     secret: str
     """Shown once: sign-verification secret for `Paygate-Signature`. Setting the endpoint
     again issues a new one."""
-
-
-def _actor(principal: AgencyPrincipal) -> Actor:
-    return Actor("agency", principal.key_id)
 
 
 class WebhooksController(Controller):
@@ -56,7 +51,7 @@ class WebhooksController(Controller):
             db,
             principal.agency_id,
             data.url,
-            _actor(principal),
+            principal.actor,
             allow_private=resources.settings.webhooks.allow_private,
         )
         await db.commit()
@@ -111,6 +106,6 @@ class WebhooksController(Controller):
         principal: NamedDependency[AgencyPrincipal],
         db: NamedDependency[AsyncSession],
     ) -> wh.EventView:
-        view = await wh.resend(db, principal.agency_id, event_id, _actor(principal))
+        view = await wh.resend(db, principal.agency_id, event_id, principal.actor)
         await db.commit()
         return view
