@@ -5,18 +5,19 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
-from litestar import Controller, Request, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from redis.exceptions import NoScriptError, RedisError
 
 from billing.errors import NotFound, RateLimited
-from billing.late_fee import shanghai_today
+from billing.late_fee import SHANGHAI, shanghai_today
 from billing.payment_code import validate
 from gateway.state import Resources
 from settlement import attempts, bills
@@ -136,11 +137,10 @@ async def rate_limit(
     return cached
 
 
-async def bill_summary(
+async def _summary_of(
     resources: Resources, request: Request[Any, Any, Any], payment_code: str
-) -> BillSummary:
-    """The payer's view of a bill (rate-limited, check digit first, cached); shared by the
-    citizen API and the cashier page."""
+) -> tuple[BillSummary, bytes | None, datetime]:
+    """(summary, the cached view's bytes when it came from Redis, now)."""
     pay = resources.settings.payments
     cached = await rate_limit(
         resources,
@@ -150,7 +150,11 @@ async def bill_summary(
         also_get=bills.cache_key(payment_code),
     )
     validate(payment_code)  # a mistyped code is a 422 before any database lookup
+    now = datetime.now(UTC)
     if cached is not None:
+        hit = _RENDERED.get(cached)
+        if hit is not None and now < hit.until:
+            return hit.summary, cached, now
         view: bills.BillView | None = bills.decode_cached(cached)
     else:
         async with resources.sessions() as session:
@@ -159,10 +163,9 @@ async def bill_summary(
             )
     if view is None:
         raise NotFound("No bill has this payment code.", code="bill_not_found")
-    now = datetime.now(UTC)
     due = bills.due_on(view, shanghai_today(now), resources.day_count)
     refused = bills.refusal(view, now)
-    return BillSummary(
+    summary = BillSummary(
         payment_code=view.payment_code,
         agency_name=view.agency_name,
         payer_name=bills.mask_name(view.payer_name),
@@ -186,6 +189,54 @@ async def bill_summary(
         ],
         refusal_code=refused[0] if refused else None,
     )
+    return summary, cached, now
+
+
+class _Rendered(NamedTuple):
+    summary: BillSummary
+    body: bytes
+    until: datetime
+    """The summary changes at the next Shanghai midnight (late fee) and at the expiry
+    (deadline categories); any other change is a new cached view, i.e. a new key."""
+
+
+# A summary is a pure function of the cached view's bytes and the time, so it is memoised
+# per process by those exact bytes: a state change writes new bytes (or drops the key) in
+# Redis, and the old entry is simply never looked up again. Bounded; oldest out first.
+_RENDERED: dict[bytes, _Rendered] = {}
+_RENDERED_MAX = 4096
+_SUMMARY_JSON = msgspec.json.Encoder()
+
+
+def _render(summary: BillSummary, cached: bytes | None, now: datetime) -> bytes:
+    if cached is not None and (hit := _RENDERED.get(cached)) is not None and now < hit.until:
+        return hit.body
+    body = _SUMMARY_JSON.encode(summary)
+    if cached is not None:
+        midnight = datetime.combine(
+            shanghai_today(now) + timedelta(days=1), datetime.min.time(), SHANGHAI
+        )
+        until = min(midnight, summary.expires_at) if now < summary.expires_at else midnight
+        if len(_RENDERED) >= _RENDERED_MAX:
+            del _RENDERED[next(iter(_RENDERED))]
+        _RENDERED[cached] = _Rendered(summary, body, until)
+    return body
+
+
+async def bill_summary(
+    resources: Resources, request: Request[Any, Any, Any], payment_code: str
+) -> BillSummary:
+    """The payer's view of a bill (rate-limited, check digit first, cached); shared by the
+    citizen API and the cashier page."""
+    summary, _, _ = await _summary_of(resources, request, payment_code)
+    return summary
+
+
+async def bill_summary_json(
+    resources: Resources, request: Request[Any, Any, Any], payment_code: str
+) -> bytes:
+    """`bill_summary` as the API's JSON body, encoded once per cached view and day."""
+    return _render(*await _summary_of(resources, request, payment_code))
 
 
 async def start_attempt(  # noqa: PLR0917 - the request's parts, as both callers have them
@@ -213,14 +264,21 @@ class PayController(Controller):
     path = "/v1"
     tags = ["citizen"]  # noqa: RUF012
 
-    @get("/pay/{payment_code:str}", summary="Bill summary for the payer", cache=False)
+    @get(
+        "/pay/{payment_code:str}",
+        summary="Bill summary for the payer",
+        cache=False,
+        # The body is encoded ahead (see _render); the schema is still BillSummary's.
+        responses={200: ResponseSpec(data_container=BillSummary, description="The bill")},
+    )
     async def summary(
         self,
         payment_code: FromPath[str],
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
-    ) -> BillSummary:
-        return await bill_summary(resources, request, payment_code)
+    ) -> Response[bytes]:
+        body = await bill_summary_json(resources, request, payment_code)
+        return Response(body, media_type=MediaType.JSON)
 
     @post("/pay/{payment_code:str}/attempts", summary="Start paying through a channel")
     async def create(

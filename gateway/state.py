@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import crypto
+from billing.kv import KV
 from billing.late_fee import DayCount
 from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
@@ -22,7 +22,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    redis: aioredis.Redis
+    redis: KV
     channels: ChannelRegistry
 
     @classmethod
@@ -31,7 +31,7 @@ class Resources:
             raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before opening")
         crypto.configure(settings.crypto)  # a missing/bad data key fails here, at start-up
         engine = create_engine(settings.database.url, settings.database)
-        redis = aioredis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
+        redis = KV.from_url(settings.redis.url, timeout=5)
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
 
     @cached_property

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing.kv import KV
 from billing.late_fee import shanghai_today
 from billing.models import Bill, BillLine
 from billing.payment_code import LENGTH, is_valid
@@ -69,7 +69,7 @@ class BankAnswer:
         return {"code": self.code, "msg": self.msg, "data": self.data}
 
 
-async def nonce_fresh(redis: aioredis.Redis, bank_code: str, nonce: str) -> bool:
+async def nonce_fresh(redis: KV, bank_code: str, nonce: str) -> bool:
     """First use of a nonce within its window? Redis down: trust the timestamp window."""
     try:
         return bool(await redis.set(f"nonce:bank:{bank_code}:{nonce}", 1, nx=True, ex=NONCE_TTL_S))

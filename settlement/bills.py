@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from datetime import date, datetime
 
 import msgspec
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.kv import KV
 from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.states import BillStatus
@@ -156,7 +156,7 @@ def decode_cached(raw: bytes) -> BillView:
 
 
 async def load_and_cache(
-    redis: aioredis.Redis, session: AsyncSession, payment_code: str, ttl_s: int
+    redis: KV, session: AsyncSession, payment_code: str, ttl_s: int
 ) -> BillView | None:
     """From PostgreSQL, then into the cache (Redis down: just the database)."""
     view = await load_view(session, payment_code=payment_code)
@@ -169,7 +169,7 @@ async def load_and_cache(
 
 
 async def cached_view(
-    redis: aioredis.Redis, session: AsyncSession, payment_code: str, ttl_s: int
+    redis: KV, session: AsyncSession, payment_code: str, ttl_s: int
 ) -> BillView | None:
     """The view from Redis, else from PostgreSQL (then cached). Redis down → DB only."""
     key = cache_key(payment_code)
@@ -183,7 +183,7 @@ async def cached_view(
     return await load_and_cache(redis, session, payment_code, ttl_s)
 
 
-async def invalidate(redis: aioredis.Redis, payment_code: str) -> None:
+async def invalidate(redis: KV, payment_code: str) -> None:
     """Drop the cached view; call after every commit that changes a bill's state."""
     try:
         await redis.delete(cache_key(payment_code))

@@ -34,7 +34,6 @@ from datetime import datetime, time
 from enum import StrEnum
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import (
     BindParameter,
@@ -54,6 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import audit, outbox
+from billing.kv import KV
 from billing.models import Bill, BillEvent
 from billing.states import ATTEMPT, BILL, AttemptStatus, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
@@ -162,7 +162,7 @@ def bill_facts(row: Any) -> BillFacts:
 
 async def confirm_payment(
     sessions: async_sessionmaker[AsyncSession],
-    redis: aioredis.Redis | None,
+    redis: KV | None,
     *,
     attempt_id: uuid.UUID,
     channel_trade_no: str | None,
@@ -221,7 +221,7 @@ async def core_transaction(
 
 
 async def after_commit(
-    redis: aioredis.Redis | None, result: ConfirmResult, payment_code: str, source: str
+    redis: KV | None, result: ConfirmResult, payment_code: str, source: str
 ) -> None:
     """Once the confirmation is committed: drop the cached summary of a bill it changed."""
     if result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.DUPLICATE_REFUNDING}:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import time
 
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.kv import KV
 from billing.late_fee import DayCount
 from channels.base import ChannelRegistry
 
@@ -15,7 +15,7 @@ from channels.base import ChannelRegistry
 @dataclass(frozen=True, slots=True)
 class PaymentContext:
     sessions: async_sessionmaker[AsyncSession]
-    redis: aioredis.Redis
+    redis: KV
     channels: ChannelRegistry
     public_url: str
     """Where channels reach us (notify URLs)."""

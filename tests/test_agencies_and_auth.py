@@ -9,7 +9,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-import redis.asyncio as aioredis
 from click.testing import CliRunner
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -20,6 +19,7 @@ from billing import bills as svc
 from billing.audit import Actor
 from billing.crypto import DecryptError
 from billing.errors import Conflict, IllegalTransition, InvalidInput, Unauthorized
+from billing.kv import KV
 from billing.models import Agency, ApiKey, Bill, BillEvent
 from gateway import cli
 from gateway.auth import authorization_header, verify
@@ -152,7 +152,7 @@ async def test_inactive_agency_cannot_authenticate(
 
 async def test_nonce_falls_back_to_postgres_when_redis_is_down(res: Resources) -> None:
     agency = await make_agency_with_key(res)
-    dead = aioredis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
+    dead = KV.from_url("redis://127.0.0.1:9/0", connect_timeout=0.5)
     broken = dataclasses.replace(res, redis=dead)
     ts = int(time.time())
     header = authorization_header(

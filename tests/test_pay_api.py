@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -110,6 +111,25 @@ async def test_summary_is_cached_and_dropped_when_the_bill_is_paid(
     body = (await pay_client.get(f"/v1/pay/{bill.payment_code}")).json()
     assert (body["status"], body["payable"], body["payer_name"]) == ("PAID", False, "李*")
     assert body["refusal_code"] == "bill_not_payable"
+
+
+async def test_a_memoised_summary_ends_at_the_deadline(
+    res: Resources, pay_client: AsyncTestClient[Litestar]
+) -> None:
+    """The encoded summary is reused per cached view, but not past the moment it changes:
+    an exam fee stops being payable at its expiry although its cached view is the same."""
+    async with res.sessions() as s:
+        _, _, bill = await bill_for_test(
+            s, category="EXAM_FEE", expires_at=datetime.now(UTC) + timedelta(seconds=1.5)
+        )
+    url = f"/v1/pay/{bill.payment_code}"
+    first, again = (await pay_client.get(url)).json(), (await pay_client.get(url)).json()
+    assert first == again
+    assert (first["payable"], first["refusal_code"]) == (True, None)
+    await asyncio.sleep(max(0.0, (bill.expires_at - datetime.now(UTC)).total_seconds()) + 0.1)
+    assert await res.redis.exists(bills.cache_key(bill.payment_code))  # same cached view
+    late = (await pay_client.get(url)).json()
+    assert (late["payable"], late["refusal_code"]) == (False, "bill_past_deadline")
 
 
 async def test_lookups_are_rate_limited_per_client(res: Resources, bank_settings: Settings) -> None:

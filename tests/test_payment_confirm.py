@@ -6,10 +6,10 @@ import asyncio
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 
-import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
 from billing.audit import AuditEntry
+from billing.kv import KV
 from billing.models import Bill, BillEvent
 from billing.outbox import OutboxMessage
 from gateway.state import Resources
@@ -92,7 +92,7 @@ async def test_twenty_concurrent_confirmations_without_redis(res: Resources) -> 
     async with res.sessions() as s:
         _, _, bill = await bill_for_test(s)
     attempt = await _attempt(res, bill)
-    dead = aioredis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2)
+    dead = KV.from_url("redis://127.0.0.1:1", connect_timeout=0.2)
     try:
         results = await asyncio.gather(
             *[
