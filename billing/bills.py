@@ -13,7 +13,6 @@ issuance events from arrays (`unnest`).
 
 from __future__ import annotations
 
-import base64
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -27,7 +26,7 @@ from sqlalchemy import Select, String, cast, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing import audit, outbox
+from billing import audit, cursors, outbox
 from billing.agencies import validate_credit_code
 from billing.audit import Actor
 from billing.crypto import keyring, mask_id_number
@@ -565,16 +564,13 @@ class BillFilter:
 
 
 def encode_cursor(bill: Bill) -> str:
-    raw = f"{bill.issued_at.isoformat()}|{bill.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(bill.issued_at, bill.id)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ts, _, bid = raw.partition("|")
-        return datetime.fromisoformat(ts), uuid.UUID(bid)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return cursors.decode(cursor)
+    except ValueError as exc:
         raise InvalidInput("The cursor is not valid.", code="cursor_invalid") from exc
 
 

@@ -31,8 +31,6 @@ the record (or a resend) repeats a delivery — receivers MUST dedupe by ``Payga
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -67,7 +65,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing import audit, crypto, outbox
+from billing import audit, crypto, cursors, outbox
 from billing.audit import Actor
 from billing.db import Base
 from billing.errors import Conflict, InvalidInput, NotFound
@@ -392,19 +390,16 @@ def _event_view(e: WebhookEvent) -> EventView:
 
 
 def _encode_cursor(e: WebhookEvent) -> str:
-    raw = f"{e.created_at.astimezone(UTC).isoformat()}|{e.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursors.encode(e.created_at.astimezone(UTC), e.id)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, event_id = raw.partition("|")
-        created = datetime.fromisoformat(at)
+        created, event_id = cursors.decode(cursor)
         if created.tzinfo is None:
             raise ValueError("naive")
-        return created, uuid.UUID(event_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        return created, event_id
+    except ValueError as exc:
         raise InvalidInput("invalid cursor", code="invalid_cursor") from exc
 
 
