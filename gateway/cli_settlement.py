@@ -13,9 +13,11 @@ import click
 
 from channels.base import StatementLine
 from channels.money import fen_to_yuan
-from gateway.cli import _prepare, _with_resources, main
+from gateway.cli import _prepare, _with_resources, in_session, main
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from gateway.state import Resources
 
 
@@ -181,27 +183,20 @@ def refund(
 ) -> None:
     """Request a refund (退付) of a receipt, never beyond what is still available."""
     from billing.audit import Actor
-    from billing.errors import DomainError
     from settlement import refunds
 
-    async def run(res: Resources) -> str:
-        async with res.sessions() as session:
-            r = await refunds.request_refund(
-                session,
-                receipt_id=receipt_id,
-                amount=amount,
-                reason=reason,
-                actor=Actor("finance", actor),
-                refund_id=refund_id,
-            )
-            line = f"refund {r.id}: {fen_to_yuan(r.amount)} yuan via {r.route} ({r.status})"
-            await session.commit()
-        return line
+    async def run(session: AsyncSession) -> str:
+        r = await refunds.request_refund(
+            session,
+            receipt_id=receipt_id,
+            amount=amount,
+            reason=reason,
+            actor=Actor("finance", actor),
+            refund_id=refund_id,
+        )
+        return f"refund {r.id}: {fen_to_yuan(r.amount)} yuan via {r.route} ({r.status})"
 
-    try:
-        click.echo(_with_resources(_prepare(), run))
-    except DomainError as exc:
-        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    click.echo(in_session(run))
 
 
 @main.group()
