@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -17,11 +16,13 @@ async def test_a_dropped_connection_fails_once_then_the_pool_recovers(settings: 
         async with engine.connect() as conn:
             pid = await conn.scalar(text("SELECT pg_backend_pid()"))
         # The server ends that backend while it idles in the pool (a restart, a failover).
-        killer = await asyncpg.connect(settings.database.url)
+        killer = create_engine(settings.database.url)
         try:
-            assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+            async with killer.connect() as other:
+                stmt = text("SELECT pg_terminate_backend(:pid)")
+                assert await other.scalar(stmt, {"pid": pid})
         finally:
-            await killer.close()
+            await killer.dispose()
         outcomes = []
         for _ in range(3):
             try:
