@@ -172,7 +172,10 @@ class KV:
                         context = ssl.create_default_context() if tls else None
                         _, conn = await loop.create_connection(_Conn, host, port, ssl=context)
                     for command in self._hello:
-                        await conn.send(command)
+                        reply = await conn.send(command)
+                        if isinstance(reply, ResponseError):  # wrong password, no such db
+                            conn.abort(RedisConnectionError("Redis refused the connection"))
+                            raise reply
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot reach Redis: {exc}") from exc
             self._conn, self._loop = conn, loop

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -100,6 +101,19 @@ async def test_an_unreachable_server_is_a_connection_error() -> None:
     dead = KV.from_url("redis://127.0.0.1:1/0", connect_timeout=0.2)
     with pytest.raises(RedisConnectionError):
         await dead.get("x")
+
+
+async def test_a_refused_select_is_an_error_not_a_silent_db_0(settings: Settings) -> None:
+    assert settings.redis.url
+    parts = urlsplit(settings.redis.url)
+    if parts.scheme == "unix":
+        parts = parts._replace(query="db=99999")
+    else:
+        parts = parts._replace(path="/99999", query="")
+    bad = KV.from_url(urlunsplit(parts))
+    with pytest.raises(ResponseError, match="DB index"):
+        await bad.ping()
+    await bad.aclose()
 
 
 def test_urls() -> None:
