@@ -139,8 +139,8 @@ async def rate_limit(
 
 async def _summary_of(
     resources: Resources, request: Request[Any, Any, Any], payment_code: str
-) -> tuple[BillSummary, bytes | None, datetime]:
-    """(summary, the cached view's bytes when it came from Redis, now)."""
+) -> _Rendered:
+    """The summary and its JSON body: memoised when the view came from Redis."""
     pay = resources.settings.payments
     cached = await rate_limit(
         resources,
@@ -154,7 +154,7 @@ async def _summary_of(
     if cached is not None:
         hit = _RENDERED.get(cached)
         if hit is not None and now < hit.until:
-            return hit.summary, cached, now
+            return hit
         view: bills.BillView | None = bills.decode_cached(cached)
     else:
         async with resources.sessions() as session:
@@ -189,7 +189,7 @@ async def _summary_of(
         ],
         refusal_code=refused[0] if refused else None,
     )
-    return summary, cached, now
+    return _render(summary, cached, now)
 
 
 class _Rendered(NamedTuple):
@@ -208,19 +208,17 @@ _RENDERED_MAX = 4096
 _SUMMARY_JSON = msgspec.json.Encoder()
 
 
-def _render(summary: BillSummary, cached: bytes | None, now: datetime) -> bytes:
-    if cached is not None and (hit := _RENDERED.get(cached)) is not None and now < hit.until:
-        return hit.body
-    body = _SUMMARY_JSON.encode(summary)
+def _render(summary: BillSummary, cached: bytes | None, now: datetime) -> _Rendered:
+    midnight = datetime.combine(
+        shanghai_today(now) + timedelta(days=1), datetime.min.time(), SHANGHAI
+    )
+    until = min(midnight, summary.expires_at) if now < summary.expires_at else midnight
+    rendered = _Rendered(summary, _SUMMARY_JSON.encode(summary), until)
     if cached is not None:
-        midnight = datetime.combine(
-            shanghai_today(now) + timedelta(days=1), datetime.min.time(), SHANGHAI
-        )
-        until = min(midnight, summary.expires_at) if now < summary.expires_at else midnight
         if len(_RENDERED) >= _RENDERED_MAX:
             del _RENDERED[next(iter(_RENDERED))]
-        _RENDERED[cached] = _Rendered(summary, body, until)
-    return body
+        _RENDERED[cached] = rendered
+    return rendered
 
 
 async def bill_summary(
@@ -228,15 +226,14 @@ async def bill_summary(
 ) -> BillSummary:
     """The payer's view of a bill (rate-limited, check digit first, cached); shared by the
     citizen API and the cashier page."""
-    summary, _, _ = await _summary_of(resources, request, payment_code)
-    return summary
+    return (await _summary_of(resources, request, payment_code)).summary
 
 
 async def bill_summary_json(
     resources: Resources, request: Request[Any, Any, Any], payment_code: str
 ) -> bytes:
     """`bill_summary` as the API's JSON body, encoded once per cached view and day."""
-    return _render(*await _summary_of(resources, request, payment_code))
+    return (await _summary_of(resources, request, payment_code)).body
 
 
 async def start_attempt(  # noqa: PLR0917 - the request's parts, as both callers have them
