@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -24,9 +23,19 @@ from settlement.signing import NoteSigners, Verifier, load_signer
 log = structlog.get_logger(__name__)
 
 
-@lru_cache(maxsize=4)
+_CONTEXTS: dict[Settings, enotes.EnoteContext] = {}
+
+
 def enote_context(settings: Settings) -> enotes.EnoteContext:
-    """Signers and settings for e-notes, built once per process."""
+    """Signers and settings for e-notes, built once per process and settings."""
+    if (ctx := _CONTEXTS.get(settings)) is None:
+        if len(_CONTEXTS) >= 4:  # settings rarely change in a process; tests make a few
+            _CONTEXTS.pop(next(iter(_CONTEXTS))).close()
+        ctx = _CONTEXTS[settings] = _build_context(settings)
+    return ctx
+
+
+def _build_context(settings: Settings) -> enotes.EnoteContext:
     cfg = settings.enote
     signers = NoteSigners(
         issuer=load_signer(cfg.issuer_key, cfg.key_dir / "issuer.pem", cfg.issuer_cert_serial),
@@ -50,7 +59,13 @@ def keyring(settings: Settings) -> dict[str, Verifier]:
 
 
 async def issue_job(resources: Resources) -> int:
-    return await enotes.run_issue_job(resources.sessions, enote_context(resources.settings))
+    return await enotes.issue_pending(resources.sessions, enote_context(resources.settings))
+
+
+async def close_signing() -> None:
+    """The worker is stopping: end the signing processes of every context."""
+    for ctx in _CONTEXTS.values():
+        ctx.close()
 
 
 async def red_job(resources: Resources) -> int:

@@ -125,7 +125,7 @@ def default_jobs() -> list[Job]:
 
     return [
         *_webhook_jobs(),
-        Job("enote.issue", 1.0, enotes.issue_job),
+        Job("enote.issue", 1.0, enotes.issue_job, enotes.close_signing),
         Job("enote.red", 5.0, enotes.red_job),
         Job("payments.recover", 10.0, _recover_attempts),
         Job("refunds.execute", 2.0, _execute_refunds),

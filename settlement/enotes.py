@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import queue
 import secrets
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -44,7 +43,14 @@ from settlement.documents import DocItem, NoteView
 from settlement.enote_models import ENote
 from settlement.models import Receipt, Refund
 from settlement.refunds import TOPIC_RED_LETTER as RED_TOPIC
-from settlement.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier
+from settlement.signing import (
+    ALGORITHM,
+    DEFAULT_SIGNER_ID,
+    NoteSigners,
+    Verifier,
+    signed_by_supervisor,
+)
+from settlement.signing_lines import Signed, SigningLine, line_for
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +89,19 @@ class EnoteConfig:
 class EnoteContext:
     signers: NoteSigners
     config: EnoteConfig = field(default_factory=EnoteConfig)
+    line: SigningLine | None = field(default=None, compare=False)
+    """Where signatures are computed; by default chosen for the signers on first use."""
+
+    def signing_line(self) -> SigningLine:
+        if self.line is None:  # frozen: set once, lazily (processes start only when used)
+            object.__setattr__(self, "line", line_for(self.signers))
+        assert self.line is not None
+        return self.line
+
+    def close(self) -> None:
+        """Stop the signing processes or threads (a later batch starts them again)."""
+        if self.line is not None:
+            self.line.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,45 +174,6 @@ def reduce_items(items: Sequence[dict[str, Any]], by: int) -> list[dict[str, Any
     for n, item in enumerate(out, start=1):
         item["line"] = n
     return out
-
-
-def signed_by_supervisor(content: bytes, issuer_signature: bytes) -> bytes:
-    """What the finance department signs: the content and the issuer's signature on it."""
-    return content + issuer_signature
-
-
-Signed = tuple[bytes, datetime, bytes, datetime]
-
-
-def sign_pipelined(signers: NoteSigners, contents: Sequence[bytes]) -> list[Signed]:
-    """Issuer signatures on this thread, supervisor countersignatures on another, overlapped.
-
-    Each key is used by one thread only (a shared key object serialises inside the C
-    library); the supervisor signs note i as soon as the issuer has, so a batch of n notes
-    costs about n + 1 signature times on two cores instead of 2n.
-    """
-    handoff: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
-
-    def countersign() -> list[tuple[bytes, datetime]]:
-        out: list[tuple[bytes, datetime]] = []
-        while (item := handoff.get()) is not None:
-            content, issuer_sig = item
-            signature = signers.supervisor.sign(signed_by_supervisor(content, issuer_sig))
-            out.append((signature, datetime.now(UTC)))
-        return out
-
-    issued: list[tuple[bytes, datetime]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-supervisor") as pool:
-        future = pool.submit(countersign)
-        try:
-            for content in contents:
-                signature = signers.issuer.sign(content)
-                issued.append((signature, datetime.now(UTC)))
-                handoff.put((content, signature))
-        finally:
-            handoff.put(None)  # always release the countersigning thread
-        countered = future.result()
-    return [(i[0], i[1], c[0], c[1]) for i, c in zip(issued, countered, strict=True)]
 
 
 @dataclass(slots=True)
@@ -297,8 +277,8 @@ _ITEM_KEYS = ("line", "code", "name", "unit", "quantity", "standard", "amount")
 _ENOTES = cast(Table, ENote.__table__)
 """Core inserts: the ORM's bulk path costs more Python per row than the row itself."""
 SIGN_CHUNK = 25
-"""Notes signed per hand-off: small enough that writes overlap signing, large enough that a
-thread hand-off (~0.1 ms) is noise beside 25 × 2 signatures."""
+"""Notes signed per hand-off and written per INSERT: small enough that signing overlaps the
+writes, large enough that a hand-off (~0.1 ms) and a statement's fixed cost are noise."""
 
 
 def _note_row(
@@ -364,43 +344,41 @@ async def _insert_drafts(
     by_code: dict[str, list[_Draft]] = defaultdict(list)
     for d in drafts:
         by_code[d.code].append(d)
+    # Signing is most of a note's cost: each chunk goes to the signing line as soon as its
+    # contents exist, and the webhook events and signed chunks are written while later
+    # chunks sign.
+    line = ctx.signing_line()
     numbered: list[tuple[_Draft, str, str, uuid.UUID, str, bytes]] = []
-    for code in sorted(by_code):
-        group = by_code[code]
-        numbers = await _take_numbers(session, code, len(group))
-        for draft, number in zip(group, numbers, strict=True):
-            note_id = uuid.uuid4()
-            check = check_code()
-            numbered.append(
-                (draft, code, number, note_id, check, _content(draft, number, check, note_id))
-            )
-    issued = [
-        IssuedNote(note_id, d.kind, code, number, check, d.receipt_id, d.refund_id, d.total)
-        for d, code, number, note_id, check, _ in numbered
-    ]
-
-    def sign(chunk: Sequence[tuple[Any, ...]]) -> asyncio.Future[list[Signed]]:
-        # Off the event loop: the C library releases the GIL while it signs.
-        contents = [n[5] for n in chunk]
-        return asyncio.ensure_future(asyncio.to_thread(sign_pipelined, ctx.signers, contents))
-
-    # Signing is most of a note's cost, so this transaction writes what does not need a
-    # signature (the webhook events) and each signed chunk while the next chunk signs.
-    # Chunks go in order: a re-issue follows the red note it references.
-    chunks = [numbered[i : i + SIGN_CHUNK] for i in range(0, len(numbered), SIGN_CHUNK)]
-    signing = sign(chunks[0])
+    chunks: list[list[tuple[_Draft, str, str, uuid.UUID, str, bytes]]] = []
+    signing: list[Future[list[Signed]]] = []
     try:
+        for code in sorted(by_code):
+            numbers = await _take_numbers(session, code, len(by_code[code]))
+            for draft, number in zip(by_code[code], numbers, strict=True):
+                note_id, check = uuid.uuid4(), check_code()
+                content = _content(draft, number, check, note_id)
+                numbered.append((draft, code, number, note_id, check, content))
+                if len(numbered) % SIGN_CHUNK == 0:
+                    chunks.append(numbered[-SIGN_CHUNK:])
+                    signing.append(line.sign([n[5] for n in chunks[-1]]))
+        if tail := len(numbered) % SIGN_CHUNK:
+            chunks.append(numbered[-tail:])
+            signing.append(line.sign([n[5] for n in chunks[-1]]))
+        issued = [
+            IssuedNote(note_id, d.kind, code, number, check, d.receipt_id, d.refund_id, d.total)
+            for d, code, number, note_id, check, _ in numbered
+        ]
         events = [_issued_event(n, x[0], ctx) for n, x in zip(issued, numbered, strict=True)]
         await outbox.enqueue_many(session, events)
-        for i, chunk in enumerate(chunks):
-            signatures = await signing
-            if i + 1 < len(chunks):
-                signing = sign(chunks[i + 1])
+        # In order: a re-issue follows the red note it references.
+        for chunk, future in zip(chunks, signing, strict=True):
+            signatures = await asyncio.wrap_future(future)
             rows = [_note_row(n, sig, ctx) for n, sig in zip(chunk, signatures, strict=True)]
             await session.execute(insert(_ENOTES), rows)
-    finally:
-        # On an error, wait for a chunk still signing rather than leave its thread behind.
-        await asyncio.gather(signing, return_exceptions=True)
+    except BaseException:
+        for future in signing:  # don't sign notes that will never be written
+            future.cancel()
+        raise
     return issued
 
 
@@ -632,8 +610,38 @@ def _uuid_of(payload: dict[str, Any], field_name: str) -> uuid.UUID | None:
         return None
 
 
+ISSUE_BATCH = 200
+"""Notes per issuing transaction: the fixed cost of a batch (claim, reads, lock hand-over,
+commit, the first and last chunk signing alone) is spread over more notes."""
+ISSUE_LANES = 2
+"""Concurrent issuing transactions: one reads and builds its batch while the other, holding
+the counter lock, signs; the lock orders their numbering."""
+
+
+async def issue_pending(
+    sessions: async_sessionmaker[AsyncSession],
+    ctx: EnoteContext,
+    *,
+    lanes: int = ISSUE_LANES,
+    limit: int = ISSUE_BATCH,
+    batches: int = 5,
+) -> int:
+    """Issue due notes in `lanes` concurrent transactions, up to `batches` batches each."""
+
+    async def lane() -> int:
+        handled = 0
+        for _ in range(batches):
+            n = await run_issue_job(sessions, ctx, limit)
+            handled += n
+            if n < limit:
+                break
+        return handled
+
+    return sum(await asyncio.gather(*(lane() for _ in range(lanes))))
+
+
 async def run_issue_job(
-    sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 100
+    sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = ISSUE_BATCH
 ) -> int:
     """Claim `enote.issue` messages and issue their notes in one transaction.
 
@@ -645,9 +653,11 @@ async def run_issue_job(
             messages = await outbox.claim_payloads(session, ISSUE_TOPIC, limit)
             if not messages:
                 return 0
+            # Closed first, in the same transaction: it commits with the notes or not at all,
+            # and the statement runs before signing rather than after it.
+            await outbox.mark_done(session, [m for m, _ in messages])
             ids = [i for _, p in messages if (i := _uuid_of(p, "receipt_id")) is not None]
             await issue_for_receipts(session, ids, ctx)
-            await outbox.mark_done(session, [m for m, _ in messages])
             return len(messages)
     except Exception:
         log.warning("enote batch failed; retrying one by one", exc_info=True)

@@ -115,6 +115,11 @@ class SM2Signer(SM2Verifier):
         return bytes(self._private.sign(message, ec.ECDSA(hashes.SM3())))
 
 
+def signed_by_supervisor(content: bytes, issuer_signature: bytes) -> bytes:
+    """What the finance department signs: the content and the issuer's signature on it."""
+    return content + issuer_signature
+
+
 def load_signer(configured: str, demo_path: Path, cert_serial: str) -> SM2Signer:
     """The configured key (PEM text, hex, or a file path); else a demo key made on first run.
 
