@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import create_engine
+from gateway.settings import DatabaseSettings
 
 _state: dict[str, AsyncEngine] = {}
 
@@ -61,7 +62,8 @@ async def insert_one(request: Request[Any, Any, Any]) -> dict[str, str]:
 
 @asynccontextmanager
 async def lifespan(_: Litestar) -> AsyncIterator[None]:
-    engine = create_engine(os.environ["DATABASE_URL"])
+    # Our service's engine settings (pool size included), so only the work per request differs.
+    engine = create_engine(os.environ["DATABASE_URL"], DatabaseSettings.from_env())
     async with engine.begin() as conn:
         await conn.execute(
             text(
