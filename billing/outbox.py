@@ -8,7 +8,7 @@ same one, and a crash before `done()` simply leaves it to be claimed again.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Table,
     Text,
     func,
     select,
@@ -69,8 +70,13 @@ async def enqueue(session: AsyncSession, topic: str, key: str, payload: dict[str
 async def enqueue_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Add many messages (`topic`, `key`, `payload` each) as one cached executemany."""
     if rows:
-        stmt = insert(OutboxMessage).on_conflict_do_nothing(constraint=KEY_CONSTRAINT)
-        await session.execute(stmt, rows)
+        await session.execute(_ENQUEUE_MANY, rows)
+
+
+# On the table, not the entity: the ORM's bulk path builds an insert command per row.
+_ENQUEUE_MANY = insert(cast(Table, OutboxMessage.__table__)).on_conflict_do_nothing(
+    constraint=KEY_CONSTRAINT
+)
 
 
 def _due(stmt: Select[_T], topic: str, limit: int) -> Select[_T]:
