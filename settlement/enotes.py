@@ -276,6 +276,8 @@ _BILL_LINES = text(
 _ITEM_KEYS = ("line", "code", "name", "unit", "quantity", "standard", "amount")
 _ENOTES = cast(Table, ENote.__table__)
 """Core inserts: the ORM's bulk path costs more Python per row than the row itself."""
+SIGN_TIMEOUT_S = 30.0
+"""A chunk of SIGN_CHUNK notes signs in about 15 ms; one that takes this long never will."""
 SIGN_CHUNK = 25
 """Notes signed per hand-off and written per INSERT: small enough that signing overlaps the
 writes, large enough that a hand-off (~0.1 ms) and a statement's fixed cost are noise."""
@@ -372,7 +374,13 @@ async def _insert_drafts(
         await outbox.enqueue_many(session, events)
         # In order: a re-issue follows the red note it references.
         for chunk, future in zip(chunks, signing, strict=True):
-            signatures = await asyncio.wrap_future(future)
+            try:
+                signatures = await asyncio.wait_for(asyncio.wrap_future(future), SIGN_TIMEOUT_S)
+            except TimeoutError:
+                # A signer that stopped answering: restart it; the outbox retries the batch.
+                log.error("e-note signing timed out; restarting the signers")
+                await asyncio.to_thread(line.close)
+                raise
             rows = [_note_row(n, sig, ctx) for n, sig in zip(chunk, signatures, strict=True)]
             await session.execute(insert(_ENOTES), rows)
     except BaseException:
@@ -637,7 +645,9 @@ async def issue_pending(
                 break
         return handled
 
-    return sum(await asyncio.gather(*(lane() for _ in range(lanes))))
+    async with asyncio.TaskGroup() as group:  # a lane that fails stops the other
+        running = [group.create_task(lane()) for _ in range(lanes)]
+    return sum(t.result() for t in running)
 
 
 async def run_issue_job(

@@ -40,12 +40,6 @@ def _stamped(signer: Signer, message: bytes) -> tuple[bytes, datetime]:
     return signer.sign(message), datetime.now(UTC)
 
 
-def _both(signers: tuple[Signer, Signer], content: bytes) -> Signed:
-    issuer_sig, issuer_at = _stamped(signers[0], content)
-    supervisor_sig, supervisor_at = _stamped(signers[1], signed_by_supervisor(content, issuer_sig))
-    return issuer_sig, issuer_at, supervisor_sig, supervisor_at
-
-
 class SigningLine(Protocol):
     def sign(self, contents: Sequence[bytes]) -> Future[list[Signed]]:
         """Both signatures of each content, in order; chunks may be signed concurrently."""
@@ -229,15 +223,25 @@ class ThreadLine:
 
     def __init__(self, signers: NoteSigners) -> None:
         self._signers = signers
-        self._issuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-issuer")
-        self._supervisor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-supervisor")
+        self._threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._lock = threading.Lock()
+
+    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        with self._lock:
+            if self._threads is None:
+                self._threads = (
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-issuer"),
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="enote-supervisor"),
+                )
+            return self._threads
 
     def sign(self, contents: Sequence[bytes]) -> Future[list[Signed]]:
+        issuer, supervisor = self._executors()
         notes: list[Future[Signed]] = []
         for content in contents:
-            issued = self._issuer.submit(_stamped, self._signers.issuer, content)
+            issued = issuer.submit(_stamped, self._signers.issuer, content)
             notes.append(
-                self._supervisor.submit(_countersigned, self._signers.supervisor, content, issued)
+                supervisor.submit(_countersigned, self._signers.supervisor, content, issued)
             )
             notes[-1].add_done_callback(functools.partial(_cancel_with, issued))
         chunk: Future[list[Signed]] = Future()
@@ -262,8 +266,12 @@ class ThreadLine:
         return chunk
 
     def close(self) -> None:
-        self._issuer.shutdown(wait=True, cancel_futures=True)
-        self._supervisor.shutdown(wait=True, cancel_futures=True)
+        """Drop queued work and let the threads go; a later chunk starts new ones. A thread
+        stuck inside a signer cannot be stopped from here: it is left to finish."""
+        with self._lock:
+            threads, self._threads = self._threads, None
+        for pool in threads or ():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def line_for(signers: NoteSigners, processes: int | None = None) -> SigningLine:

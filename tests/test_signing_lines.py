@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,9 +14,11 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
+from billing.outbox import OutboxMessage
 from gateway import enotes as gateway_enotes
 from gateway.settings import Settings
 from gateway.state import Resources
+from settlement import enotes
 from settlement.enote_models import ENote
 from settlement.enotes import EnoteContext, issue_pending, verify_note
 from settlement.signing import NoteSigners, Signer, SM2Signer, signed_by_supervisor
@@ -161,3 +164,36 @@ async def test_stopping_the_worker_ends_the_signing_processes(
     for pid in pids:  # reaped by close(): the pid is gone, not a zombie
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_signer_that_stops_answering_fails_the_batch_and_changes_nothing(
+    res: Resources, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = gateway_enotes.enote_context(settings)
+    issuer = ctx.signers.issuer
+    assert isinstance(issuer, SM2Signer)
+    gate = threading.Event()
+
+    class Stuck(_Wrapped):
+        def sign(self, message: bytes) -> bytes:
+            gate.wait(30)  # an HSM that stopped answering
+            return super().sign(message)
+
+    stuck = EnoteContext(NoteSigners(Stuck(issuer), ctx.signers.supervisor), ctx.config)
+    monkeypatch.setattr(enotes, "SIGN_TIMEOUT_S", 0.3)
+    async with res.sessions() as s, s.begin():
+        agency, fine, _ = await agency_with_items(s)
+        await paid_bill(s, agency, [(fine, 1, 5_000)])
+    try:
+        with pytest.raises(TimeoutError):
+            await enotes.run_issue_job(res.sessions, stuck)
+    finally:
+        gate.set()
+        stuck.close()
+
+    async with res.sessions() as s:
+        assert (await s.scalars(select(ENote))).all() == []
+        pending = await s.scalars(select(OutboxMessage).where(OutboxMessage.processed_at.is_(None)))
+        assert [m.topic for m in pending] == ["enote.issue"]  # waits for a working signer
+    # The same message issues once the signer answers again.
+    assert await enotes.run_issue_job(res.sessions, ctx) == 1
