@@ -10,10 +10,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 import structlog
-from litestar import Controller, MediaType, Request, Response, get, post
+from litestar import Controller, MediaType, Request, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
+from litestar.response.base import ASGIResponse
 from redis.exceptions import NoScriptError, RedisError
 
 from billing.errors import NotFound, RateLimited
@@ -149,14 +150,14 @@ async def _summary_of(
         pay.lookup_rate_limit,
         also_get=bills.cache_key(payment_code),
     )
-    validate(payment_code)  # a mistyped code is a 422 before any database lookup
     now = datetime.now(UTC)
-    if cached is not None:
+    if cached is not None:  # only a real bill's code is cached: its check digit is valid
         hit = _RENDERED.get(cached)
         if hit is not None and now < hit.until:
             return hit
         view: bills.BillView | None = bills.decode_cached(cached)
     else:
+        validate(payment_code)  # a mistyped code is a 422 before any database lookup
         async with resources.sessions() as session:
             view = await bills.load_and_cache(
                 resources.redis, session, payment_code, pay.summary_cache_ttl_s
@@ -273,9 +274,10 @@ class PayController(Controller):
         payment_code: FromPath[str],
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
-    ) -> Response[bytes]:
+    ) -> ASGIResponse:
+        # The low-level response: the body is final bytes, no Response conversion needed.
         body = await bill_summary_json(resources, request, payment_code)
-        return Response(body, media_type=MediaType.JSON)
+        return ASGIResponse(body=body, media_type=MediaType.JSON)
 
     @post("/pay/{payment_code:str}/attempts", summary="Start paying through a channel")
     async def create(

@@ -89,12 +89,41 @@ async def test_a_stuck_reply_times_out_and_the_next_command_works(settings: Sett
         " until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 300000 return 1"
     )
     try:
+        stuck = asyncio.ensure_future(slow.eval(busy, 0))
+        await asyncio.sleep(0.01)
+        behind = asyncio.ensure_future(slow.ping())  # queued behind it: fails with it
         with pytest.raises(RedisTimeoutError):
-            await slow.eval(busy, 0)
+            await stuck
+        with pytest.raises(RedisTimeoutError):
+            await behind
         await asyncio.sleep(0.3)  # let the script finish on the server
         assert await slow.ping()
     finally:
         await slow.aclose()
+
+
+async def test_a_busy_connection_that_answers_in_time_never_times_out(
+    settings: Settings,
+) -> None:
+    # One watchdog timer follows the oldest command; on a connection that is never idle
+    # for a whole timeout it must keep re-arming, not fire on commands answered in time.
+    assert settings.redis.url
+    kv = KV.from_url(settings.redis.url, timeout=0.1)
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + 0.5
+    answered = 0
+
+    async def client() -> None:
+        nonlocal answered
+        while loop.time() < stop:
+            assert await kv.ping()
+            answered += 1
+
+    try:
+        await asyncio.gather(*(client() for _ in range(8)))
+    finally:
+        await kv.aclose()
+    assert answered > 100
 
 
 async def test_an_unreachable_server_is_a_connection_error() -> None:

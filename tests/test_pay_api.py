@@ -44,6 +44,9 @@ async def test_summary_masks_the_payer_and_adds_todays_late_fee(
     r = await pay_client.get(f"/v1/pay/{bill.payment_code}")
 
     assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert len(r.headers["x-request-id"]) == 32
     body = r.json()
     assert body["payer_name"] == "张*"
     assert body["agency_name"] == agency.name
