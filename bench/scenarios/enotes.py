@@ -120,6 +120,7 @@ async def _setup(resources: object, count: int) -> None:
 
 
 async def _measure(count: int) -> tuple[float, float, int]:
+    from gateway.procs import freeze_startup_heap
     from gateway.settings import Settings
     from gateway.state import Resources
     from settlement.enotes import (
@@ -142,8 +143,10 @@ async def _measure(count: int) -> tuple[float, float, int]:
         while await issue_pending(resources.sessions, ctx):
             pass
         await _setup(resources, count)
-        # Warm-up: connections, caches, and the signing processes started.
+        # Warm-up: connections, caches, and the signing processes started; then the heap
+        # frozen as the worker does once it has started (gateway.worker.run_forever).
         await run_issue_job(resources.sessions, ctx, limit=10)
+        freeze_startup_heap()
         message = secrets.token_bytes(1_600)  # about the size of a note's content
         signer = ctx.signers.issuer
 
