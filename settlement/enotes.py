@@ -20,7 +20,7 @@ import json
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -678,52 +678,56 @@ async def run_issue_job(
 
 
 async def _issue_one(sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext) -> bool:
-    async with sessions() as session, session.begin():
-        messages = await outbox.claim(session, ISSUE_TOPIC, 1)
-        if not messages:
-            return False
-        message = messages[0]
-        receipt_id = _uuid_of(message.payload, "receipt_id")
-        now = datetime.now(UTC)
-        try:
-            async with session.begin_nested():
-                if receipt_id is not None:
-                    await issue_for_receipts(session, [receipt_id], ctx)
-        except (IntegrityError, Conflict, InvalidInput) as exc:
-            delay = timedelta(seconds=min(3600, 30 * 2**message.attempts))
-            outbox.retry_later(message, now, delay, f"{type(exc).__name__}: {exc}")
-            log.error("enote issue failed", receipt_id=str(receipt_id), error=str(exc))
-            return True
-        outbox.done(message, now)
-        return True
+    async def issue(session: AsyncSession, receipt_id: uuid.UUID) -> None:
+        await issue_for_receipts(session, [receipt_id], ctx)
+
+    return await _one_message(sessions, ISSUE_TOPIC, "receipt_id", issue, "issue")
 
 
 async def run_red_job(
     sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 20
 ) -> int:
+    async def red_letter(session: AsyncSession, refund_id: uuid.UUID) -> None:
+        await red_letter_for_refund(session, refund_id, ctx)
+
     handled = 0
-    for _ in range(limit):
-        async with sessions() as session, session.begin():
-            messages = await outbox.claim(session, RED_TOPIC, 1)
-            if not messages:
-                return handled
-            message = messages[0]
-            refund_id = _uuid_of(message.payload, "refund_id")
-            now = datetime.now(UTC)
-            try:
-                async with session.begin_nested():
-                    if refund_id is not None:
-                        await red_letter_for_refund(session, refund_id, ctx)
-            except NotReady as exc:
-                outbox.retry_later(message, now, timedelta(seconds=30), str(exc))
-            except (IntegrityError, Conflict, InvalidInput, NotFound) as exc:
-                delay = timedelta(seconds=min(3600, 30 * 2**message.attempts))
-                outbox.retry_later(message, now, delay, f"{type(exc).__name__}: {exc}")
-                log.error("enote red-letter failed", refund_id=str(refund_id), error=str(exc))
-            else:
-                outbox.done(message, now)
-            handled += 1
+    while handled < limit and await _one_message(
+        sessions, RED_TOPIC, "refund_id", red_letter, "red-letter"
+    ):
+        handled += 1
     return handled
+
+
+async def _one_message(
+    sessions: async_sessionmaker[AsyncSession],
+    topic: str,
+    field_name: str,
+    handle: Callable[[AsyncSession, uuid.UUID], Awaitable[None]],
+    what: str,
+) -> bool:
+    """Handle the next due message of `topic` alone (False: none is due). A failure that is
+    the message's own is recorded on it and retried later with a growing delay; the others
+    (a signer down, the database gone) propagate and leave it for the next run."""
+    async with sessions() as session, session.begin():
+        messages = await outbox.claim(session, topic, 1)
+        if not messages:
+            return False
+        message = messages[0]
+        target = _uuid_of(message.payload, field_name)
+        now = datetime.now(UTC)
+        try:
+            async with session.begin_nested():
+                if target is not None:
+                    await handle(session, target)
+        except NotReady as exc:
+            outbox.retry_later(message, now, timedelta(seconds=30), str(exc))
+        except (IntegrityError, Conflict, InvalidInput, NotFound) as exc:
+            delay = timedelta(seconds=min(3600, 30 * 2**message.attempts))
+            outbox.retry_later(message, now, delay, f"{type(exc).__name__}: {exc}")
+            log.error("enote message failed", job=what, **{field_name: str(target)}, error=str(exc))
+        else:
+            outbox.done(message, now)
+        return True
 
 
 # ---------------------------------------------------------------- verification and lookup

@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gmssl_pyx
@@ -410,3 +411,36 @@ async def test_note_carries_the_masked_payer_id_never_the_clear_one(
     content = json.loads(note.content)
     assert "330102199001011234" not in note.content.decode()
     assert "3301**********1234" in json.dumps(content, ensure_ascii=False)
+
+
+async def test_a_bad_receipt_is_retried_later_and_does_not_block_the_batch(
+    res: Resources, ctx: EnoteContext
+) -> None:
+    async with res.sessions() as s, s.begin():
+        agency, fine, _ = await agency_with_items(s)
+        receipts = [(await paid_bill(s, agency, [(fine, 1, 1_000 + n)]))[1] for n in range(3)]
+        # A data error: the receipt no longer matches its bill's lines.
+        await s.execute(
+            text("UPDATE receipts SET amount = amount + 1 WHERE id = :id"), {"id": receipts[1].id}
+        )
+
+    # The batch fails on it; one by one, the other two are issued and it is pushed back.
+    assert await run_issue_job(res.sessions, ctx) == 3
+    notes = await _notes(res)
+    assert sorted(str(n.receipt_id) for n in notes) == sorted(
+        str(r.id) for r in (receipts[0], receipts[2])
+    )
+    async with res.sessions() as s:
+        bad = (
+            await s.scalars(
+                select(OutboxMessage).where(
+                    OutboxMessage.topic == "enote.issue", OutboxMessage.processed_at.is_(None)
+                )
+            )
+        ).one()
+    assert bad.payload == {"receipt_id": str(receipts[1].id)}
+    assert bad.attempts == 1
+    assert bad.last_error is not None
+    assert "differs" in bad.last_error
+    assert bad.available_at > datetime.now(UTC)
+    assert await run_issue_job(res.sessions, ctx) == 0  # not due again yet
