@@ -24,6 +24,7 @@ is a duplicate and refunded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -205,19 +206,49 @@ async def confirm_payment(
     return result
 
 
+class ConfirmGate:
+    """At most `size` confirmation transactions in the database at once (per process); the
+    others wait for a turn before taking a connection. Past a few per core, more concurrent
+    transactions only add PostgreSQL lock contention (see DatabaseSettings). One semaphore
+    per event loop, as asyncio primitives belong to one loop."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._by_loop: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    def resize(self, size: int) -> None:
+        if size != self.size:
+            self.size, self._by_loop = size, {}
+
+    def turn(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        gate = self._by_loop.get(loop)
+        if gate is None:
+            if len(self._by_loop) >= 8:  # loops of finished tests
+                self._by_loop.clear()
+            gate = self._by_loop[loop] = asyncio.Semaphore(self.size)
+        return gate
+
+
+CONFIRM_GATE = ConfirmGate(6)
+"""Sized from settings when the process's resources open (gateway.state.Resources)."""
+
+
 @contextlib.asynccontextmanager
 async def core_transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncConnection]:
-    """A Core transaction on the sessions' engine (commit on success, rollback on error):
-    these statements need no ORM Session, whose set-up costs more than a round trip."""
-    bind = sessions.kw.get("bind")
-    if isinstance(bind, AsyncEngine):
-        async with bind.begin() as conn:
-            yield conn
-        return
-    async with sessions() as s, s.begin():  # bound some other way: go through a session
-        yield await s.connection()
+    """A Core transaction on the sessions' engine (commit on success, rollback on error),
+    taken in turn through CONFIRM_GATE: these statements need no ORM Session, whose set-up
+    costs more than a round trip."""
+    async with CONFIRM_GATE.turn():
+        bind = sessions.kw.get("bind")
+        if isinstance(bind, AsyncEngine):
+            async with bind.begin() as conn:
+                yield conn
+            return
+        async with sessions() as s, s.begin():  # bound some other way: go through a session
+            yield await s.connection()
 
 
 async def after_commit(

@@ -15,7 +15,7 @@ from billing.outbox import OutboxMessage
 from gateway.state import Resources
 from settlement import bills
 from settlement.business_day import business_date
-from settlement.confirm import ConfirmOutcome, confirm_payment
+from settlement.confirm import CONFIRM_GATE, ConfirmOutcome, confirm_payment, core_transaction
 from settlement.models import PaymentAttempt, Receipt, Refund
 from tests.payments_support import bill_for_test
 
@@ -275,3 +275,27 @@ def test_business_date_follows_the_shanghai_day_and_the_cutoff() -> None:
     late = datetime(2026, 3, 1, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai
     assert business_date(late) == date(2026, 3, 1)
     assert business_date(late, time(23, 0)) == date(2026, 3, 2)
+
+
+async def test_confirmations_take_turns_in_the_database(res: Resources) -> None:
+    # At most CONFIRM_GATE.size confirmation transactions at once; the rest wait, and all
+    # of them complete.
+    size = CONFIRM_GATE.size
+    CONFIRM_GATE.resize(2)
+    inside = peak = 0
+
+    async def confirmation() -> int:
+        nonlocal inside, peak
+        async with core_transaction(res.sessions) as conn:
+            inside += 1
+            peak = max(peak, inside)
+            await conn.execute(select(func.pg_sleep(0.02)))
+            inside -= 1
+            return int((await conn.execute(select(func.txid_current()))).scalar_one())
+
+    try:
+        txids = await asyncio.gather(*(confirmation() for _ in range(10)))
+    finally:
+        CONFIRM_GATE.resize(size)
+    assert peak == 2
+    assert len(set(txids)) == 10  # ten transactions, each committed on its own
