@@ -47,9 +47,10 @@ class DatabaseSettings:
     max_overflow: int
     confirm_concurrency: int
     """Payment confirmations in the database at once per process; the rest wait their turn
-    in Python. Measured with 32 concurrent bank confirmations on 2 cores: unlimited, PostgreSQL
-    spent 560-740 µs of CPU per confirmation (backends contending on WAL and buffer locks);
-    limited to 6, 397-433 µs, and 27-37 % more confirmations per second."""
+    in Python. Measured with 32 concurrent bank confirmations on 2 cores, two rounds: with no
+    limit PostgreSQL spent 583-740 µs of CPU per confirmation (backends contending on WAL and
+    buffer locks) for 1,056 and 1,292 confirmations/s; limited to 6, 397-433 µs for 1,512
+    and 1,706/s."""
     echo: bool
 
     @classmethod
