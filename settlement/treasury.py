@@ -57,7 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import audit
 from billing.errors import Conflict, InvalidInput, NotFound
-from billing.models import BillLine, RevenueItem
+from billing.models import Agency, Bill, BillLine, RevenueItem
 from channels.money import fen_to_yuan
 from settlement import ledger
 from settlement.models import Refund
@@ -324,29 +324,33 @@ async def _treasury_refunds(session: AsyncSession, acc: dict[tuple[str, int], _A
             .with_for_update(skip_locked=True)
         )
     )
+    if not refunds:
+        return 0
+    # Three queries for all of them (regions, bill lines, items), not three per refund.
+    bill_ids = list({r.bill_id for r in refunds})
+    found = await session.execute(
+        select(Bill.id, Agency.region_code)
+        .join(Agency, Agency.id == Bill.agency_id)
+        .where(Bill.id.in_(bill_ids))
+    )
+    regions: dict[uuid.UUID, str] = {row[0]: row[1] for row in found}
+    lines_of: dict[uuid.UUID, list[tuple[str, int]]] = defaultdict(list)
+    for bill_id, item_code, amount in await session.execute(
+        select(BillLine.bill_id, BillLine.item_code, BillLine.amount)
+        .where(BillLine.bill_id.in_(bill_ids))
+        .order_by(BillLine.bill_id, BillLine.line_no)
+    ):
+        lines_of[bill_id].append((item_code, int(amount)))
+    items = await _items(session, {code for lines in lines_of.values() for code, _ in lines})
     for refund in refunds:
-        region = await session.scalar(
-            text(
-                "SELECT a.region_code FROM bills b JOIN agencies a ON a.id = b.agency_id"
-                " WHERE b.id = :b"
-            ),
-            {"b": refund.bill_id},
-        )
-        lines = list(
-            await session.execute(
-                select(BillLine.item_code, BillLine.amount)
-                .where(BillLine.bill_id == refund.bill_id)
-                .order_by(BillLine.line_no)
-            )
-        )
-        items = await _items(session, {code for code, _ in lines})
+        region, lines = regions[refund.bill_id], lines_of[refund.bill_id]
         per_line = split_fen(refund.amount, [amount for _, amount in lines])
         levels: set[int] = set()
         for (item_code, _), line_amount in zip(lines, per_line, strict=True):
             subject, bps = items[item_code]
             for level, share in zip(LEVELS, split_fen(line_amount, bps), strict=True):
                 if share:
-                    cell = acc[(str(region), level)].refunds[subject]
+                    cell = acc[(region, level)].refunds[subject]
                     cell[0] += share
                     cell[1] += 1
                     levels.add(level)
@@ -354,7 +358,7 @@ async def _treasury_refunds(session: AsyncSession, acc: dict[tuple[str, int], _A
         # Linked to every level's batch that pays part of it: the refund is done only once
         # all of them are exported (see export_batch).
         for level in sorted(levels):
-            acc[(str(region), level)].refund_ids.append(refund.id)
+            acc[(region, level)].refund_ids.append(refund.id)
     return len(refunds)
 
 

@@ -259,6 +259,42 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
     await _verify(res)
 
 
+async def test_treasury_refunds_of_several_bills_settle_together(res: Resources) -> None:
+    out = await _scenario(res)
+    async with res.sessions() as s:
+        await treasury.settle(s, day=DAY, actor="finance-wang")
+        await s.commit()
+    async with res.sessions() as s:
+        asked = [
+            await refunds.request_refund(
+                s, receipt_id=out[name].id, amount=amount, reason="overpaid", actor=FINANCE
+            )
+            for name, amount in (("plain", 4000), ("late", 500))
+        ]
+        await s.commit()
+    assert {r.route for r in asked} == {"TREASURY"}
+    async with res.sessions() as s:
+        result = await treasury.settle(s, day=DAY, actor="finance-wang")
+        await s.commit()
+        assert result.refunds == 2
+        refund_lines = (
+            await s.scalars(select(DepositLine).where(DepositLine.kind == "REFUND"))
+        ).all()
+        assert sum(ln.amount for ln in refund_lines) == -4500  # to the fen, across levels
+        for r in asked:
+            linked = set(
+                (
+                    await s.scalars(
+                        select(BatchedRefund.batch_id).where(BatchedRefund.refund_id == r.id)
+                    )
+                ).all()
+            )
+            assert linked
+            assert linked <= set(result.batches)
+            assert await s.scalar(select(Refund.status).where(Refund.id == r.id)) == "PROCESSING"
+    await _verify(res)
+
+
 async def test_settle_refuses_unconfigured_treasury_and_writes_nothing(res: Resources) -> None:
     async with res.sessions() as s:
         item = await make_item(s, split={5: 10000})
