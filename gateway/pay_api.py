@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 import msgspec
@@ -18,10 +18,11 @@ from litestar.response.base import ASGIResponse
 from redis.exceptions import NoScriptError, RedisError
 
 from billing.errors import NotFound, RateLimited
-from billing.late_fee import SHANGHAI, shanghai_today
+from billing.late_fee import shanghai_today
 from billing.payment_code import validate
 from gateway.state import Resources
 from settlement import attempts, bills
+from settlement.business_day import day_bounds
 
 log = structlog.get_logger(__name__)
 
@@ -210,9 +211,7 @@ _SUMMARY_JSON = msgspec.json.Encoder()
 
 
 def _render(summary: BillSummary, cached: bytes | None, now: datetime) -> _Rendered:
-    midnight = datetime.combine(
-        shanghai_today(now) + timedelta(days=1), datetime.min.time(), SHANGHAI
-    )
+    _, midnight = day_bounds(shanghai_today(now))  # the late fee steps at Shanghai midnight
     until = min(midnight, summary.expires_at) if now < summary.expires_at else midnight
     rendered = _Rendered(summary, _SUMMARY_JSON.encode(summary), until)
     if cached is not None:
@@ -225,8 +224,8 @@ def _render(summary: BillSummary, cached: bytes | None, now: datetime) -> _Rende
 async def bill_summary(
     resources: Resources, request: Request[Any, Any, Any], payment_code: str
 ) -> BillSummary:
-    """The payer's view of a bill (rate-limited, check digit first, cached); shared by the
-    citizen API and the cashier page."""
+    """The payer's view of a bill (rate-limited, check digit before any database lookup,
+    cached); shared by the citizen API and the cashier page."""
     return (await _summary_of(resources, request, payment_code)).summary
 
 
