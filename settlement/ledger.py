@@ -91,7 +91,7 @@ class Posted:
     """False when (kind, ref) was already posted: posting is idempotent per business event."""
 
 
-async def _account_ids(session: Executor, codes: Iterable[str]) -> dict[str, int]:
+async def account_ids(session: Executor, codes: Iterable[str]) -> dict[str, int]:
     """Account ids by code, creating the missing accounts (an account is data)."""
     wanted = sorted(set(codes))
     found = dict(
@@ -175,7 +175,7 @@ async def post(
             )
         )
         missing = [c for c in codes if c not in have]
-        ids = await _account_ids(session, missing)
+        ids = await account_ids(session, missing)
         await session.execute(
             _LINES,
             {
@@ -224,6 +224,17 @@ async def post_receipt(session: Executor, receipt: Receipt) -> Posted:
     )
 
 
+def receipt_lines(kind: str, channel: str, amount: int) -> list[tuple[str, int]]:
+    """A receipt's legs: the channel owes us the money; it is revenue (PAYMENT) or owed back
+    to the payer (DUPLICATE)."""
+    credit = REVENUE_PENDING if kind == "PAYMENT" else REFUNDS_PAYABLE
+    return [(clearing(channel), amount), (credit, -amount)]
+
+
+def receipt_memo(kind: str, channel: str) -> str:
+    return f"{kind.lower()} via {channel}"
+
+
 async def post_receipt_row(
     session: Executor,
     *,
@@ -234,14 +245,13 @@ async def post_receipt_row(
     business_date: date,
 ) -> Posted:
     """post_receipt from the receipt's values (the confirm path writes with Core)."""
-    credit = REVENUE_PENDING if kind == "PAYMENT" else REFUNDS_PAYABLE
     return await post(
         session,
         kind="receipt",
         ref=str(receipt_id),
-        lines=[(clearing(channel), amount), (credit, -amount)],
+        lines=receipt_lines(kind, channel, amount),
         business_date=business_date,
-        memo=f"{kind.lower()} via {channel}",
+        memo=receipt_memo(kind, channel),
     )
 
 
@@ -419,15 +429,27 @@ async def rollup(session: Executor) -> int:
     return int((await session.execute(_ROLLUP)).scalar_one())
 
 
+def posting_ctes(source: str) -> str:
+    """The CTEs that post one entry for each row of `source` (a FROM item of at most one
+    row): `e` the entry (nothing if (kind, ref) is already posted), `l` its lines, `p` their
+    pending marks. Parameters :kind, :ref, :business_date, :memo, :reverses_id, and :codes /
+    :amounts (one line per account code; an account that does not exist gets no line, which
+    the caller checks). Shared by `post` and the one-statement confirmation."""
+    return (
+        "e AS (INSERT INTO journal_entries (kind, ref, business_date, memo, reverses_id)"  # noqa: S608 - `source` is code
+        " SELECT CAST(:kind AS varchar), CAST(:ref AS varchar), CAST(:business_date AS date),"
+        f" CAST(:memo AS text), CAST(:reverses_id AS bigint) FROM {source}"
+        " ON CONFLICT (kind, ref) DO NOTHING RETURNING id),"
+        " l AS (INSERT INTO journal_lines (entry_id, account_id, amount)"
+        " SELECT e.id, a.id, t.m FROM e CROSS JOIN unnest(CAST(:codes AS text[]),"
+        " CAST(:amounts AS bigint[])) AS t(c, m) JOIN ledger_accounts a ON a.code = t.c"
+        " RETURNING id),"
+        " p AS (INSERT INTO ledger_pending (line_id) SELECT id FROM l)"
+    )
+
+
 _POST = text(
-    "WITH e AS (INSERT INTO journal_entries (kind, ref, business_date, memo, reverses_id)"
-    " VALUES (:kind, :ref, :business_date, :memo, :reverses_id)"
-    " ON CONFLICT (kind, ref) DO NOTHING RETURNING id),"
-    " l AS (INSERT INTO journal_lines (entry_id, account_id, amount)"
-    " SELECT e.id, a.id, t.m FROM e CROSS JOIN unnest(CAST(:codes AS text[]),"
-    " CAST(:amounts AS bigint[])) AS t(c, m) JOIN ledger_accounts a ON a.code = t.c"
-    " RETURNING id),"
-    " p AS (INSERT INTO ledger_pending (line_id) SELECT id FROM l)"
+    f"WITH {posting_ctes('(VALUES (1)) AS one')}"  # noqa: S608 - constants only
     " SELECT e.id, (SELECT count(*) FROM l) FROM e"
 )
 _LINES = text(
