@@ -14,7 +14,7 @@ from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
-from settlement.confirm import CONFIRM_GATE
+from settlement.confirm import APPLY_GROUPS, CONFIRM_GATE
 from settlement.context import PaymentContext
 
 
@@ -33,6 +33,7 @@ class Resources:
         crypto.configure(settings.crypto)  # a missing/bad data key fails here, at start-up
         engine = create_engine(settings.database.url, settings.database)
         CONFIRM_GATE.resize(settings.database.confirm_concurrency)
+        APPLY_GROUPS.resize(settings.database.confirm_concurrency)
         redis = KV.from_url(settings.redis.url, timeout=5)
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
 

@@ -279,6 +279,7 @@ async def _settle_from(
             paid_at=status.paid_at or now,
             source=f"query:{c.channel}",
             cutoff=ctx.cutoff,
+            channel=c.channel,
         )
         log.info("attempt confirmed by query", outcome=result.outcome)
         return

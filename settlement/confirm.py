@@ -36,10 +36,9 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Any, cast
@@ -72,6 +71,7 @@ from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from settlement import bills, ledger
 from settlement.business_day import business_date
 from settlement.enotes import ISSUE_TOPIC as ENOTE_TOPIC
+from settlement.group_commit import GroupCommit
 from settlement.models import PaymentAttempt, Receipt, Refund
 from settlement.refunds import TOPIC_EXECUTE
 
@@ -399,25 +399,26 @@ async def apply_to_locked(
     bdate = business_date(paid_at, cutoff)
     if bill_is_payable(bill, paid_at):
         BILL.check(bill.status, BillStatus.PAID)
-        params, receipt_id = _apply_params(
+        paying = Paying(
             attempt_id=attempt_id,
             bill_id=bill.id,
             channel=attempt.channel,
-            statuses=[AttemptStatus.PENDING if attempt.new is not None else attempt.status],
             channel_trade_no=trade_no,
             amount=amount,
             paid_at=paid_at,
-            bdate=bdate,
-            deadline_checked=True,  # bill_is_payable judged it, category by category
+            business_date=bdate,
             source=source,
         )
-        await ledger.account_ids(conn, params["codes"])  # a channel's first receipt makes them
+        seen = AttemptStatus.PENDING if attempt.new is not None else attempt.status
+        # bill_is_payable judged the deadline, category by category.
+        params = _apply_params([paying], statuses=[seen], deadline_checked=True)
+        # A channel's first receipt creates its ledger accounts.
+        await ledger.account_ids(conn, [params["debit_codes"][0], params["credit_codes"][0]])
         # The rows are locked and the guards were checked above: it cannot miss.
         applied = (await conn.execute(_APPLY.clause, params)).first()
         assert applied is not None, "attempt changed under its lock"
-        assert applied.attempts == 1, "attempt changed under its lock"
         result = ConfirmResult(
-            ConfirmOutcome.APPLIED, attempt_id, bill.id, receipt_id, receipt_kind="PAYMENT"
+            ConfirmOutcome.APPLIED, attempt_id, bill.id, paying.receipt_id, receipt_kind="PAYMENT"
         )
         return result, code
     receipt_id, refund_id = uuid.uuid4(), uuid.uuid4()
@@ -491,6 +492,24 @@ CAN_SUCCEED: list[str] = sorted(
 """Attempt statuses a confirmation may move to SUCCEEDED (from the machine, as data)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Paying:
+    """One payment for `_APPLY`: what the channel said, and the ids we give its records."""
+
+    attempt_id: uuid.UUID
+    bill_id: uuid.UUID | None
+    channel: str
+    channel_trade_no: str | None
+    amount: int
+    paid_at: datetime
+    business_date: date
+    source: str
+    receipt_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    request_id: str | None = field(
+        default_factory=lambda: structlog.contextvars.get_contextvars().get("request_id")
+    )
+
+
 async def _apply_at_once(
     engine: AsyncEngine,
     *,
@@ -503,87 +522,92 @@ async def _apply_at_once(
     source: str,
     cutoff: time,
 ) -> tuple[ConfirmResult, str] | None:
-    """The usual case in one statement and its own implicit transaction, on the driver
-    connection (SQLAlchemy's per-statement work was most of a confirmation's Python).
+    """The usual case, by `_APPLY` in its own implicit transaction, grouped with the
+    confirmations that arrive meanwhile (APPLY_GROUPS).
 
     None when a guard did not hold — the bill is not ISSUED, the attempt is not open or has
     another amount or trade, the bill's expiry has passed, a ledger account is missing —
-    or a unique index refused it: nothing was written and the general path decides.
+    or the batch failed: nothing of this payment was written and the general path decides.
     Only "ISSUED and paid before expiry" is taken here; whether a late payment still pays
     its bill is bill_is_payable's, on the general path."""
-    params, receipt_id = _apply_params(
+    paying = Paying(
         attempt_id=attempt_id,
         bill_id=bill_id,
         channel=channel,
-        statuses=CAN_SUCCEED,
         channel_trade_no=channel_trade_no,
         amount=amount,
         paid_at=paid_at,
-        bdate=business_date(paid_at, cutoff),
-        deadline_checked=False,
+        business_date=business_date(paid_at, cutoff),
         source=source,
     )
-    async with CONFIRM_GATE.turn(), engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        try:
-            row = await _APPLY.fetchrow(driver, params)
-        except asyncpg.IntegrityConstraintViolationError:
-            return None  # rolled back whole; the general path answers it
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-            # A connection the server dropped: out of the pool; the general path retries
-            # on another (a commit whose answer was lost shows there as ALREADY_CONFIRMED).
-            await conn.invalidate(exc)
-            return None
+    try:
+        row = await APPLY_GROUPS.submit((engine, paying))
+    except RuntimeError:  # the process is stopping
+        return None
     if row is None:
         return None
+    bill, code = row
     result = ConfirmResult(
-        ConfirmOutcome.APPLIED, attempt_id, row["bill_id"], receipt_id, receipt_kind="PAYMENT"
+        ConfirmOutcome.APPLIED, attempt_id, bill, paying.receipt_id, receipt_kind="PAYMENT"
     )
-    return result, str(row["payment_code"])
+    return result, code
+
+
+async def _apply_batch(
+    batch: list[tuple[AsyncEngine, Paying]],
+) -> list[tuple[uuid.UUID, str] | None]:
+    """One `_APPLY` for the whole batch on the driver connection (SQLAlchemy's
+    per-statement work was most of a confirmation's Python): (bill id, payment code) for
+    each payment it made, None for one whose guards did not hold."""
+    engine = batch[0][0]
+    payings = [p for _, p in batch]
+    params = _apply_params(payings, statuses=CAN_SUCCEED, deadline_checked=False)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        try:
+            rows = await _APPLY.fetch(driver, params)
+        except asyncpg.IntegrityConstraintViolationError:
+            # Two payments of one bill in the batch, or a trade number seen before: the
+            # batch rolled back whole; each payment's general path answers it.
+            return [None] * len(batch)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            # A connection the server dropped: out of the pool; the general paths retry on
+            # others (a commit whose answer was lost shows there as ALREADY_CONFIRMED).
+            await conn.invalidate(exc)
+            return [None] * len(batch)
+    made = {r["attempt_id"]: (r["bill_id"], str(r["payment_code"])) for r in rows}
+    return [made.get(p.attempt_id) for p in payings]
+
+
+APPLY_GROUPS: GroupCommit[tuple[AsyncEngine, Paying], tuple[uuid.UUID, str] | None] = GroupCommit(
+    _apply_batch, lanes=6, max_batch=32, key=lambda item: (id(item[0]), item[1].attempt_id)
+)
+"""Lanes sized with CONFIRM_GATE (gateway.state.Resources); a batch is one engine's."""
 
 
 def _apply_params(
-    *,
-    attempt_id: uuid.UUID,
-    bill_id: uuid.UUID | None,
-    channel: str,
-    statuses: list[str],
-    channel_trade_no: str | None,
-    amount: int,
-    paid_at: datetime,
-    bdate: date,
-    deadline_checked: bool,
-    source: str,
-) -> tuple[dict[str, Any], uuid.UUID]:
-    """`_APPLY`'s parameters, and the id of the receipt it will insert."""
-    receipt_id = uuid.uuid4()
-    detail = {"attempt_id": str(attempt_id), "receipt_id": str(receipt_id)}
-    codes, amounts = zip(*sorted(ledger.receipt_lines("PAYMENT", channel, amount)), strict=True)
-    params = {
-        "attempt_id": attempt_id,
-        "bill_id": bill_id,
-        "channel": channel,
+    payings: list[Paying], *, statuses: list[str], deadline_checked: bool
+) -> dict[str, Any]:
+    """`_APPLY`'s parameters: one array element per payment."""
+    legs = [ledger.receipt_lines("PAYMENT", p.channel, p.amount) for p in payings]
+    return {
+        "attempt_ids": [p.attempt_id for p in payings],
+        "bill_ids": [p.bill_id for p in payings],
+        "channels": [p.channel for p in payings],
+        "trade_nos": [p.channel_trade_no for p in payings],
+        "amounts": [p.amount for p in payings],
+        "paid_ats": [p.paid_at for p in payings],
+        "paid_at_texts": [p.paid_at.isoformat() for p in payings],
+        "receipt_ids": [p.receipt_id for p in payings],
+        "business_dates": [p.business_date for p in payings],
+        "actors": [p.source[:64] for p in payings],
+        "request_ids": [p.request_id for p in payings],
+        "memos": [ledger.receipt_memo("PAYMENT", p.channel) for p in payings],
+        "debit_codes": [lines[0][0] for lines in legs],
+        "credit_codes": [lines[1][0] for lines in legs],
         "statuses": statuses,
-        "trade_no": channel_trade_no,
-        "amount": amount,
-        "paid_at": paid_at,
-        "paid_at_text": paid_at.isoformat(),
         "deadline_checked": deadline_checked,
-        "receipt_id": receipt_id,
-        "actor": source[:64],
-        "request_id": structlog.contextvars.get_contextvars().get("request_id"),
-        "event_detail": json.dumps(detail),
-        "audit_detail": json.dumps({**detail, "amount": amount}),
-        # The ledger entry (settlement.ledger.posting_ctes).
-        "kind": "receipt",
-        "ref": str(receipt_id),
-        "business_date": bdate,
-        "memo": ledger.receipt_memo("PAYMENT", channel),
-        "reverses_id": None,
-        "codes": list(codes),
-        "amounts": list(amounts),
     }
-    return params, receipt_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,71 +625,76 @@ class DriverStatement:
         compiled = clause.compile(dialect=pg_asyncpg.dialect())  # type: ignore[no-untyped-call]
         return cls(clause, str(compiled), tuple(compiled.positiontup or ()))
 
-    async def fetchrow(self, driver: Any, params: dict[str, Any]) -> Any:
-        return await driver.fetchrow(self.sql, *(params[n] for n in self.names))
+    async def fetch(self, driver: Any, params: dict[str, Any]) -> list[Any]:
+        return list(await driver.fetch(self.sql, *(params[n] for n in self.names)))
 
 
 _ISSUED, _PAID = BillStatus.ISSUED.value, BillStatus.PAID.value
 _APPLY = DriverStatement.of(
-    # lk: the bill and attempt rows, locked (bill first, as every path locks them) only if
-    # every guard holds on the locked versions; each write below is a no-op without them.
-    "WITH lk AS (SELECT b.id AS bill_id, b.agency_id, b.agency_bill_no, b.payment_code,"  # noqa: S608 - constants only
-    " b.principal_amount, a.channel,"
-    " coalesce(CAST(:trade_no AS varchar), a.channel_trade_no) AS trade_no"
-    " FROM bills AS b JOIN payment_attempts AS a ON a.bill_id = b.id"
-    " WHERE a.id = CAST(:attempt_id AS uuid) AND a.channel = CAST(:channel AS varchar)"
-    " AND (CAST(:bill_id AS uuid) IS NULL OR b.id = CAST(:bill_id AS uuid))"
-    " AND a.status = ANY(CAST(:statuses AS varchar[])) AND a.amount = CAST(:amount AS bigint)"
-    " AND (a.channel_trade_no IS NULL OR CAST(:trade_no AS varchar) IS NULL"
-    " OR a.channel_trade_no = CAST(:trade_no AS varchar))"
+    "WITH i AS (SELECT * FROM unnest(CAST(:attempt_ids AS uuid[]), CAST(:bill_ids AS uuid[]),"  # noqa: S608 - constants only
+    " CAST(:channels AS varchar[]), CAST(:trade_nos AS varchar[]), CAST(:amounts AS bigint[]),"
+    " CAST(:paid_ats AS timestamptz[]), CAST(:paid_at_texts AS text[]),"
+    " CAST(:receipt_ids AS uuid[]), CAST(:business_dates AS date[]), CAST(:actors AS varchar[]),"
+    " CAST(:request_ids AS varchar[]), CAST(:memos AS text[]), CAST(:debit_codes AS text[]),"
+    " CAST(:credit_codes AS text[])) AS i(attempt_id, bill_id, channel, trade_no, amount,"
+    " paid_at, paid_at_text, receipt_id, business_date, actor, request_id, memo, debit_code,"
+    " credit_code)),"
+    # lk: each payment's bill and attempt rows, locked (bill first, bills in id order, as
+    # every path locks them) only if every guard holds on the locked versions; each write
+    # below is a no-op for a payment without them.
+    " lk AS (SELECT i.*, b.agency_id, b.agency_bill_no, b.payment_code, b.principal_amount,"
+    " b.id AS paid_bill, coalesce(i.trade_no, a.channel_trade_no) AS final_trade_no,"
+    " greatest(0, i.amount - b.principal_amount) AS late_fee"
+    " FROM i JOIN payment_attempts AS a ON a.id = i.attempt_id"
+    " JOIN bills AS b ON b.id = a.bill_id"
+    " WHERE a.channel = i.channel AND (i.bill_id IS NULL OR b.id = i.bill_id)"
+    " AND a.status = ANY(CAST(:statuses AS varchar[])) AND a.amount = i.amount"
+    " AND (a.channel_trade_no IS NULL OR i.trade_no IS NULL OR a.channel_trade_no = i.trade_no)"
     f" AND b.status = '{_ISSUED}'"
-    " AND (CAST(:deadline_checked AS boolean) OR CAST(:paid_at AS timestamptz) <= b.expires_at)"
-    " AND (SELECT count(*) FROM ledger_accounts WHERE code = ANY(CAST(:codes AS text[])))"
-    " = cardinality(CAST(:codes AS text[]))"
-    " FOR UPDATE OF b, a),"
+    " AND (CAST(:deadline_checked AS boolean) OR i.paid_at <= b.expires_at)"
+    " AND (SELECT count(*) FROM ledger_accounts WHERE code IN (i.debit_code, i.credit_code)) = 2"
+    " ORDER BY b.id FOR UPDATE OF b, a),"
     f" att AS (UPDATE payment_attempts AS a SET status = '{AttemptStatus.SUCCEEDED.value}',"
-    " channel_trade_no = lk.trade_no, updated_at = now()"
-    " FROM lk WHERE a.id = CAST(:attempt_id AS uuid) RETURNING a.id),"
-    f" paid AS (UPDATE bills AS b SET status = '{_PAID}', paid_amount = CAST(:amount AS bigint),"
-    " paid_at = CAST(:paid_at AS timestamptz), updated_at = now()"
-    " FROM lk WHERE b.id = lk.bill_id RETURNING b.id),"
+    " channel_trade_no = lk.final_trade_no, updated_at = now()"
+    " FROM lk WHERE a.id = lk.attempt_id RETURNING a.id),"
+    f" paid AS (UPDATE bills AS b SET status = '{_PAID}', paid_amount = lk.amount,"
+    " paid_at = lk.paid_at, updated_at = now() FROM lk WHERE b.id = lk.paid_bill RETURNING b.id),"
     " rc AS (INSERT INTO receipts (id, bill_id, attempt_id, channel, channel_trade_no, kind,"
     " amount, refunded_amount, late_fee_amount, paid_at, business_date)"
-    " SELECT CAST(:receipt_id AS uuid), lk.bill_id, CAST(:attempt_id AS uuid), lk.channel,"
-    " lk.trade_no, 'PAYMENT', CAST(:amount AS bigint), 0,"
-    " greatest(0, CAST(:amount AS bigint) - lk.principal_amount),"
-    " CAST(:paid_at AS timestamptz), CAST(:business_date AS date) FROM lk RETURNING id),"
+    " SELECT receipt_id, paid_bill, attempt_id, channel, final_trade_no, 'PAYMENT', amount, 0,"
+    " late_fee, paid_at, business_date FROM lk RETURNING id),"
     " ev AS (INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id,"
-    f" reason, detail) SELECT lk.bill_id, '{_ISSUED}', '{_PAID}', 'system',"
-    " CAST(:actor AS varchar), 'payment confirmed', CAST(:event_detail AS jsonb) FROM lk"
-    " RETURNING id),"
+    f" reason, detail) SELECT paid_bill, '{_ISSUED}', '{_PAID}', 'system', actor,"
+    " 'payment confirmed', jsonb_build_object('attempt_id', CAST(attempt_id AS text),"
+    " 'receipt_id', CAST(receipt_id AS text)) FROM lk RETURNING id),"
     " au AS (INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id,"
-    " detail, request_id) SELECT 'system', CAST(:actor AS varchar), 'payment.confirmed',"
-    " 'bill', CAST(lk.bill_id AS text), CAST(:audit_detail AS jsonb),"
-    " CAST(:request_id AS varchar) FROM lk RETURNING id),"
+    " detail, request_id) SELECT 'system', actor, 'payment.confirmed', 'bill',"
+    " CAST(paid_bill AS text), jsonb_build_object('attempt_id', CAST(attempt_id AS text),"
+    " 'receipt_id', CAST(receipt_id AS text), 'amount', amount), request_id FROM lk"
+    " RETURNING id),"
     # The agency's webhook (billing.webhooks) and the payer's e-note (settlement.enotes).
     " ob AS (INSERT INTO outbox (topic, key, payload)"
-    f" SELECT '{WEBHOOK_TOPIC}', 'bill.paid:' || CAST(lk.bill_id AS text), jsonb_build_object("
-    " 'event', 'bill.paid', 'agency_id', CAST(lk.agency_id AS text),"
-    " 'bill_id', CAST(lk.bill_id AS text), 'data', jsonb_build_object("
-    " 'agency_bill_no', lk.agency_bill_no, 'payment_code', lk.payment_code,"
-    " 'amount', CAST(:amount AS bigint),"
-    " 'late_fee', greatest(0, CAST(:amount AS bigint) - lk.principal_amount),"
-    " 'channel', lk.channel, 'attempt_id', CAST(CAST(:attempt_id AS uuid) AS text),"
-    " 'receipt_id', CAST(CAST(:receipt_id AS uuid) AS text),"
-    " 'paid_at', CAST(:paid_at_text AS text),"
-    " 'business_date', CAST(CAST(:business_date AS date) AS text))) FROM lk"
-    f" UNION ALL SELECT '{ENOTE_TOPIC}',"
-    f" '{ENOTE_TOPIC}:' || CAST(CAST(:receipt_id AS uuid) AS text),"
-    " jsonb_build_object('receipt_id', CAST(CAST(:receipt_id AS uuid) AS text)) FROM lk"
+    f" SELECT '{WEBHOOK_TOPIC}', 'bill.paid:' || CAST(paid_bill AS text), jsonb_build_object("
+    " 'event', 'bill.paid', 'agency_id', CAST(agency_id AS text),"
+    " 'bill_id', CAST(paid_bill AS text), 'data', jsonb_build_object("
+    " 'agency_bill_no', agency_bill_no, 'payment_code', payment_code, 'amount', amount,"
+    " 'late_fee', late_fee, 'channel', channel, 'attempt_id', CAST(attempt_id AS text),"
+    " 'receipt_id', CAST(receipt_id AS text), 'paid_at', paid_at_text,"
+    " 'business_date', CAST(business_date AS text))) FROM lk"
+    f" UNION ALL SELECT '{ENOTE_TOPIC}', '{ENOTE_TOPIC}:' || CAST(receipt_id AS text),"
+    " jsonb_build_object('receipt_id', CAST(receipt_id AS text)) FROM lk"
     f" ON CONFLICT ON CONSTRAINT {outbox.KEY_CONSTRAINT} DO NOTHING RETURNING id),"
-    f" {ledger.posting_ctes('lk')}"
-    " SELECT lk.bill_id, lk.payment_code, (SELECT count(*) FROM att) AS attempts FROM lk"
+    # Each receipt's ledger entry (settlement.ledger.posting_ctes).
+    " src AS (SELECT CAST('receipt' AS varchar) AS kind, CAST(receipt_id AS varchar) AS ref,"
+    " business_date, memo, CAST(NULL AS bigint) AS reverses_id,"
+    " ARRAY[debit_code, credit_code] AS codes, ARRAY[amount, -amount] AS amounts FROM lk),"
+    f" {ledger.posting_ctes('src')}"
+    " SELECT attempt_id, paid_bill AS bill_id, payment_code FROM lk"
 )
-"""Pay the bill with this attempt: every write of a confirmation as ONE statement of
+"""Pay bills with these attempts: every write of the confirmations as ONE statement of
 data-modifying CTEs (each runs once, whether read or not; foreign keys and the ledger's
-balance trigger are checked at its end). One row (the bill's id and payment code) when it
-paid, none when a guard did not hold."""
+balance trigger are checked at its end). One row (attempt, bill, payment code) per payment
+it made; a payment whose guards did not hold has none."""
 
 
 @functools.cache

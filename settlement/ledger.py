@@ -430,26 +430,29 @@ async def rollup(session: Executor) -> int:
 
 
 def posting_ctes(source: str) -> str:
-    """The CTEs that post one entry for each row of `source` (a FROM item of at most one
-    row): `e` the entry (nothing if (kind, ref) is already posted), `l` its lines, `p` their
-    pending marks. Parameters :kind, :ref, :business_date, :memo, :reverses_id, and :codes /
-    :amounts (one line per account code; an account that does not exist gets no line, which
-    the caller checks). Shared by `post` and the one-statement confirmation."""
+    """The CTEs that post one entry per row of the CTE `source`, whose columns are kind,
+    ref, business_date, memo, reverses_id, and codes / amounts (one line per account code;
+    an account that does not exist gets no line, which the caller checks): `e` the entries
+    (none for a (kind, ref) already posted), `l` their lines, `p` the lines' pending marks.
+    Shared by `post` and the confirmations' one statement."""
     return (
         "e AS (INSERT INTO journal_entries (kind, ref, business_date, memo, reverses_id)"  # noqa: S608 - `source` is code
-        " SELECT CAST(:kind AS varchar), CAST(:ref AS varchar), CAST(:business_date AS date),"
-        f" CAST(:memo AS text), CAST(:reverses_id AS bigint) FROM {source}"
-        " ON CONFLICT (kind, ref) DO NOTHING RETURNING id),"
+        f" SELECT kind, ref, business_date, memo, reverses_id FROM {source}"
+        " ON CONFLICT (kind, ref) DO NOTHING RETURNING id, kind, ref),"
         " l AS (INSERT INTO journal_lines (entry_id, account_id, amount)"
-        " SELECT e.id, a.id, t.m FROM e CROSS JOIN unnest(CAST(:codes AS text[]),"
-        " CAST(:amounts AS bigint[])) AS t(c, m) JOIN ledger_accounts a ON a.code = t.c"
+        f" SELECT e.id, a.id, t.m FROM e JOIN {source} AS s ON s.kind = e.kind AND s.ref = e.ref"
+        " CROSS JOIN unnest(s.codes, s.amounts) AS t(c, m) JOIN ledger_accounts a ON a.code = t.c"
         " RETURNING id),"
         " p AS (INSERT INTO ledger_pending (line_id) SELECT id FROM l)"
     )
 
 
 _POST = text(
-    f"WITH {posting_ctes('(VALUES (1)) AS one')}"  # noqa: S608 - constants only
+    "WITH src AS (SELECT CAST(:kind AS varchar) AS kind, CAST(:ref AS varchar) AS ref,"  # noqa: S608 - constants only
+    " CAST(:business_date AS date) AS business_date, CAST(:memo AS text) AS memo,"
+    " CAST(:reverses_id AS bigint) AS reverses_id, CAST(:codes AS text[]) AS codes,"
+    " CAST(:amounts AS bigint[]) AS amounts),"
+    f" {posting_ctes('src')}"
     " SELECT e.id, (SELECT count(*) FROM l) FROM e"
 )
 _LINES = text(

@@ -1,11 +1,17 @@
-"""confirm_payment: exactly once under concurrency, duplicates refunded, late successes."""
+"""confirm_payment: exactly once under concurrency, duplicates refunded, late successes.
+
+Every test runs twice: through the general path alone, and as notifications arrive (the
+channel named), where the grouped one-statement path goes first and must leave to the
+general path everything its guards do not cover."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from billing.audit import AuditEntry
@@ -13,11 +19,30 @@ from billing.kv import KV
 from billing.models import Bill, BillEvent
 from billing.outbox import OutboxMessage
 from gateway.state import Resources
-from settlement import bills
+from settlement import bills, confirm, ledger
 from settlement.business_day import business_date
-from settlement.confirm import CONFIRM_GATE, ConfirmOutcome, confirm_payment, core_transaction
+from settlement.confirm import CONFIRM_GATE, ConfirmOutcome, ConfirmResult, core_transaction
 from settlement.models import PaymentAttempt, Receipt, Refund
 from tests.payments_support import bill_for_test
+
+_ROUTE = {"via": "general"}
+
+
+@pytest.fixture(autouse=True, params=["general", "grouped"])
+def _route(request: pytest.FixtureRequest) -> None:
+    _ROUTE["via"] = request.param
+
+
+async def confirm_payment(sessions: Any, redis: Any, **kw: Any) -> ConfirmResult:
+    if _ROUTE["via"] == "grouped":
+        async with sessions() as s:
+            kw["channel"] = channel = await s.scalar(
+                select(PaymentAttempt.channel).where(PaymentAttempt.id == kw["attempt_id"])
+            )
+            if channel is not None:  # the one statement posts only to existing accounts
+                await ledger.account_ids(s, [ledger.clearing(channel), ledger.REVENUE_PENDING])
+                await s.commit()
+    return await confirm.confirm_payment(sessions, redis, **kw)
 
 
 async def _attempt(
