@@ -3,12 +3,13 @@
 `confirm_payment` is the one place a channel's "this attempt was paid" becomes a receipt.
 
 The usual case — an open attempt of an ISSUED bill, paid before the bill's expiry, for the
-attempt's amount — is ONE statement in its own implicit transaction (`_APPLY`): it locks the
-bill and attempt rows (`FOR UPDATE`, bill first) only if every guard holds on the locked
-rows, and its data-modifying CTEs move the attempt to SUCCEEDED, insert the receipt, move the
-bill ISSUED → PAID with its event, the audit row, the outbox messages and the ledger entry.
-One round trip, no BEGIN/COMMIT: a third of the database work and a fifth of the Python of
-the general path (bench/scenarios/alipay_notify.py).
+attempt's amount, on a named channel — is ONE statement in its own implicit transaction
+(`_APPLY`): it locks the bill and attempt rows (`FOR UPDATE`, bill first) only if every
+guard holds on the locked rows, and its data-modifying CTEs move the attempt to SUCCEEDED,
+insert the receipt, move the bill ISSUED → PAID with its event, the audit row, the outbox
+messages and the ledger entry. One round trip with no BEGIN/COMMIT, run on the driver
+connection, and shared by the confirmations that arrive meanwhile (settlement.group_commit):
+most of PostgreSQL's effort was per statement, not per row.
 
 Everything else (a repeat, a duplicate, a wrong amount, a late success, a first posting to
 a new ledger account) takes the general path: one transaction, a locking read of the same
