@@ -147,8 +147,8 @@ class AttemptFacts:
     amount: int
     channel_trade_no: str | None
     new: dict[str, Any] | None = None
-    """Column values of an attempt to INSERT (already SUCCEEDED) instead of updating one: a
-    bank confirmation without a prior query opens and confirms it in one transaction."""
+    """Column values of an attempt to INSERT (PENDING) before confirming it: a bank
+    confirmation without a prior query opens and confirms it in one transaction."""
 
 
 _B = cast(Table, Bill.__table__)
