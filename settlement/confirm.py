@@ -394,7 +394,7 @@ async def apply_to_locked(
         # A bank's confirmation without a prior query: its attempt opens here, PENDING as
         # every bank attempt starts, and is confirmed by the same statements as any other.
         await conn.execute(
-            insert(_A).values(status=AttemptStatus.PENDING, channel_trade_no=None),
+            _NEW_ATTEMPT,
             {k: v for k, v in attempt.new.items() if k in _NEW_ATTEMPT_KEYS} | {"id": attempt_id},
         )
     trade_no = channel_trade_no or attempt.channel_trade_no
@@ -414,12 +414,13 @@ async def apply_to_locked(
         seen = AttemptStatus.PENDING if attempt.new is not None else attempt.status
         # bill_is_payable judged the deadline, category by category.
         params = _apply_params([paying], statuses=[seen], deadline_checked=True)
-        # A channel's first receipt creates its ledger accounts.
-        await ledger.account_ids(
-            conn, [code for code, _ in ledger.receipt_lines("PAYMENT", attempt.channel, amount)]
-        )
-        # The rows are locked and the guards were checked above: it cannot miss.
+        # The rows are locked and the guards were checked above: only a channel's first
+        # receipt misses, for want of its ledger accounts.
         applied = (await conn.execute(_APPLY.clause, params)).first()
+        if applied is None:
+            lines = ledger.receipt_lines("PAYMENT", attempt.channel, amount)
+            await ledger.account_ids(conn, [code for code, _ in lines])
+            applied = (await conn.execute(_APPLY.clause, params)).first()
         assert applied is not None, "attempt changed under its lock"
         result = ConfirmResult(
             ConfirmOutcome.APPLIED, attempt_id, bill.id, paying.receipt_id, receipt_kind="PAYMENT"
@@ -742,6 +743,8 @@ def _locking_read(*, by_bill: bool, by_channel: bool) -> Select[Any]:
 
 
 _NEW_ATTEMPT_KEYS = ("bill_id", "channel", "mode", "amount", "expires_at", "next_check_at")
+_NEW_ATTEMPT = insert(_A).values(status=AttemptStatus.PENDING)
+"""A bank's attempt opened by its confirmation (the keys above, and id, as parameters)."""
 
 
 def _p(name: str) -> BindParameter[Any]:
