@@ -586,7 +586,12 @@ async def _apply_on(
             # deadlock with another path: rolled back whole; each payment's general path
             # answers it.
             return {}
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down
+            asyncpg.InterfaceError,
+            OSError,
+        ) as exc:
             # A connection the server dropped: out of the pool; the general paths retry on
             # others (a commit whose answer was lost shows there as ALREADY_CONFIRMED).
             await conn.invalidate(exc)

@@ -7,10 +7,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from billing.models import Bill
 from billing.outbox import OutboxMessage
+from gateway.db import create_engine, session_factory
+from gateway.settings import Settings
 from gateway.state import Resources
 from settlement import ledger
 from settlement.business_day import business_date
@@ -211,3 +213,53 @@ async def test_two_channels_paying_one_bill_in_one_batch(res: Resources) -> None
         kinds = sorted((await s.scalars(select(Receipt.kind))).all())
         assert kinds == ["DUPLICATE", "PAYMENT"]
         assert await s.scalar(select(func.count()).select_from(Refund)) == 1
+
+
+async def test_a_dropped_connection_falls_back_to_the_general_path(settings: Settings) -> None:
+    """The grouped path runs on the driver connection, outside SQLAlchemy's error handling:
+    a connection the server ended while idle is put out of the pool there, and the payment
+    is made by the general path on another connection, once."""
+    assert settings.database.url
+    engine = create_engine(settings.database.url)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as s:
+            await ledger.account_ids(s, ["clearing:alipay", ledger.REVENUE_PENDING])
+            (bill,) = [(await bill_for_test(s))[2]]
+            attempt = PaymentAttempt(
+                id=uuid.uuid4(),
+                bill_id=bill.id,
+                channel="alipay",
+                mode="qr",
+                status="PENDING",
+                amount=bill.principal_amount,
+                expires_at=datetime.now(UTC) + timedelta(minutes=30),
+            )
+            s.add(attempt)
+            await s.commit()
+        async with engine.connect() as conn:  # the pool's only idle connection
+            pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+        killer = create_engine(settings.database.url)
+        try:
+            async with killer.connect() as other:
+                assert await other.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        finally:
+            await killer.dispose()
+        result = await confirm_payment(
+            sessions,
+            None,
+            attempt_id=attempt.id,
+            channel_trade_no="T-dropped",
+            amount=bill.principal_amount,
+            paid_at=datetime.now(UTC),
+            source="notify:alipay",
+            channel="alipay",
+        )
+        assert result.outcome == ConfirmOutcome.APPLIED
+        async with sessions() as s:
+            n = await s.scalar(
+                select(func.count()).select_from(Receipt).where(Receipt.bill_id == bill.id)
+            )
+            assert n == 1
+    finally:
+        await engine.dispose()
