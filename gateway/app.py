@@ -18,6 +18,7 @@ from gateway import __version__
 from gateway import logging as app_logging
 from gateway.middleware import request_id_middleware
 from gateway.problems import exception_handlers
+from gateway.procs import freeze_startup_heap
 from gateway.routes import ROUTES
 from gateway.settings import Settings
 from gateway.state import Resources
@@ -98,4 +99,15 @@ def create_app(
     # Wrap the whole ASGI handler, not just route handlers, so 404/405 answers produced by
     # the router carry the request id and get an access-log line too.
     app.asgi_handler = request_id_middleware(app.asgi_handler)
+    return app
+
+
+def create_served_app() -> Litestar:
+    """`paygate serve`'s factory: the app, and once it has started, the start-up heap frozen
+    out of the cyclic collector's way (gateway.procs.freeze_startup_heap): a full
+    collection then scans only what requests made, so its pauses — which every request in
+    flight waits out — stay short. Not in create_app: tests build many apps per process,
+    and frozen objects are never collected."""
+    app = create_app()
+    app.on_startup.append(freeze_startup_heap)
     return app

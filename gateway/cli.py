@@ -101,7 +101,7 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
     click.echo(f"  API reference: http://{host}:{port}/schema   readiness: /health/ready")
     try:
         uvicorn.run(
-            "gateway.app:create_app",
+            "gateway.app:create_served_app",
             factory=True,
             host=host,
             port=port,
