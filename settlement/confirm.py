@@ -195,17 +195,17 @@ async def confirm_payment(
     `redis` only drops the cached summary after the commit (None: the TTL bounds it)."""
     engine = sessions.kw.get("bind")
     if isinstance(engine, AsyncEngine) and channel is not None:
-        applied = await _apply_at_once(
-            engine,
+        paying = Paying(
             attempt_id=attempt_id,
             bill_id=bill_id,
             channel=channel,
             channel_trade_no=channel_trade_no,
             amount=amount,
             paid_at=paid_at,
+            business_date=business_date(paid_at, cutoff),
             source=source,
-            cutoff=cutoff,
         )
+        applied = await _apply_at_once(engine, paying)
         if applied is not None:
             await after_commit(redis, *applied, source)
             return applied[0]
@@ -515,18 +515,7 @@ class Paying:
     )
 
 
-async def _apply_at_once(
-    engine: AsyncEngine,
-    *,
-    attempt_id: uuid.UUID,
-    bill_id: uuid.UUID | None,
-    channel: str,
-    channel_trade_no: str | None,
-    amount: int,
-    paid_at: datetime,
-    source: str,
-    cutoff: time,
-) -> tuple[ConfirmResult, str] | None:
+async def _apply_at_once(engine: AsyncEngine, paying: Paying) -> tuple[ConfirmResult, str] | None:
     """The usual case, by `_APPLY` in its own implicit transaction, grouped with the
     confirmations that arrive meanwhile (APPLY_GROUPS).
 
@@ -535,16 +524,6 @@ async def _apply_at_once(
     or the batch failed: nothing of this payment was written and the general path decides.
     Only "ISSUED and paid before expiry" is taken here; whether a late payment still pays
     its bill is bill_is_payable's, on the general path."""
-    paying = Paying(
-        attempt_id=attempt_id,
-        bill_id=bill_id,
-        channel=channel,
-        channel_trade_no=channel_trade_no,
-        amount=amount,
-        paid_at=paid_at,
-        business_date=business_date(paid_at, cutoff),
-        source=source,
-    )
     try:
         row = await APPLY_GROUPS.submit((engine, paying))
     except RuntimeError:  # the process is stopping
@@ -553,7 +532,7 @@ async def _apply_at_once(
         return None
     bill, code = row
     result = ConfirmResult(
-        ConfirmOutcome.APPLIED, attempt_id, bill, paying.receipt_id, receipt_kind="PAYMENT"
+        ConfirmOutcome.APPLIED, paying.attempt_id, bill, paying.receipt_id, receipt_kind="PAYMENT"
     )
     return result, code
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.models import Agency, Bill, RevenueItem
 from billing.payment_code import compose
@@ -27,6 +28,7 @@ from gateway.app import create_app
 from gateway.settings import BankSettings, Settings
 from gateway.state import Resources
 from settlement.context import PaymentContext
+from settlement.models import PaymentAttempt
 from tests.factories import make_agency, make_bill, make_item
 from tests.servers import ServerThread
 
@@ -152,3 +154,27 @@ async def bill_for_test(
     )
     await session.commit()
     return agency, item, bill
+
+
+async def open_attempt(
+    sessions: async_sessionmaker[AsyncSession],
+    bill: Bill,
+    *,
+    channel: str = "bank:102",
+    status: str = "PENDING",
+    amount: int | None = None,
+) -> PaymentAttempt:
+    """An attempt on `bill`, as the channel's create call would have left it."""
+    async with sessions() as s:
+        a = PaymentAttempt(
+            id=uuid.uuid4(),
+            bill_id=bill.id,
+            channel=channel,
+            mode="qr" if channel == "alipay" else "bank",
+            status=status,
+            amount=amount or bill.principal_amount,
+            expires_at=datetime.now(UTC) + timedelta(minutes=30),
+        )
+        s.add(a)
+        await s.commit()
+        return a

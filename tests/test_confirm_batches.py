@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select, text
@@ -18,9 +18,9 @@ from settlement import ledger
 from settlement.business_day import business_date
 from settlement.confirm import APPLY_GROUPS, ConfirmOutcome, confirm_payment
 from settlement.group_commit import GroupCommit
-from settlement.models import PaymentAttempt, Receipt, Refund
+from settlement.models import Receipt, Refund
 from settlement.tables import JournalEntry, JournalLine
-from tests.payments_support import bill_for_test
+from tests.payments_support import bill_for_test, open_attempt
 
 # ------------------------------------------------------------------ GroupCommit
 
@@ -83,19 +83,7 @@ async def test_a_failed_batch_fails_its_callers_only() -> None:
 
 
 async def _open_attempt(res: Resources, bill: Bill, channel: str = "alipay") -> uuid.UUID:
-    async with res.sessions() as s:
-        a = PaymentAttempt(
-            id=uuid.uuid4(),
-            bill_id=bill.id,
-            channel=channel,
-            mode="qr",
-            status="PENDING",
-            amount=bill.principal_amount,
-            expires_at=datetime.now(UTC) + timedelta(minutes=30),
-        )
-        s.add(a)
-        await s.commit()
-        return a.id
+    return (await open_attempt(res.sessions, bill, channel=channel)).id
 
 
 async def _bills(res: Resources, n: int) -> list[Bill]:
@@ -225,18 +213,8 @@ async def test_a_dropped_connection_falls_back_to_the_general_path(settings: Set
     try:
         async with sessions() as s:
             await ledger.account_ids(s, ["clearing:alipay", ledger.REVENUE_PENDING])
-            (bill,) = [(await bill_for_test(s))[2]]
-            attempt = PaymentAttempt(
-                id=uuid.uuid4(),
-                bill_id=bill.id,
-                channel="alipay",
-                mode="qr",
-                status="PENDING",
-                amount=bill.principal_amount,
-                expires_at=datetime.now(UTC) + timedelta(minutes=30),
-            )
-            s.add(attempt)
-            await s.commit()
+            _, _, bill = await bill_for_test(s)
+        attempt = await open_attempt(sessions, bill, channel="alipay")
         async with engine.connect() as conn:  # the pool's only idle connection
             pid = await conn.scalar(text("SELECT pg_backend_pid()"))
         killer = create_engine(settings.database.url)

@@ -23,7 +23,7 @@ from settlement import bills, confirm, ledger
 from settlement.business_day import business_date
 from settlement.confirm import CONFIRM_GATE, ConfirmOutcome, ConfirmResult, core_transaction
 from settlement.models import PaymentAttempt, Receipt, Refund
-from tests.payments_support import bill_for_test
+from tests.payments_support import bill_for_test, open_attempt
 
 _ROUTE = {"via": "general"}
 
@@ -45,27 +45,8 @@ async def confirm_payment(sessions: Any, redis: Any, **kw: Any) -> ConfirmResult
     return await confirm.confirm_payment(sessions, redis, **kw)
 
 
-async def _attempt(
-    res: Resources,
-    bill: Bill,
-    *,
-    channel: str = "bank:102",
-    status: str = "PENDING",
-    amount: int | None = None,
-) -> PaymentAttempt:
-    async with res.sessions() as s:
-        a = PaymentAttempt(
-            id=uuid.uuid4(),
-            bill_id=bill.id,
-            channel=channel,
-            mode="bank",
-            status=status,
-            amount=amount or bill.principal_amount,
-            expires_at=datetime.now(UTC) + timedelta(minutes=30),
-        )
-        s.add(a)
-        await s.commit()
-        return a
+async def _attempt(res: Resources, bill: Bill, **kw: Any) -> PaymentAttempt:
+    return await open_attempt(res.sessions, bill, **kw)
 
 
 async def _count(res: Resources, stmt: object) -> int:
