@@ -565,14 +565,16 @@ async def _apply_on(
             # deadlock with another path: rolled back whole; each payment's general path
             # answers it.
             return {}
-        except (
-            asyncpg.PostgresConnectionError,
-            asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down
-            asyncpg.InterfaceError,
-            OSError,
-        ) as exc:
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
             # A connection the server dropped: out of the pool; the general paths retry on
             # others (a commit whose answer was lost shows there as ALREADY_CONFIRMED).
+            await conn.invalidate(exc)
+            return {}
+        except (asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError) as exc:
+            # The server ended the backend (terminated, shutting down), its goodbye read
+            # while the connection idled in the pool: the same, once the connection is shut.
+            if driver is None or not driver.is_closed():
+                raise
             await conn.invalidate(exc)
             return {}
     return {r["attempt_id"]: (r["bill_id"], str(r["payment_code"])) for r in rows}

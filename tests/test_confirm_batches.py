@@ -227,7 +227,7 @@ async def test_a_dropped_connection_falls_back_to_the_general_path(settings: Set
             sessions,
             None,
             attempt_id=attempt.id,
-            channel_trade_no="T-dropped",
+            channel_trade_no=f"T-{attempt.id.hex[:20]}",
             amount=bill.principal_amount,
             paid_at=datetime.now(UTC),
             source="notify:alipay",
