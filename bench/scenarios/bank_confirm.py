@@ -2,8 +2,8 @@
 
 Each confirmation verifies the HMAC, checks the nonce in Redis, opens an attempt, and runs
 confirm_payment (bill row lock, receipt, bill event, audit, two outbox messages). The
-baseline is a bare Litestar endpoint committing one INSERT. A second, lighter run (4
-connections) reports p99 near 80 % of the peak rate (closed-loop load cannot pin a rate).
+baseline is a bare Litestar endpoint committing one INSERT (bench.payments_support has the
+protocol: baseline before and after, p99 at 8 and 16 connections).
 """
 
 from __future__ import annotations
