@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import date, datetime
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -82,8 +83,20 @@ def due_from(
     return AmountDue(principal, overdue, fee)
 
 
-def refusal(view: BillView, now: datetime) -> tuple[str, str] | None:
-    """(code, message) when a new payment of this bill must be refused, else None."""
+class PayableFacts(Protocol):
+    """What deciding whether a bill can take a payment needs (a view, a locked row...)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def expires_at(self) -> datetime: ...
+
+
+def refusal(view: PayableFacts, now: datetime) -> tuple[str, str] | None:
+    """(code, message) when a payment made at `now` cannot pay this bill, else None: a new
+    attempt is refused, and money that arrives anyway is a duplicate, refunded."""
     if view.status == BillStatus.CANCELLED:
         return "bill_cancelled", "This bill was cancelled."
     if view.status == BillStatus.EXPIRED:

@@ -118,11 +118,10 @@ class ConfirmResult:
         return self.outcome in ACKNOWLEDGED
 
 
-def bill_is_payable(bill: Bill | BillFacts, paid_at: datetime) -> bool:
-    """Whether money paid at `paid_at` can be this bill's payment (see the module doc)."""
-    if bill.status != BillStatus.ISSUED:
-        return False
-    return not (bill.category in bills.FIXED_DEADLINE_CATEGORIES and paid_at > bill.expires_at)
+def bill_is_payable(bill: bills.PayableFacts, paid_at: datetime) -> bool:
+    """Whether money paid at `paid_at` can be this bill's payment (see the module doc): the
+    same rule that refuses a new attempt (settlement.bills.refusal)."""
+    return bills.refusal(bill, paid_at) is None
 
 
 @dataclass(frozen=True, slots=True)
