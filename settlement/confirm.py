@@ -73,7 +73,7 @@ from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from settlement import bills, ledger
 from settlement.business_day import business_date
 from settlement.enotes import ISSUE_TOPIC as ENOTE_TOPIC
-from settlement.group_commit import GroupCommit
+from settlement.group_commit import GroupCommit, PerLoop
 from settlement.models import PaymentAttempt, Receipt, Refund
 from settlement.refunds import TOPIC_EXECUTE
 
@@ -238,25 +238,21 @@ async def confirm_payment(
 class ConfirmGate:
     """At most `size` confirmation transactions in the database at once (per process); the
     others wait for a turn before taking a connection. Past a few per core, more concurrent
-    transactions only add PostgreSQL lock contention (see DatabaseSettings). One semaphore
-    per event loop, as asyncio primitives belong to one loop."""
+    transactions only add PostgreSQL lock contention (see DatabaseSettings)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._by_loop: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._gates = PerLoop(self._gate)
+
+    def _gate(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(self.size)
 
     def resize(self, size: int) -> None:
-        if size != self.size:
-            self.size, self._by_loop = size, {}
+        if size != self.size:  # gates already handed out keep their size; new ones get this
+            self.size, self._gates = size, PerLoop(self._gate)
 
     def turn(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        gate = self._by_loop.get(loop)
-        if gate is None:
-            if len(self._by_loop) >= 8:  # loops of finished tests
-                self._by_loop.clear()
-            gate = self._by_loop[loop] = asyncio.Semaphore(self.size)
-        return gate
+        return self._gates.get()
 
 
 CONFIRM_GATE = ConfirmGate(6)

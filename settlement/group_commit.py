@@ -7,7 +7,7 @@ once, and a lane that finishes takes everything that queued meanwhile (up to `ma
 With no load a call runs alone at once (no timer, no added latency); under load the
 batches grow by themselves, as PostgreSQL's own commit grouping does.
 
-One state per event loop, as asyncio primitives belong to one loop.
+One state per event loop (`PerLoop`), as asyncio primitives belong to one loop.
 """
 
 from __future__ import annotations
@@ -19,6 +19,25 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
+
+
+class PerLoop(Generic[S]):
+    """One `S` per running event loop, made on first use there: asyncio primitives belong
+    to the loop they were made in. A process has one loop; tests make many, and the states
+    of closed ones are dropped."""
+
+    def __init__(self, make: Callable[[], S]) -> None:
+        self._make = make
+        self._by_loop: dict[asyncio.AbstractEventLoop, S] = {}
+
+    def get(self) -> S:
+        loop = asyncio.get_running_loop()
+        state = self._by_loop.get(loop)
+        if state is None:
+            self._by_loop = {k: v for k, v in self._by_loop.items() if not k.is_closed()}
+            state = self._by_loop[loop] = self._make()
+        return state
 
 
 @dataclass
@@ -48,23 +67,18 @@ class GroupCommit(Generic[T, R]):
         self.lanes = lanes
         self.max_batch = max_batch
         self._key = key
-        self._by_loop: dict[asyncio.AbstractEventLoop, _LoopState[T, R]] = {}
+        self._states: PerLoop[_LoopState[T, R]] = PerLoop(_LoopState)
 
     def resize(self, lanes: int) -> None:
         self.lanes = lanes
 
     async def submit(self, item: T) -> R:
-        loop = asyncio.get_running_loop()
-        state = self._by_loop.get(loop)
-        if state is None:
-            if len(self._by_loop) >= 8:  # loops of finished tests
-                self._by_loop = {k: v for k, v in self._by_loop.items() if not k.is_closed()}
-            state = self._by_loop[loop] = _LoopState()
-        future: asyncio.Future[R] = loop.create_future()
+        state = self._states.get()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         state.pending.append((item, future))
         if state.busy < self.lanes:
             state.busy += 1
-            lane = loop.create_task(self._lane(state))
+            lane = asyncio.get_running_loop().create_task(self._lane(state))
             state.lanes.add(lane)
             lane.add_done_callback(state.lanes.discard)
         return await future
