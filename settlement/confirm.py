@@ -147,8 +147,9 @@ class AttemptFacts:
     amount: int
     channel_trade_no: str | None
     new: dict[str, Any] | None = None
-    """Column values of an attempt to INSERT (PENDING) before confirming it: a bank
-    confirmation without a prior query opens and confirms it in one transaction."""
+    """Column values of an attempt to INSERT before confirming it (as the facts above say,
+    `status` PENDING): a bank confirmation without a prior query opens and confirms it in
+    one transaction."""
 
 
 _B = cast(Table, Bill.__table__)
@@ -382,16 +383,13 @@ async def apply_to_locked(
             code,
         )
 
-    if _path_to_success(attempt.status) is None:
+    if attempt.status not in CAN_SUCCEED:
         log.error("success for an attempt that cannot succeed", status=attempt.status)
         return ConfirmResult(ConfirmOutcome.REJECTED_STATE, attempt_id, bill.id), code
     if attempt.new is not None:
         # A bank's confirmation without a prior query: its attempt opens here, PENDING as
         # every bank attempt starts, and is confirmed by the same statements as any other.
-        await conn.execute(
-            _NEW_ATTEMPT,
-            {k: v for k, v in attempt.new.items() if k in _NEW_ATTEMPT_KEYS} | {"id": attempt_id},
-        )
+        await conn.execute(_NEW_ATTEMPT, attempt.new | {"id": attempt_id})
     trade_no = channel_trade_no or attempt.channel_trade_no
     bdate = business_date(paid_at, cutoff)
     if bill_is_payable(bill, paid_at):
@@ -406,9 +404,8 @@ async def apply_to_locked(
             business_date=bdate,
             source=source,
         )
-        seen = AttemptStatus.PENDING if attempt.new is not None else attempt.status
         # bill_is_payable judged the deadline, category by category.
-        params = _apply_params([paying], statuses=[seen], deadline_checked=True)
+        params = _apply_params([paying], statuses=[attempt.status], deadline_checked=True)
         # The rows are locked and the guards were checked above: only a channel's first
         # receipt misses, for want of its ledger accounts.
         applied = (await conn.execute(_APPLY.clause, params)).first()
@@ -425,7 +422,7 @@ async def apply_to_locked(
     params = {
         "p_attempt_id": attempt_id,
         "p_trade_no": trade_no,
-        "p_seen_status": AttemptStatus.PENDING if attempt.new is not None else attempt.status,
+        "p_seen_status": attempt.status,
         "p_receipt_id": receipt_id,
         "p_bill_id": bill.id,
         "p_channel": attempt.channel,
@@ -476,18 +473,18 @@ async def apply_to_locked(
     return result, code
 
 
-def _path_to_success(status: str) -> list[str] | None:
-    """The attempt machine's way from `status` to SUCCEEDED (CREATED goes through PENDING;
-    both edges are in the machine), or None when there is none."""
+def _can_succeed(status: str) -> bool:
+    """Whether the attempt machine leads from `status` to SUCCEEDED (CREATED goes through
+    PENDING; both edges are in the machine)."""
     path = [status]
     if status == AttemptStatus.CREATED:
         path.append(AttemptStatus.PENDING)
     path.append(AttemptStatus.SUCCEEDED)
-    return path if all(ATTEMPT.allowed(a, b) for a, b in itertools.pairwise(path)) else None
+    return all(ATTEMPT.allowed(a, b) for a, b in itertools.pairwise(path))
 
 
 CAN_SUCCEED: list[str] = sorted(
-    s.value for s in AttemptStatus if s != AttemptStatus.SUCCEEDED and _path_to_success(s)
+    s.value for s in AttemptStatus if s != AttemptStatus.SUCCEEDED and _can_succeed(s)
 )
 """Attempt statuses a confirmation may move to SUCCEEDED (from the machine, as data)."""
 
@@ -723,9 +720,8 @@ def _locking_read(*, by_bill: bool, by_channel: bool) -> Select[Any]:
     return stmt
 
 
-_NEW_ATTEMPT_KEYS = ("bill_id", "channel", "mode", "amount", "expires_at", "next_check_at")
 _NEW_ATTEMPT = insert(_A).values(status=AttemptStatus.PENDING)
-"""A bank's attempt opened by its confirmation (the keys above, and id, as parameters)."""
+"""A bank's attempt opened by its confirmation (AttemptFacts.new's columns as parameters)."""
 
 
 def _p(name: str) -> BindParameter[Any]:
