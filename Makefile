@@ -23,10 +23,11 @@ run: $(STAMP)  ## Serve with demo data (embedded PostgreSQL/Redis unless DATABAS
 test: $(STAMP) lint  ## Lint, type-check and run every test against real PostgreSQL and Redis
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)  ## ruff and mypy (strict on the four packages)
+lint: $(STAMP)  ## ruff, mypy (strict) and the import-linter contracts (the rooms' layering)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)  ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

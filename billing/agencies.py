@@ -18,11 +18,11 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing import audit
-from billing.crypto import keyring
-from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency, AgencyItem, ApiKey, RevenueItem
-from billing.tables import AuthNonce
+from kernel import audit
+from kernel.crypto import keyring
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.nonces import AuthNonce
 
 log = structlog.get_logger(__name__)
 

@@ -26,17 +26,18 @@ from sqlalchemy import Select, String, cast, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing import audit, cursors, outbox
 from billing.agencies import validate_credit_code
-from billing.audit import Actor
-from billing.crypto import keyring, mask_id_number
-from billing.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
-from billing.late_fee import SHANGHAI, AmountDue, DayCount, amount_due, shanghai_today
+from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, AgencyItem, Bill, BillEvent, BillLine, RevenueItem
 from billing.payment_code import validate as validate_payment_code
 from billing.serials import allocate, payment_codes
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
+from kernel import audit, cursors, outbox
+from kernel.audit import Actor
+from kernel.clock import SHANGHAI, shanghai_today
+from kernel.crypto import keyring, mask_id_number
+from kernel.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
 
 log = structlog.get_logger(__name__)
 

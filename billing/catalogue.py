@@ -13,8 +13,8 @@ from datetime import date
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.errors import InvalidInput
 from billing.models import BUDGET_LEVELS, ITEM_CATEGORIES, RevenueItem
+from kernel.errors import InvalidInput
 
 LATE_FEE_RULES = ("NONE", "FINE_DAILY_3PCT")
 _SUBJECT = re.compile(r"^[0-9]{12}$")

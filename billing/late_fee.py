@@ -11,10 +11,8 @@ configurable grace (the national rule does not settle whether holidays count).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
+from datetime import date
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 DAILY_RATE_BP = 300  # 3% per day, in basis points
 
 
@@ -37,12 +35,6 @@ class AmountDue:
     @property
     def total(self) -> int:
         return self.principal + self.late_fee
-
-
-def shanghai_today(now: datetime) -> date:
-    if now.tzinfo is None:
-        raise ValueError("aware datetime required")
-    return now.astimezone(SHANGHAI).date()
 
 
 def amount_due(

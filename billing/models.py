@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from billing.db import Base
+from kernel.db import Base
 
 ITEM_CATEGORIES = ("FINE", "EXAM_FEE", "TUITION", "OTHER")
 BUDGET_LEVELS = (1, 2, 3, 4, 5, 6)
@@ -223,3 +223,14 @@ class BillEvent(Base):
     actor_id: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, object]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class PaymentCodeCounter(Base):
+    """One counter per region and year; serials are a keyed permutation of its values."""
+
+    __tablename__ = "payment_code_counters"
+
+    region_code: Mapped[str] = mapped_column(String(6), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_value: Mapped[int] = mapped_column(BigInteger)
+    """The first counter value not yet handed out."""

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 
-from billing.errors import InvalidInput
+from kernel.errors import InvalidInput
 
 LENGTH = 20
 SERIAL_SPACE = 10**9

@@ -25,7 +25,6 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing import crypto, outbox
 from billing.models import Agency
 from billing.webhooks import (
     EVENTS,
@@ -38,6 +37,7 @@ from billing.webhooks import (
     is_public,
     sign,
 )
+from kernel import crypto, outbox
 
 log = structlog.get_logger(__name__)
 

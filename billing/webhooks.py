@@ -65,16 +65,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing import audit, crypto, cursors, outbox
-from billing.audit import Actor
-from billing.db import Base
-from billing.errors import Conflict, InvalidInput, NotFound
-from billing.late_fee import SHANGHAI
 from billing.models import Agency
+from kernel import audit, crypto, cursors, outbox
+from kernel.audit import Actor
+from kernel.clock import SHANGHAI
+from kernel.db import Base
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.outbox import Topic
 
 log = structlog.get_logger(__name__)
 
-TOPIC: Final = "webhook.event"
+TOPIC: Final = Topic.WEBHOOK
 EVENTS: Final = frozenset(
     {"bill.paid", "bill.refunded", "bill.expired", "bill.cancelled", "enote.issued"}
 )

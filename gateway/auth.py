@@ -38,9 +38,9 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from billing.agencies import find_live_key, key_use_due, touch_key
-from billing.audit import Actor
-from billing.errors import Unauthorized
 from gateway.state import Resources
+from kernel.audit import Actor
+from kernel.errors import Unauthorized
 
 log = structlog.get_logger(__name__)
 

@@ -25,16 +25,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import bills as svc
-from billing.errors import Conflict, InvalidInput
-from billing.late_fee import SHANGHAI, shanghai_today
 from billing.models import Agency, RevenueItem
+from billing.notice import render_bill_notice
+from billing.payer import invalidate
+from enotes.service import NoteSummary, notes_for_bill
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.state import Resources
-from settlement.bills import invalidate
-from settlement.documents import DocItem, render_bill_notice
-from settlement.enotes import NoteSummary, notes_for_bill
-from settlement.models import Receipt, Refund
-from settlement.refunds import request_refund
+from kernel.clock import SHANGHAI, shanghai_today
+from kernel.errors import Conflict, InvalidInput
+from kernel.pdf import DocItem
+from payments.models import Receipt, Refund
+from payments.refunds import request_refund
 
 Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=svc.MAX_QUANTITY)]

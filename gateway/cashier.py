@@ -8,8 +8,8 @@ POST /pay/{code}              start an attempt (same service as the citizen API)
                               redirect (page/wap: to the channel; otherwise back here)
 
 Thin like every controller: the summary comes from the citizen API's `bill_summary` (same
-rate limit, check digit before any lookup), attempts from `settlement.attempts`, notes from
-`settlement.enotes`. Texts are Chinese; comments English.
+rate limit, check digit before any lookup), attempts from `payments.attempts`, notes from
+`enotes`. Texts are Chinese; comments English.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
-from billing.errors import DomainError, InvalidInput
+from enotes import service as enotes
 from gateway.bills_api import pay_url, qr_svg
 from gateway.pay_api import BillSummary, bill_summary, start_attempt
 from gateway.state import Resources
-from settlement import attempts, enotes
-from settlement.documents import yuan
+from kernel.errors import DomainError, InvalidInput
+from kernel.pdf import yuan
+from payments import attempts
 
 REFRESH_S = 3
 """How often a waiting page reloads itself (meta refresh) to pick up the payment."""

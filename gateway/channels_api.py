@@ -10,12 +10,12 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from billing.errors import NotFound
 from channels.bank.adapter import BankAdapter, channel_name
 from channels.bank.transforms import ResultCode
 from channels.base import InvalidNotification
 from gateway.state import Resources
-from settlement import bank_inbound, notify
+from kernel.errors import NotFound
+from payments import bank_inbound, notify
 
 log = structlog.get_logger(__name__)
 

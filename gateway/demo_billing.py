@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from billing import agencies, catalogue
 from billing import bills as svc
-from billing.audit import Actor
-from billing.crypto import keyring
-from billing.late_fee import SHANGHAI
 from billing.models import Agency, ApiKey
 from gateway.state import Resources
+from kernel.audit import Actor
+from kernel.clock import SHANGHAI
+from kernel.crypto import keyring
 
 
 def demo_resident_id(first17: str) -> str:

@@ -1,5 +1,5 @@
 """Fiscal e-notes over HTTP (public verification, PDF/PNG, the cashier's list) and the
-worker jobs that issue and red-letter them. Thin: parse → call settlement.enotes → shape."""
+worker jobs that issue and red-letter them. Thin: parse → call enotes → shape."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.errors import Conflict, InvalidInput, NotFound
+from enotes import service as enotes
+from enotes.document import render_note
+from enotes.signing import NoteSigners, Verifier, load_signer
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement import enotes
-from settlement.documents import pdf_to_png, render_note, yuan
-from settlement.signing import NoteSigners, Verifier, load_signer
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.pdf import pdf_to_png, yuan
 
 log = structlog.get_logger(__name__)
 

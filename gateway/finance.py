@@ -16,13 +16,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.audit import Actor
-from billing.errors import Conflict, InvalidInput, NotFound
-from billing.staff import StaffRole
 from gateway.staff_auth import principal, requires_role
-from settlement import refunds, reports, treasury
+from kernel.audit import Actor
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.staff import StaffRole
+from payments import refunds
+from settlement import reports, treasury
+from settlement.models import DepositBatch
 from settlement.reconcile import act_on
-from settlement.tables import DepositBatch
 
 READ = requires_role(StaffRole.FINANCE, StaffRole.AUDITOR)
 WRITE = requires_role(StaffRole.FINANCE)

@@ -21,18 +21,19 @@ def migrations_dir() -> Path:
 def target_metadata() -> MetaData:
     """The metadata of every model module, for autogenerate and drift checks."""
     # Imported for their table definitions; each feature adds its model modules here.
-    import billing.audit
     import billing.models
-    import billing.outbox
-    import billing.staff
-    import billing.tables
     import billing.webhooks
-    import settlement.enote_models
+    import enotes.models
+    import kernel.audit
+    import kernel.nonces
+    import kernel.outbox
+    import kernel.staff
+    import ledger.models
+    import payments.models
     import settlement.models
-    import settlement.tables
-    from billing.db import Base
+    from kernel.db import Base
 
-    del billing, settlement
+    del billing, enotes, kernel, ledger, payments, settlement
     return Base.metadata
 
 

@@ -17,12 +17,12 @@ from litestar.params import FromPath, JSONBody
 from litestar.response.base import ASGIResponse
 from redis.exceptions import NoScriptError, RedisError
 
-from billing.errors import NotFound, RateLimited
-from billing.late_fee import shanghai_today
+from billing import payer as bills
 from billing.payment_code import validate
 from gateway.state import Resources
-from settlement import attempts, bills
-from settlement.business_day import day_bounds
+from kernel.clock import day_bounds, shanghai_today
+from kernel.errors import NotFound, RateLimited
+from payments import attempts
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from billing.errors import DomainError
+from kernel.errors import DomainError
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 
-from billing.crypto import KeySettings
+from channels.alipay.config import AlipayConfig
+from kernel.crypto import KeySettings
 
 
 def _env(name: str, default: str = "") -> str:
@@ -166,63 +167,22 @@ class BillingSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class AlipaySettings:
-    """The Alipay channel; disabled unless `PAYGATE_ALIPAY_APP_ID` is set.
-
-    Keys come from a path or inline PEM (env), never from the repository: the app private
-    key is PKCS#1 (`BEGIN RSA PRIVATE KEY`, what the SDK loads), Alipay's public key SPKI
-    (`BEGIN PUBLIC KEY`).
-    """
-
-    app_id: str = ""
-    gateway_url: str = "https://openapi.alipay.com/gateway.do"
-    app_private_key_path: Path | None = None
-    app_private_key_pem: str = ""
-    alipay_public_key_path: Path | None = None
-    alipay_public_key_pem: str = ""
-    notify_base_url: str = ""
-    """Base URL Alipay posts notifications to; empty means `server.public_url`."""
-    pool_size: int = 8
-    """Worker threads for the blocking SDK: at most this many calls in flight."""
-    timeout_s: float = 10.0
-    """Per call: connect + read on the socket, and the bound on the whole call."""
-    sign_type: str = "RSA2"
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.app_id)
-
-    def app_private_key(self) -> str:
-        return self._pem(self.app_private_key_pem, self.app_private_key_path, "private")
-
-    def alipay_public_key(self) -> str:
-        return self._pem(self.alipay_public_key_pem, self.alipay_public_key_path, "public")
-
-    @staticmethod
-    def _pem(inline: str, path: Path | None, what: str) -> str:
-        if inline:
-            return inline
-        if path is not None:
-            return path.read_text(encoding="ascii")
-        raise ValueError(f"Alipay {what} key not configured (path or PEM)")
-
-    @classmethod
-    def from_env(cls) -> AlipaySettings:
-        priv = _env("PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH")
-        pub = _env("PAYGATE_ALIPAY_PUBLIC_KEY_PATH")
-        return cls(
-            app_id=_env("PAYGATE_ALIPAY_APP_ID"),
-            gateway_url=_env("PAYGATE_ALIPAY_GATEWAY_URL", "https://openapi.alipay.com/gateway.do"),
-            app_private_key_path=Path(priv) if priv else None,
-            app_private_key_pem=_env("PAYGATE_ALIPAY_APP_PRIVATE_KEY_PEM"),
-            alipay_public_key_path=Path(pub) if pub else None,
-            alipay_public_key_pem=_env("PAYGATE_ALIPAY_PUBLIC_KEY_PEM"),
-            notify_base_url=_env("PAYGATE_ALIPAY_NOTIFY_BASE_URL").rstrip("/"),
-            pool_size=_env_int("PAYGATE_ALIPAY_POOL_SIZE", 8),
-            timeout_s=_env_float("PAYGATE_ALIPAY_TIMEOUT", 10.0),
-            sign_type=_env("PAYGATE_ALIPAY_SIGN_TYPE", "RSA2"),
-        )
+def alipay_from_env() -> AlipayConfig:
+    """`PAYGATE_ALIPAY_*`: the channel is off unless an app id is set."""
+    priv = _env("PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH")
+    pub = _env("PAYGATE_ALIPAY_PUBLIC_KEY_PATH")
+    return AlipayConfig(
+        app_id=_env("PAYGATE_ALIPAY_APP_ID"),
+        gateway_url=_env("PAYGATE_ALIPAY_GATEWAY_URL", "https://openapi.alipay.com/gateway.do"),
+        app_private_key_path=Path(priv) if priv else None,
+        app_private_key_pem=_env("PAYGATE_ALIPAY_APP_PRIVATE_KEY_PEM"),
+        alipay_public_key_path=Path(pub) if pub else None,
+        alipay_public_key_pem=_env("PAYGATE_ALIPAY_PUBLIC_KEY_PEM"),
+        notify_base_url=_env("PAYGATE_ALIPAY_NOTIFY_BASE_URL").rstrip("/"),
+        pool_size=_env_int("PAYGATE_ALIPAY_POOL_SIZE", 8),
+        timeout_s=_env_float("PAYGATE_ALIPAY_TIMEOUT", 10.0),
+        sign_type=_env("PAYGATE_ALIPAY_SIGN_TYPE", "RSA2"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +290,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings.from_env)
     server: ServerSettings = field(default_factory=ServerSettings.from_env)
     log: LogSettings = field(default_factory=LogSettings.from_env)
-    alipay: AlipaySettings = field(default_factory=AlipaySettings.from_env)
+    alipay: AlipayConfig = field(default_factory=alipay_from_env)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings.from_env)
     crypto: KeySettings = field(default_factory=KeySettings.from_env)
     enote: EnoteSettings = field(default_factory=EnoteSettings.from_env)

@@ -1,6 +1,6 @@
 """Staff authentication for the finance endpoints: `Authorization: Bearer <token>`.
 
-Tokens are looked up by SHA-256 (billing.staff). `requires_role(...)` is a Litestar guard;
+Tokens are looked up by SHA-256 (kernel.staff). `requires_role(...)` is a Litestar guard;
 ADMIN passes every role check, AUDITOR is read-only everywhere (GET/HEAD only), whatever
 roles an endpoint admits. The authenticated principal is left in `request.state.staff`.
 """
@@ -15,9 +15,9 @@ import structlog
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from billing import staff
-from billing.errors import Forbidden, Unauthorized
 from gateway.state import Resources
+from kernel import staff
+from kernel.errors import Forbidden, Unauthorized
 
 log = structlog.get_logger(__name__)
 

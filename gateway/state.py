@@ -7,15 +7,15 @@ from functools import cached_property
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from billing import crypto
-from billing.kv import KV
 from billing.late_fee import DayCount
 from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
-from settlement.confirm import APPLY_GROUPS, CONFIRM_GATE
-from settlement.context import PaymentContext
+from kernel import crypto
+from kernel.kv import KV
+from payments.confirm import APPLY_GROUPS, CONFIRM_GATE
+from payments.context import PaymentContext
 
 
 @dataclass

@@ -66,25 +66,25 @@ def _webhook_jobs() -> list[Job]:
 
 
 async def _recover_attempts(resources: Resources) -> int:
-    from settlement.attempts import recover_attempts
+    from payments.attempts import recover_attempts
 
     return await recover_attempts(resources.payment_context())
 
 
 async def _execute_refunds(resources: Resources) -> int:
-    from settlement.refunds import execute_refunds
+    from payments.refunds import execute_refunds
 
     return await execute_refunds(resources.payment_context())
 
 
 async def _recover_refunds(resources: Resources) -> int:
-    from settlement.refunds import recover_refunds
+    from payments.refunds import recover_refunds
 
     return await recover_refunds(resources.payment_context())
 
 
 async def _ledger_rollup(resources: Resources) -> int:
-    from settlement.ledger import rollup
+    from ledger import rollup
 
     async with resources.sessions() as session:
         n = await rollup(session)
@@ -94,7 +94,7 @@ async def _ledger_rollup(resources: Resources) -> int:
 
 async def expire_bills(resources: Resources) -> int:
     from billing.bills import expire_due
-    from settlement.bills import invalidate
+    from billing.payer import invalidate
 
     async with resources.sessions() as session:
         codes = await expire_due(session)

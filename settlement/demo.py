@@ -7,7 +7,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import Agency
-from settlement.tables import Treasury
+from settlement.models import Treasury
 
 DEMO_REGIONS = ("330100", "330106", "110105")
 """Hangzhou city, Hangzhou Xihu district, Beijing Chaoyang district (行政区划代码)."""

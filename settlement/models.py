@@ -1,10 +1,4 @@
-"""Payment attempts, receipts and refunds — the money side of a bill.
-
-Exactly-once is enforced by the database, not by hope: one receipt per attempt
-(`uq_receipts_attempt_id`), one PAYMENT receipt per bill (`uq_receipts_one_payment_per_bill`),
-one receipt per channel transaction; further confirmations of an already paid bill are
-recorded as DUPLICATE receipts and refunded.
-"""
+"""Tables of the settlement side: statements, reconciliation, treasury batches."""
 
 from __future__ import annotations
 
@@ -19,141 +13,248 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.db import Base
+from kernel.db import Base
+
+# ------------------------------------------------------------------ statements
 
 
-class PaymentAttempt(Base):
-    """One try at paying a bill through one channel; `id` is the channel's out_trade_no."""
+class StatementFile(Base):
+    """One statement received for a channel and business day; a re-sent copy is refused."""
 
-    __tablename__ = "payment_attempts"
+    __tablename__ = "statement_files"
     __table_args__ = (
-        CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint(
-            "status IN ('CREATED', 'PENDING', 'SUCCEEDED', 'FAILED', 'CLOSED', 'UNKNOWN')",
-            name="status_known",
-        ),
-        Index(None, "bill_id"),
+        UniqueConstraint("channel", "business_date", "content_hash"),
+        CheckConstraint("status IN ('CURRENT', 'SUPERSEDED')", name="status_known"),
         Index(
-            "ix_payment_attempts_open",
-            "next_check_at",
-            postgresql_where=text("status IN ('CREATED', 'PENDING', 'UNKNOWN')"),
-        ),
-        Index(
-            "uq_payment_attempts_channel_trade_no",
+            "uq_statement_files_current",
             "channel",
-            "channel_trade_no",
+            "business_date",
             unique=True,
-            postgresql_where=text("channel_trade_no IS NOT NULL"),
+            postgresql_where=text("status = 'CURRENT'"),
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    bill_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("bills.id"))
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
-    mode: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), server_default="CREATED")
-    amount: Mapped[int] = mapped_column(BigInteger)
-    """The amount due when the attempt was created (principal + late fee), in fen."""
-    channel_trade_no: Mapped[str | None] = mapped_column(String(64))
-    client_payload: Mapped[dict[str, Any]] = mapped_column(
-        JSONB, server_default=text("'{}'::jsonb")
-    )
-    """What the payer's client needs: QR content, a redirect URL..."""
-    failure_code: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    next_check_at: Mapped[datetime] = mapped_column(
+    business_date: Mapped[date] = mapped_column(Date)
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), server_default="CURRENT")
+    line_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    payment_total: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    refund_total: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
-    )
 
 
-class Receipt(Base):
-    """Money a channel confirmed for a bill: the payment, or a duplicate to be refunded."""
+class StatementRow(Base):
+    """Staging for a statement's lines, loaded with COPY; kept for the file's lifetime.
 
-    __tablename__ = "receipts"
+    Deliberately light for COPY speed: the primary key is (file, line) and there is no
+    foreign key (a per-row RI trigger would double the load time); lines are only ever
+    written by `reconcile.ingest` for a file it has just created.
+    """
+
+    __tablename__ = "statement_lines"
+    __table_args__ = (CheckConstraint("kind IN ('PAYMENT', 'REFUND')", name="kind_known"),)
+
+    file_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel_trade_no: Mapped[str] = mapped_column(String(64))
+    attempt_id: Mapped[str] = mapped_column(String(64))
+    """As the channel echoes our out_trade_no; text, since a channel may send anything."""
+    kind: Mapped[str] = mapped_column(String(8))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    fee: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    refund_id: Mapped[str | None] = mapped_column(String(64))
+
+
+# ------------------------------------------------------------------ reconciliation
+
+DISCREPANCY_CLASSES = (
+    "PLATFORM_ONLY",
+    "CHANNEL_ONLY",
+    "AMOUNT_MISMATCH",
+    "STATUS_MISMATCH",
+    "DUPLICATE_PAYMENT",
+    "FEE_MISMATCH",
+)
+
+
+class ReconRun(Base):
+    __tablename__ = "recon_runs"
     __table_args__ = (
-        CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("kind IN ('PAYMENT', 'DUPLICATE')", name="kind_known"),
-        CheckConstraint(
-            "refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"
-        ),
-        CheckConstraint("status IN ('CONFIRMED', 'SETTLED')", name="status_known"),
-        Index(
-            "uq_receipts_one_payment_per_bill",
-            "bill_id",
-            unique=True,
-            postgresql_where=text("kind = 'PAYMENT'"),
-        ),
-        Index(
-            "uq_receipts_channel_trade_no",
-            "channel",
-            "channel_trade_no",
-            unique=True,
-            postgresql_where=text("channel_trade_no IS NOT NULL"),
-        ),
-        Index(None, "business_date", "channel"),
+        CheckConstraint("status IN ('RUNNING', 'DONE', 'FAILED')", name="status_known"),
+        Index(None, "channel", "business_date"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    bill_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("bills.id"))
-    attempt_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payment_attempts.id"), unique=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
-    channel_trade_no: Mapped[str | None] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), server_default="CONFIRMED")
-    amount: Mapped[int] = mapped_column(BigInteger)
-    late_fee_amount: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    refunded_amount: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    paid_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     business_date: Mapped[date] = mapped_column(Date)
-    """Asia/Shanghai business day after the configurable cutoff (日切)."""
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    status: Mapped[str] = mapped_column(String(16))
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("statement_files.id"))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Refund(Base):
-    """A refund (退付) of part or all of a receipt; `id` is the channel idempotency key."""
+class Discrepancy(Base):
+    """A difference between our records and a channel's statement, with a life of its own.
 
-    __tablename__ = "refunds"
+    HELD: platform-only inside the late-file window; OPEN: waits for a person (or the
+    auto-heal); RESOLVED (with action and who) or ACCEPTED are final.
+    """
+
+    __tablename__ = "discrepancies"
     __table_args__ = (
-        CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("route IN ('CHANNEL', 'TREASURY')", name="route_known"),
+        UniqueConstraint("channel", "business_date", "klass", "match_key"),
         CheckConstraint(
-            "status IN ('REQUESTED', 'PROCESSING', 'SUCCEEDED', 'FAILED', 'UNKNOWN')",
-            name="status_known",
+            "klass IN ('PLATFORM_ONLY', 'CHANNEL_ONLY', 'AMOUNT_MISMATCH', 'STATUS_MISMATCH',"
+            " 'DUPLICATE_PAYMENT', 'FEE_MISMATCH')",
+            name="klass_known",
         ),
-        Index(None, "receipt_id"),
-        Index(
-            "ix_refunds_open",
-            "updated_at",
-            postgresql_where=text("status IN ('REQUESTED', 'PROCESSING', 'UNKNOWN')"),
-        ),
+        CheckConstraint("status IN ('HELD', 'OPEN', 'RESOLVED', 'ACCEPTED')", name="status_known"),
+        Index(None, "business_date", "status"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    receipt_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("receipts.id"))
-    bill_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("bills.id"))
-    amount: Mapped[int] = mapped_column(BigInteger)
-    route: Mapped[str] = mapped_column(String(16))
-    """CHANNEL before settlement (back through the channel); TREASURY (退库) after."""
-    status: Mapped[str] = mapped_column(String(16), server_default="REQUESTED")
-    reason: Mapped[str] = mapped_column(Text)
-    requested_by_type: Mapped[str] = mapped_column(String(16))
-    requested_by_id: Mapped[str] = mapped_column(String(64))
-    channel_refund_no: Mapped[str | None] = mapped_column(String(64))
-    failure_code: Mapped[str | None] = mapped_column(String(64))
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    business_date: Mapped[date] = mapped_column(Date)
+    klass: Mapped[str] = mapped_column(String(24))
+    match_key: Mapped[str] = mapped_column(String(64))
+    """Our attempt id as the channel echoes it (or the refund id for refund rows)."""
+    status: Mapped[str] = mapped_column(String(16))
+    attempt_id: Mapped[uuid.UUID | None] = mapped_column()
+    receipt_id: Mapped[uuid.UUID | None] = mapped_column()
+    channel_trade_no: Mapped[str | None] = mapped_column(String(64))
+    our_amount: Mapped[int | None] = mapped_column(BigInteger)
+    channel_amount: Mapped[int | None] = mapped_column(BigInteger)
+    channel_fee: Mapped[int | None] = mapped_column(BigInteger)
+    expected_fee: Mapped[int | None] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    hold_until: Mapped[date | None] = mapped_column(Date)
+    action: Mapped[str | None] = mapped_column(String(32))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# ------------------------------------------------------------------ treasury
+
+
+class Treasury(Base):
+    """Which treasury (国库) takes a region's revenue at a budget level; seeded per region."""
+
+    __tablename__ = "treasuries"
+    __table_args__ = (CheckConstraint("budget_level BETWEEN 1 AND 6", name="level_known"),)
+
+    region_code: Mapped[str] = mapped_column(String(6), primary_key=True)
+    budget_level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    treasury_code: Mapped[str] = mapped_column(String(16), unique=True)
+    finance_org_code: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class Settlement(Base):
+    """One settlement of a business day: which receipts it swept, which batches it made."""
+
+    __tablename__ = "settlements"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    """A day may settle in several runs: a later run sweeps what became ready since."""
+    receipt_count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SettledReceipt(Base):
+    """Receipt → the settlement that swept it; the primary key settles a receipt once.
+
+    No foreign keys on purpose: a settlement writes up to millions of these in the statement
+    that moves the receipts, and per-row RI triggers would cost more than the rest of it.
+    """
+
+    __tablename__ = "settled_receipts"
+
+    receipt_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    settlement_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """What was swept: the receipt amount less what the channel had refunded."""
+
+
+class DepositBatch(Base):
+    """A treasury deposit batch (like PBOC 5408): header of one treasury's detail lines."""
+
+    __tablename__ = "deposit_batches"
+    __table_args__ = (
+        UniqueConstraint("settlement_id", "treasury_code"),
+        CheckConstraint("status IN ('DRAFT', 'EXPORTED')", name="status_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    settlement_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("settlements.id"))
+    business_date: Mapped[date] = mapped_column(Date)
+    treasury_code: Mapped[str] = mapped_column(String(16))
+    finance_org_code: Mapped[str] = mapped_column(String(16))
+    region_code: Mapped[str] = mapped_column(String(6))
+    budget_level: Mapped[int] = mapped_column(SmallInteger)
+    fund_type: Mapped[str] = mapped_column(String(4), server_default="1")
+    """1 = budget revenue (预算内); the fiscal special account's batches would be 2."""
+    line_count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), server_default="DRAFT")
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    exported_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class DepositLine(Base):
+    __tablename__ = "deposit_lines"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "line_no"),
+        CheckConstraint("kind IN ('DEPOSIT', 'REFUND')", name="kind_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deposit_batches.id"))
+    line_no: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8))
+    """DEPOSIT (缴库) or REFUND (退库, negative amount)."""
+    budget_subject: Mapped[str] = mapped_column(String(12))
+    budget_level: Mapped[int] = mapped_column(SmallInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    item_count: Mapped[int] = mapped_column(Integer)
+    payment_ref: Mapped[str] = mapped_column(String(128))
+    """Reference to the payment codes: settlement id + subject (GET …/batches/{id}/codes)."""
+
+
+class BatchedRefund(Base):
+    """A treasury refund (退库) → each batch that carries part of it (one per budget level it
+    spans); it is done when all of them are exported."""
+
+    __tablename__ = "batched_refunds"
+
+    refund_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("refunds.id"), primary_key=True)
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deposit_batches.id"), primary_key=True, index=True
+    )

@@ -40,16 +40,15 @@ import structlog
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing import audit
-from billing.audit import Actor
-from billing.errors import Conflict, InvalidInput, NotFound
-from billing.late_fee import SHANGHAI
+import ledger
 from channels.base import StatementKind, StatementLine
-from settlement import ledger
-from settlement.business_day import day_bounds
-from settlement.context import PaymentContext
-from settlement.models import Receipt
-from settlement.tables import Discrepancy, ReconRun, StatementFile
+from kernel import audit
+from kernel.audit import Actor
+from kernel.clock import SHANGHAI, day_bounds
+from kernel.errors import Conflict, InvalidInput, NotFound
+from payments.context import PaymentContext
+from payments.models import Receipt
+from settlement.models import Discrepancy, ReconRun, StatementFile
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +68,7 @@ class StatementSource(Protocol):
 class ConfirmPayment(Protocol):
     """The exactly-once confirmation path, called by the auto-heal in the caller's session.
 
-    Bound at merge to `settlement.confirm.confirm_payment`. It must record the receipt (and
+    Bound at merge to `payments.confirm.confirm_payment`. It must record the receipt (and
     its ledger entry) or do nothing if the attempt is already confirmed, and raise on
     anything it cannot do; the discrepancy is resolved in the same transaction.
     """
@@ -501,7 +500,7 @@ async def reconcile(
 
 async def _refund_duplicates(session: AsyncSession, channel: str, day: date) -> None:
     """A duplicate the channel confirms and nobody refunds yet: open its refund (safe)."""
-    from settlement import refunds
+    from payments import refunds
 
     rows = await session.scalars(
         select(Discrepancy).where(
@@ -595,7 +594,7 @@ def exactly_once_confirm(ctx: PaymentContext) -> ConfirmPayment:
     ALREADY_CONFIRMED. A refused confirmation (wrong amount, attempt in a state that cannot
     succeed) raises, so the discrepancy stays open for a person.
     """
-    from settlement.confirm import confirm_payment
+    from payments.confirm import confirm_payment
 
     async def confirm(
         session: AsyncSession,

@@ -9,8 +9,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.errors import InvalidInput
-from settlement.tables import DepositBatch, Discrepancy, ReconRun
+from kernel.errors import InvalidInput
+from settlement.models import DepositBatch, Discrepancy, ReconRun
 from settlement.treasury import day_batches
 
 MAX_RANGE_DAYS = 366

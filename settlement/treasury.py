@@ -55,20 +55,14 @@ import structlog
 from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing import audit
-from billing.errors import Conflict, InvalidInput, NotFound
+import ledger
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from channels.money import fen_to_yuan
-from settlement import ledger
-from settlement.models import Refund
+from kernel import audit
+from kernel.errors import Conflict, InvalidInput, NotFound
+from payments.models import Refund
+from settlement.models import BatchedRefund, DepositBatch, DepositLine, Settlement, Treasury
 from settlement.split import split_fen
-from settlement.tables import (
-    BatchedRefund,
-    DepositBatch,
-    DepositLine,
-    Settlement,
-    Treasury,
-)
 
 log = structlog.get_logger(__name__)
 
@@ -473,7 +467,7 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
 
     Later exports re-render and must reproduce the recorded hash byte for byte.
     """
-    from settlement import refunds as refunds_
+    from payments import refunds as refunds_
 
     batch = await session.scalar(
         select(DepositBatch).where(DepositBatch.id == batch_id).with_for_update()

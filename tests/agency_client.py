@@ -20,9 +20,9 @@ from litestar.testing import AsyncTestClient
 
 from billing import agencies, catalogue
 from billing.bills import resident_id_check_char
-from billing.late_fee import SHANGHAI
 from gateway.auth import authorization_header
 from gateway.state import Resources
+from kernel.clock import SHANGHAI
 
 _counter = iter(range(10**9))
 

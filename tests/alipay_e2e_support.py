@@ -28,8 +28,8 @@ from gateway.procs import free_port
 from gateway.settings import BankSettings, Settings
 from gateway.state import Resources, build_channels
 from gateway.worker import close_jobs, default_jobs, run_once
-from settlement.context import PaymentContext
-from settlement.models import PaymentAttempt, Receipt, Refund
+from payments.context import PaymentContext
+from payments.models import PaymentAttempt, Receipt, Refund
 from tests.alipay_support import SimServer, settings_for
 from tests.payments_support import bank_secret
 from tests.servers import ServerThread

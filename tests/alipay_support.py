@@ -8,7 +8,7 @@ Loaded for every test module through `pytest_plugins` in tests/conftest.py. Use:
 - `notify_receiver` (function, emptied per test): Receiver — `.url` to use as notify_url,
   `.bodies` received, `.wait_for(n)`, `.answers` (queue of (status, body) to reply next;
   default 200 "success").
-- `alipay_settings` / `alipay` (function): AlipaySettings aimed at the simulator, and an
+- `alipay_settings` / `alipay` (function): AlipayConfig aimed at the simulator, and an
   AlipayAdapter built from them (closed after the test).
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from channels.alipay.adapter import AlipayAdapter
+from channels.alipay.config import AlipayConfig
 from channels.alipay.keys import KeySet, ensure_keys
 from channels.alipay.simulator import AlipaySimulator, create_simulator
-from gateway.settings import AlipaySettings
 from tests.servers import ServerThread
 
 APP_ID = "2021000000000001"
@@ -140,7 +140,7 @@ def notify_receiver(_receiver_server: Receiver) -> Receiver:
     return _receiver_server
 
 
-def settings_for(keys: KeySet, gateway_url: str, **overrides: Any) -> AlipaySettings:
+def settings_for(keys: KeySet, gateway_url: str, **overrides: Any) -> AlipayConfig:
     values: dict[str, Any] = {
         "app_id": APP_ID,
         "gateway_url": gateway_url,
@@ -150,16 +150,16 @@ def settings_for(keys: KeySet, gateway_url: str, **overrides: Any) -> AlipaySett
         "timeout_s": 2.0,
     }
     values.update(overrides)
-    return AlipaySettings(**values)
+    return AlipayConfig(**values)
 
 
 @pytest.fixture
-def alipay_settings(alipay_keys: KeySet, alipay_sim: SimServer) -> AlipaySettings:
+def alipay_settings(alipay_keys: KeySet, alipay_sim: SimServer) -> AlipayConfig:
     return settings_for(alipay_keys, alipay_sim.gateway_url)
 
 
 @pytest.fixture
-async def alipay(alipay_settings: AlipaySettings) -> AsyncIterator[AlipayAdapter]:
+async def alipay(alipay_settings: AlipayConfig) -> AsyncIterator[AlipayAdapter]:
     adapter = AlipayAdapter(alipay_settings)
     yield adapter
     await adapter.aclose()

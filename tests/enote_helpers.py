@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing import outbox
 from billing.models import Agency, Bill, RevenueItem
-from settlement.models import PaymentAttempt, Receipt, Refund
+from kernel import outbox
+from payments.models import PaymentAttempt, Receipt, Refund
 from tests.factories import make_agency, make_bill, make_item
 
 

@@ -27,8 +27,8 @@ from channels.base import ChannelRegistry
 from gateway.app import create_app
 from gateway.settings import BankSettings, Settings
 from gateway.state import Resources
-from settlement.context import PaymentContext
-from settlement.models import PaymentAttempt
+from payments.context import PaymentContext
+from payments.models import PaymentAttempt
 from tests.factories import make_agency, make_bill, make_item
 from tests.servers import ServerThread
 

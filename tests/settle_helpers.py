@@ -11,14 +11,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.late_fee import SHANGHAI
+import ledger
 from billing.models import Agency, Bill, RevenueItem
 from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
-from settlement import ledger
-from settlement.business_day import business_date
-from settlement.models import PaymentAttempt, Receipt
-from settlement.tables import Treasury
+from kernel.clock import SHANGHAI, business_date
+from payments.models import PaymentAttempt, Receipt
+from settlement.models import Treasury
 from tests.factories import make_bill
 
 DAY = date(2026, 11, 20)
@@ -82,7 +81,14 @@ async def record_receipt(
         bill.paid_amount = amount
         bill.paid_at = paid_at
     await session.flush()
-    await ledger.post_receipt(session, receipt)
+    await ledger.post_receipt(
+        session,
+        receipt_id=receipt.id,
+        kind=receipt.kind,
+        channel=receipt.channel,
+        amount=receipt.amount,
+        business_date=receipt.business_date,
+    )
     return receipt
 
 

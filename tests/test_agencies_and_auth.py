@@ -16,15 +16,15 @@ from sqlalchemy import func, select, text, update
 
 from billing import agencies, catalogue
 from billing import bills as svc
-from billing.audit import Actor
-from billing.crypto import DecryptError
-from billing.errors import Conflict, IllegalTransition, InvalidInput, Unauthorized
-from billing.kv import KV
 from billing.models import Agency, ApiKey, Bill, BillEvent
 from gateway import cli
 from gateway.auth import authorization_header, verify
 from gateway.demo import seed
 from gateway.state import Resources
+from kernel.audit import Actor
+from kernel.crypto import DecryptError
+from kernel.errors import Conflict, IllegalTransition, InvalidInput, Unauthorized
+from kernel.kv import KV
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
 
 

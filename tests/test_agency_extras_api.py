@@ -11,11 +11,11 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from billing.models import Bill
+from billing.payer import cache_key
 from billing.webhook_delivery import ingest
 from gateway.state import Resources
-from settlement.bills import cache_key
-from settlement.confirm import confirm_payment
-from settlement.documents import ink_ratio, pdf_to_png
+from kernel.pdf import ink_ratio, pdf_to_png
+from payments.confirm import confirm_payment
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
 from tests.settle_helpers import make_attempt
 

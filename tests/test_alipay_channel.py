@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from channels.alipay.adapter import AlipayAdapter, load_public_key, verify_rsa2
+from channels.alipay.config import AlipayConfig
 from channels.alipay.keys import KeySet
 from channels.alipay.transforms import BEIJING, NOTIFY_UNSIGNED, sign_content
 from channels.base import (
@@ -28,7 +29,6 @@ from channels.base import (
     Unavailable,
 )
 from gateway.procs import free_port
-from gateway.settings import AlipaySettings
 from tests.alipay_support import Receiver, SimServer, settings_for
 
 
@@ -134,7 +134,7 @@ async def test_page_and_wap_pay_redirect_through_the_cashier(
     alipay: AlipayAdapter,
     alipay_sim: SimServer,
     notify_receiver: Receiver,
-    alipay_settings: AlipaySettings,
+    alipay_settings: AlipayConfig,
     mode: str,
 ) -> None:
     attempt = _attempt()
@@ -199,7 +199,7 @@ async def test_forged_or_foreign_notifications_are_invalid(
     alipay_sim: SimServer,
     notify_receiver: Receiver,
     alipay_keys: KeySet,
-    alipay_settings: AlipaySettings,
+    alipay_settings: AlipayConfig,
 ) -> None:
     await _paid(alipay, alipay_sim, notify_receiver.url, amount=500)
     body = (await notify_receiver.wait_for(1))[0]

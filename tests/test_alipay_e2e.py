@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from sqlalchemy import func, select
 
 from billing import webhooks as wh
-from billing.audit import Actor
 from billing.models import Bill
 from channels.alipay.keys import KeySet
 from channels.alipay.sdk_patch import BEIJING
 from channels.alipay.transforms import TIME_FORMAT, sign_content
-from settlement.attempts import recover_attempts
-from settlement.enote_models import ENote
-from settlement.models import PaymentAttempt, Receipt, Refund
+from enotes.models import ENote
+from kernel.audit import Actor
+from payments.attempts import recover_attempts
+from payments.models import PaymentAttempt, Receipt, Refund
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
 from tests.alipay_e2e_support import BANK, AlipayWorld
 from tests.payments_support import bill_for_test

@@ -13,9 +13,9 @@ from channels.bank import transforms as t
 from channels.bank.adapter import BankAdapter
 from channels.base import RefundRequest, StatementKind, TradeState, Unavailable
 from gateway.state import Resources
-from settlement.attempts import create_attempt, recover_attempts
-from settlement.models import PaymentAttempt, Receipt, Refund
-from settlement.refunds import execute_refunds
+from payments.attempts import create_attempt, recover_attempts
+from payments.models import PaymentAttempt, Receipt, Refund
+from payments.refunds import execute_refunds
 from tests.payments_support import BankWorld, bill_for_test
 
 

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from billing.audit import AuditEntry
 from billing.models import Bill, BillEvent
-from billing.outbox import OutboxMessage
 from channels.bank import transforms as t
 from channels.money import fen_to_yuan
 from gateway.state import Resources
-from settlement.bank_inbound import bank_confirm
-from settlement.models import PaymentAttempt, Receipt, Refund
+from kernel.audit import AuditEntry
+from kernel.outbox import OutboxMessage
+from payments.bank_inbound import bank_confirm
+from payments.models import PaymentAttempt, Receipt, Refund
 from tests.payments_support import bill_for_test
 
 CHANNEL = "bank:102"

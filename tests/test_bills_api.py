@@ -17,15 +17,15 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, text, update
 
 from billing import bills as svc
-from billing.audit import Actor, AuditEntry
-from billing.late_fee import SHANGHAI
 from billing.models import Bill, BillEvent, BillLine
-from billing.outbox import OutboxMessage
 from billing.payment_code import is_valid
 from gateway.bills_api import BillIn
 from gateway.state import Resources
 from gateway.worker import default_jobs, run_once
-from settlement.documents import yuan
+from kernel.audit import Actor, AuditEntry
+from kernel.clock import SHANGHAI
+from kernel.outbox import OutboxMessage
+from kernel.pdf import yuan
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key, resident_id
 
 
@@ -434,7 +434,7 @@ async def test_auth_nonce_table_is_created_and_purged(res: Resources) -> None:
 
 def test_fast_keyed_hash_matches_the_keyring() -> None:
     from billing.bills import payer_id_hash
-    from billing.crypto import keyring
+    from kernel.crypto import keyring
 
     pid = resident_id()
     assert payer_id_hash(pid) == keyring().keyed_hash(pid, purpose=b"payer_id")
@@ -521,8 +521,8 @@ async def test_late_fee_grace_days_come_from_settings(res: Resources, api: Agenc
 
 
 async def test_find_by_payment_code(res: Resources, api: AgencyClient) -> None:
-    from billing.errors import InvalidInput, NotFound
     from billing.payment_code import check_digit
+    from kernel.errors import InvalidInput, NotFound
 
     bill = (await api.post("/v1/bills", json=bill_body("FC-1"))).json()
     code = bill["payment_code"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from settlement.capitals import rmb_capitals
+from kernel.capitals import rmb_capitals
 
 CASES = [
     (12345, "壹佰贰拾叁元肆角伍分"),

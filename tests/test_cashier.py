@@ -13,12 +13,12 @@ import httpx
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
-from billing.late_fee import shanghai_today
+from billing import payer as bills
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement import bills
-from settlement.models import PaymentAttempt
+from kernel.clock import shanghai_today
+from payments.models import PaymentAttempt
 from tests.alipay_e2e_support import BANK, AlipayWorld
 from tests.payments_support import bill_for_test, valid_code
 

@@ -9,17 +9,17 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select, text
 
+import ledger
 from billing.models import Bill
-from billing.outbox import OutboxMessage
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement import ledger
-from settlement.business_day import business_date
-from settlement.confirm import APPLY_GROUPS, ConfirmOutcome, confirm_payment
-from settlement.group_commit import GroupCommit
-from settlement.models import Receipt, Refund
-from settlement.tables import JournalEntry, JournalLine
+from kernel.clock import business_date
+from kernel.group_commit import GroupCommit
+from kernel.outbox import OutboxMessage
+from ledger.models import JournalEntry, JournalLine
+from payments.confirm import APPLY_GROUPS, ConfirmOutcome, confirm_payment
+from payments.models import Receipt, Refund
 from tests.payments_support import bill_for_test, open_attempt
 
 # ------------------------------------------------------------------ GroupCommit

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
+import ledger
 from gateway.state import Resources
-from settlement import ledger
-from settlement.confirm import ConfirmOutcome, confirm_payment
-from settlement.models import Receipt
-from settlement.tables import JournalEntry
+from ledger.models import JournalEntry
+from payments.confirm import ConfirmOutcome, confirm_payment
+from payments.models import Receipt
 from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import make_attempt
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from billing import crypto
-from billing.crypto import DecryptError, KeyConfigError, Keyring, KeySettings
+from kernel import crypto
+from kernel.crypto import DecryptError, KeyConfigError, Keyring, KeySettings
 
 
 def _key() -> str:

@@ -9,16 +9,9 @@ from datetime import date
 import pypdfium2
 from PIL import Image
 
-from settlement.documents import (
-    DocItem,
-    NoteView,
-    font_path,
-    ink_ratio,
-    pdf_to_png,
-    render_bill_notice,
-    render_note,
-    yuan,
-)
+from billing.notice import render_bill_notice
+from enotes.document import NoteView, render_note
+from kernel.pdf import DocItem, font_path, ink_ratio, pdf_to_png, yuan
 
 ITEMS = [
     DocItem("103050101001-01", "道路交通违法罚款", "次", 1, 20_000, 20_000),

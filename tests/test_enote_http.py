@@ -7,12 +7,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select, text
 
+from enotes.models import ENote
+from enotes.service import run_issue_job, run_red_job
 from gateway.enotes import enote_context
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement.documents import ink_ratio, pdf_to_png
-from settlement.enote_models import ENote
-from settlement.enotes import run_issue_job, run_red_job
+from kernel.pdf import ink_ratio, pdf_to_png
 from tests.enote_helpers import agency_with_items, paid_bill, succeeded_refund
 
 
@@ -104,7 +104,7 @@ async def test_red_lettered_note_verifies_as_such(
 ) -> None:
     _, note = await _issue(res, settings)
     async with res.sessions() as s, s.begin():
-        from settlement.models import Receipt
+        from payments.models import Receipt
 
         receipt = await s.get(Receipt, note.receipt_id)
         assert receipt is not None

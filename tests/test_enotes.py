@@ -17,14 +17,14 @@ import gmssl_pyx
 import pytest
 from sqlalchemy import func, select, text
 
-from billing.outbox import OutboxMessage
+from enotes import service as enotes
+from enotes.models import ENote, ENoteCounter
+from enotes.service import EnoteContext, issue_for_receipts, run_issue_job, run_red_job
+from enotes.signing import NoteSigners, SM2Signer
 from gateway.enotes import enote_context
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement import enotes
-from settlement.enote_models import ENote, ENoteCounter
-from settlement.enotes import EnoteContext, issue_for_receipts, run_issue_job, run_red_job
-from settlement.signing import NoteSigners, SM2Signer
+from kernel.outbox import OutboxMessage
 from tests.enote_helpers import add_receipt, agency_with_items, paid_bill, succeeded_refund
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ async def test_issue_one_note_per_receipt_despite_duplicate_confirmations(
         # The channel confirmed again: the payment flow records a DUPLICATE receipt (to be
         # refunded, never noted) and enqueues again — same key, and once under another key.
         dup = await add_receipt(s, bill, kind="DUPLICATE")
-        from billing.outbox import enqueue
+        from kernel.outbox import enqueue
 
         payload = {"receipt_id": str(receipt.id)}
         await enqueue(s, "enote.issue", f"enote.issue:{receipt.id}", payload)
@@ -127,8 +127,8 @@ import asyncio, os, sys
 from gateway.enotes import enote_context
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement.enotes import EnoteContext, run_issue_job
-from settlement.signing import NoteSigners
+from enotes.service import EnoteContext, run_issue_job
+from enotes.signing import NoteSigners
 
 class CrashAfterSign:
     def __init__(self, inner):
@@ -376,7 +376,7 @@ def test_other_keys_fail_and_keys_load_from_pem_or_hex(ctx: EnoteContext) -> Non
 
 
 def test_demo_keys_are_made_once_and_configured_keys_win(tmp_path: Path) -> None:
-    from settlement.signing import load_signer
+    from enotes.signing import load_signer
 
     demo = tmp_path / "enote" / "issuer.pem"
     first = load_signer("", demo, "")
@@ -395,7 +395,7 @@ def test_demo_keys_are_made_once_and_configured_keys_win(tmp_path: Path) -> None
 async def test_note_carries_the_masked_payer_id_never_the_clear_one(
     res: Resources, ctx: EnoteContext
 ) -> None:
-    from billing.crypto import keyring
+    from kernel.crypto import keyring
 
     async with res.sessions() as s:
         agency, fine, _ = await agency_with_items(s)

@@ -10,9 +10,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from billing.audit import AuditEntry
-from billing.staff import create_staff
 from gateway.state import Resources
+from kernel.audit import AuditEntry
+from kernel.staff import create_staff
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_item
 from tests.settle_helpers import (

@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from billing.kv import KV
 from gateway.settings import Settings
+from kernel.kv import KV
 
 
 @pytest.fixture

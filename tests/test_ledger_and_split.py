@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from billing.late_fee import SHANGHAI
+import ledger
 from gateway.state import Resources
-from settlement import ledger
-from settlement.business_day import business_date, day_bounds
+from kernel.clock import SHANGHAI, business_date, day_bounds
 from settlement.split import split_fen
 
 

@@ -13,14 +13,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, update
 
-from billing.late_fee import shanghai_today
+from billing import payer as bills
 from billing.models import Bill
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement import bills
-from settlement.confirm import confirm_payment
-from settlement.models import PaymentAttempt
+from kernel.clock import shanghai_today
+from payments.confirm import confirm_payment
+from payments.models import PaymentAttempt
 from tests.payments_support import BankWorld, bill_for_test, valid_code
 
 

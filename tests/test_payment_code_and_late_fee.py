@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.errors import InvalidInput
 from billing.late_fee import DayCount, amount_due
 from billing.payment_code import (
     SERIAL_SPACE,
@@ -19,6 +18,7 @@ from billing.payment_code import (
     is_valid,
     validate,
 )
+from kernel.errors import InvalidInput
 
 bodies = st.text(alphabet="0123456789", min_size=19, max_size=19)
 

@@ -14,15 +14,17 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from billing.audit import AuditEntry
-from billing.kv import KV
+import ledger
+from billing import payer as bills
 from billing.models import Bill, BillEvent
-from billing.outbox import OutboxMessage
 from gateway.state import Resources
-from settlement import bills, confirm, ledger
-from settlement.business_day import business_date
-from settlement.confirm import CONFIRM_GATE, ConfirmOutcome, ConfirmResult, core_transaction
-from settlement.models import PaymentAttempt, Receipt, Refund
+from kernel.audit import AuditEntry
+from kernel.clock import business_date
+from kernel.kv import KV
+from kernel.outbox import OutboxMessage
+from payments import confirm
+from payments.confirm import CONFIRM_GATE, ConfirmOutcome, ConfirmResult, core_transaction
+from payments.models import PaymentAttempt, Receipt, Refund
 from tests.payments_support import bill_for_test, open_attempt
 
 _ROUTE = {"via": "general"}

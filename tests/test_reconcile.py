@@ -8,14 +8,15 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from billing.audit import AuditEntry
-from billing.errors import Conflict, InvalidInput, NotFound
+import ledger
 from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
-from settlement import ledger
-from settlement.models import Receipt, Refund
+from kernel.audit import AuditEntry
+from kernel.errors import Conflict, InvalidInput, NotFound
+from ledger.models import JournalEntry
+from payments.models import Receipt, Refund
+from settlement.models import Discrepancy, ReconRun, StatementFile, StatementRow
 from settlement.reconcile import act_on, reconcile
-from settlement.tables import Discrepancy, JournalEntry, ReconRun, StatementFile, StatementRow
 from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import (
     DAY,

@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from channels.alipay.transforms import parse_statement
 from channels.money import fen_to_yuan
 from gateway.state import Resources
-from settlement.models import Receipt
+from payments.models import Receipt
+from settlement.models import Discrepancy
 from settlement.reconcile import exactly_once_confirm, reconcile
-from settlement.tables import Discrepancy
 from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import (
     DAY,

@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from billing.audit import Actor
 from billing.models import Bill, BillEvent
-from billing.outbox import OutboxMessage
 from channels.bank.adapter import BankAdapter
 from channels.base import ChannelRegistry
 from gateway import worker
 from gateway.state import Resources
-from settlement.models import Receipt, Refund
-from settlement.refunds import execute_refunds, recover_refunds, request_refund
+from kernel.audit import Actor
+from kernel.outbox import OutboxMessage
+from payments.models import Receipt, Refund
+from payments.refunds import execute_refunds, recover_refunds, request_refund
 from tests.payments_support import BankWorld, bill_for_test
 
 

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from billing.staff import StaffToken, StaffUser
 from gateway.cli import main
 from gateway.state import Resources
+from kernel.staff import StaffToken, StaffUser
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_item
 from tests.settle_helpers import (
@@ -75,7 +75,7 @@ async def test_staff_create_prints_the_token_once_and_stores_its_hash(res: Resou
 
 async def test_demo_seeds_treasuries_idempotently(res: Resources) -> None:
     from gateway.demo import seed
-    from settlement.tables import Treasury
+    from settlement.models import Treasury
 
     first = await seed(res)
     again = await seed(res)

@@ -14,21 +14,15 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from billing.outbox import OutboxMessage
+from enotes import service as enotes
+from enotes.models import ENote
+from enotes.service import EnoteContext, issue_pending, verify_note
+from enotes.signing import NoteSigners, Signer, SM2Signer, signed_by_supervisor
+from enotes.signing_lines import ProcessLine, Signed, SigningUnavailable, ThreadLine, line_for
 from gateway import enotes as gateway_enotes
 from gateway.settings import Settings
 from gateway.state import Resources
-from settlement import enotes
-from settlement.enote_models import ENote
-from settlement.enotes import EnoteContext, issue_pending, verify_note
-from settlement.signing import NoteSigners, Signer, SM2Signer, signed_by_supervisor
-from settlement.signing_lines import (
-    ProcessLine,
-    Signed,
-    SigningUnavailable,
-    ThreadLine,
-    line_for,
-)
+from kernel.outbox import OutboxMessage
 from tests.enote_helpers import agency_with_items, paid_bill
 
 
@@ -180,7 +174,7 @@ async def test_a_signer_that_stops_answering_fails_the_batch_and_changes_nothing
             return super().sign(message)
 
     stuck = EnoteContext(NoteSigners(Stuck(issuer), ctx.signers.supervisor), ctx.config)
-    monkeypatch.setattr(enotes, "SIGN_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(enotes, "SIGN_TIMEOUT_S", 0.3)  # read where it is used
     async with res.sessions() as s, s.begin():
         agency, fine, _ = await agency_with_items(s)
         await paid_bill(s, agency, [(fine, 1, 5_000)])

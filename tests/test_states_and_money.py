@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.errors import IllegalTransition
-from billing.states import ATTEMPT, BILL, REFUND, AttemptStatus, BillStatus
+from billing.states import BILL, BillStatus
 from channels.money import fen_to_yuan, yuan_to_fen
+from kernel.errors import IllegalTransition
+from payments.states import ATTEMPT, REFUND, AttemptStatus
 
 
 def test_bill_machine_edges() -> None:

@@ -14,16 +14,18 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from billing.audit import Actor
-from billing.errors import Conflict, InvalidInput
+import ledger
 from billing.models import Bill, BillEvent
-from billing.outbox import OutboxMessage
 from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
-from settlement import ledger, refunds, treasury
-from settlement.models import Receipt, Refund
+from kernel.audit import Actor
+from kernel.errors import Conflict, InvalidInput
+from kernel.outbox import OutboxMessage
+from payments import refunds
+from payments.models import Receipt, Refund
+from settlement import treasury
+from settlement.models import BatchedRefund, DepositBatch, DepositLine, StatementFile
 from settlement.reconcile import reconcile
-from settlement.tables import BatchedRefund, DepositBatch, DepositLine, StatementFile
 from tests.factories import make_agency, make_bill, make_item
 from tests.settle_helpers import (
     DAY,

@@ -19,16 +19,16 @@ import httpcore
 import pytest
 from sqlalchemy import func, select, update
 
-from billing import outbox
 from billing import webhooks as wh
-from billing.audit import Actor, AuditEntry
-from billing.errors import Conflict, InvalidInput, NotFound
 from billing.models import Agency
-from billing.outbox import OutboxMessage
 from billing.webhook_delivery import Deliverer, ingest, vetted_addresses
 from billing.webhooks import WebhookEvent
 from gateway.state import Resources
 from gateway.worker import close_jobs, default_jobs, run_once
+from kernel import outbox
+from kernel.audit import Actor, AuditEntry
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.outbox import OutboxMessage
 from tests.factories import make_agency
 from tests.webhook_receiver import Receiver, ReceiverServer
 

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bench.runner import Row
 from channels.alipay.adapter import AlipayAdapter
+from channels.alipay.config import AlipayConfig
 from channels.alipay.keys import ensure_keys
 from channels.alipay.transforms import NOTIFY_UNSIGNED, sign_content
-from gateway.settings import AlipaySettings
 
 APP_ID = "2021000000000001"
 
@@ -68,7 +68,7 @@ def run(*, quick: bool) -> list[Row]:
         sign = base64.b64encode(private.sign(content, padding.PKCS1v15(), hashes.SHA256()))
         body = urllib.parse.urlencode({**fields, "sign_type": "RSA2", "sign": sign}).encode()
         adapter = AlipayAdapter(
-            AlipaySettings(
+            AlipayConfig(
                 app_id=APP_ID,
                 gateway_url="http://127.0.0.1:9/gateway.do",
                 app_private_key_path=keys.app_private,

@@ -4,8 +4,8 @@ Ours: the worker's `enote.issue` job over real PostgreSQL — claim outbox messa
 note code's counter, build and canonicalise the content, two SM2 signatures (issuer and
 supervisor), insert notes and webhook events, mark the messages done, commit.
 Baseline: `SM2Signer.sign` of a note-sized message, same library, same process, same run.
-A note needs two signatures. The worker's path (`settlement.enotes.issue_pending`) signs in
-one process per core (`settlement.signing_lines.ProcessLine`) while two issuing transactions
+A note needs two signatures. The worker's path (`enotes.issue_pending`) signs in
+one process per core (`enotes.signing_lines.ProcessLine`) while two issuing transactions
 take turns: one reads and builds its batch while the other signs under the counter lock.
 """
 
@@ -24,8 +24,8 @@ async def _setup(resources: object, count: int) -> None:
     from sqlalchemy import insert
 
     from billing.models import Agency, Bill, BillLine, RevenueItem
-    from billing.outbox import OutboxMessage
-    from settlement.models import PaymentAttempt, Receipt
+    from kernel.outbox import OutboxMessage
+    from payments.models import PaymentAttempt, Receipt
 
     sessions = resources.sessions  # type: ignore[attr-defined]
     now = datetime.now(UTC)
@@ -120,10 +120,7 @@ async def _setup(resources: object, count: int) -> None:
 
 
 async def _measure(count: int) -> tuple[float, float, int]:
-    from gateway.procs import freeze_startup_heap
-    from gateway.settings import Settings
-    from gateway.state import Resources
-    from settlement.enotes import (
+    from enotes.service import (
         ISSUE_BATCH,
         ISSUE_LANES,
         EnoteConfig,
@@ -131,7 +128,10 @@ async def _measure(count: int) -> tuple[float, float, int]:
         issue_pending,
         run_issue_job,
     )
-    from settlement.signing import NoteSigners, SM2Signer
+    from enotes.signing import NoteSigners, SM2Signer
+    from gateway.procs import freeze_startup_heap
+    from gateway.settings import Settings
+    from gateway.state import Resources
 
     resources = Resources.open(Settings.from_env())
     try:

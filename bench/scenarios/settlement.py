@@ -141,7 +141,7 @@ _BASE_SETTLE = (
 
 
 async def _generate(engine: AsyncEngine, n: int) -> None:
-    from settlement import ledger
+    import ledger
 
     async with engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
@@ -199,8 +199,9 @@ async def _baseline_settle(engine: AsyncEngine) -> float:
 
 
 async def _main(n: int) -> list[Row]:
+    import ledger
     from gateway.db import create_engine
-    from settlement import ledger, treasury
+    from settlement import treasury
     from settlement.reconcile import reconcile
 
     engine = create_engine(os.environ["DATABASE_URL"])

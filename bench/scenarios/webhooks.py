@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.runner import Row, server
-from billing.audit import Actor
+from kernel.audit import Actor
 
 
 async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:

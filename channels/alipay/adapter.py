@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from channels.alipay import transforms
+from channels.alipay.config import AlipayConfig
 from channels.alipay.sdk_patch import install_port_fix, last_connection, reset_connection
 from channels.base import (
     Ack,
@@ -59,7 +60,6 @@ from channels.base import (
     TradeState,
     Unavailable,
 )
-from gateway.settings import AlipaySettings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -94,7 +94,7 @@ class AlipayAdapter:
     modes: tuple[str, ...] = tuple(transforms.PRODUCT_CODES)
     """qr first: "default" means a QR code (当面付), which works on any screen."""
 
-    def __init__(self, settings: AlipaySettings) -> None:
+    def __init__(self, settings: AlipayConfig) -> None:
         install_port_fix()  # once per process; see channels/alipay/sdk_patch.py
         self._settings = settings
         public_pem = settings.alipay_public_key()

@@ -2,7 +2,7 @@
 
 A citizen pays at the bank by payment code; the bank calls us (query, then confirm) — those
 inbound messages are verified here (`verify_inbound`) and handled by
-`settlement.bank_inbound`. We call the bank to query a payment, close an unconfirmed order,
+`payments.bank_inbound`. We call the bank to query a payment, close an unconfirmed order,
 refund, and fetch the day-end statement. HTTP failures map to the three channel errors in
 `_call` only.
 """

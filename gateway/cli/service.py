@@ -1,61 +1,19 @@
-"""`paygate` command line: serve, worker, db, demo, bench, version."""
+"""Running the service: serve, worker, db, demo, simulators, e-note keys, bench, version."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from gateway import __version__
 from gateway import logging as app_logging
+from gateway.cli.base import main, prepare, with_resources
 from gateway.procs import exit_with_parent, spawn_child, stop_children
 from gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    from gateway.state import Resources
-
-T = TypeVar("T")
-
-
-def _prepare(*, migrate: bool = True) -> Settings:
-    """Settings from the environment, embedded servers for unset URLs, schema at head."""
-    from gateway import migrate as migrations
-    from gateway.app import resolve_services
-
-    settings = Settings.from_env()
-    app_logging.configure(settings.log)
-    settings = resolve_services(settings)
-    if migrate:
-        assert settings.database.url is not None
-        migrations.upgrade(settings.database.url)
-    return settings
-
-
-def _with_resources(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
-    from gateway.state import Resources
-
-    async def main() -> T:
-        resources = Resources.open(settings)
-        try:
-            return await fn(resources)
-        finally:
-            await resources.close()
-
-    return asyncio.run(main())
-
-
-@click.group()
-@click.version_option(__version__, prog_name="paygate")
-def main() -> None:
-    """paygate — unified payment gateway for government non-tax revenue."""
 
 
 @main.command()
@@ -80,7 +38,7 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
         os.environ["PAYGATE_HOST"] = host
     if port:
         os.environ["PAYGATE_PORT"] = str(port)
-    settings = _prepare()
+    settings = prepare()
     host = host or settings.server.host
     port = port or settings.server.port
     workers = workers or settings.server.workers
@@ -91,7 +49,7 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
         if not settings.alipay.enabled:
             children.append(_start_alipay_simulator())
             settings = Settings.from_env()  # now pointing at the simulator
-        for line in _with_resources(settings, seed):
+        for line in with_resources(settings, seed):
             click.echo(line)
         # A demo's webhook receiver runs on this machine; production never allows that.
         os.environ.setdefault("PAYGATE_WEBHOOK_ALLOW_PRIVATE", "1")
@@ -148,11 +106,11 @@ def worker(once: bool, parent: int | None) -> None:
 
     if parent is not None:
         exit_with_parent(parent)
-    settings = _prepare()
+    settings = prepare()
     if once:
-        click.echo(_with_resources(settings, w.run_once))
+        click.echo(with_resources(settings, w.run_once))
     else:
-        _with_resources(settings, w.run_forever)
+        with_resources(settings, w.run_forever)
 
 
 @main.group()
@@ -166,7 +124,7 @@ def db_upgrade(revision: str) -> None:
     """Upgrade the schema (default: to head)."""
     from gateway import migrate as migrations
 
-    settings = _prepare(migrate=False)
+    settings = prepare(migrate=False)
     assert settings.database.url is not None
     migrations.upgrade(settings.database.url, revision)
     click.echo(f"database at {revision}")
@@ -178,7 +136,7 @@ def db_downgrade(revision: str) -> None:
     """Downgrade the schema to REVISION (e.g. base)."""
     from gateway import migrate as migrations
 
-    settings = _prepare(migrate=False)
+    settings = prepare(migrate=False)
     assert settings.database.url is not None
     migrations.downgrade(settings.database.url, revision)
     click.echo(f"database at {revision}")
@@ -189,8 +147,8 @@ def demo() -> None:
     """Seed demo data (idempotent)."""
     from gateway.demo import seed
 
-    settings = _prepare()
-    for line in _with_resources(settings, seed):
+    settings = prepare()
+    for line in with_resources(settings, seed):
         click.echo(line)
 
 
@@ -296,41 +254,6 @@ def simulator_bank(host: str, port: int) -> None:
 @click.option("--quick", is_flag=True, help="Short runs, for a smoke test.")
 def bench(scenarios: tuple[str, ...], quick: bool) -> None:
     """Run benchmark scenarios and print one table (never fails the build)."""
-    from bench.runner import run
-
-    sys.exit(run(list(scenarios), quick=quick))
-
-
-def service(fn: Callable[[Resources], Awaitable[T]]) -> T:
-    """Run a service call; a DomainError becomes a one-line CLI error, not a traceback."""
-    from billing.errors import DomainError
-
-    try:
-        return _with_resources(_prepare(), fn)
-    except DomainError as exc:
-        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
-
-
-def in_session(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run fn(session) in one transaction, committed on success; DomainErrors are printed."""
-
-    async def body(resources: Resources) -> T:
-        async with resources.sessions() as session:
-            result = await fn(session)
-            await session.commit()
-            return result
-
-    return service(body)
-
-
-# Command groups that live in their own modules register themselves on `main`.
-from gateway import cli_agencies, cli_settlement  # noqa: E402
-
-del cli_agencies, cli_settlement
-
-if __name__ == "__main__":
-    # `python -m gateway.cli` runs this file as __main__: go through the package module so
-    # the command modules above register on the group that runs.
-    from gateway.cli import main as package_main
-
-    package_main()
+    # A child process, not an import: the service never loads the benchmark harness.
+    argv = [sys.executable, "-m", "bench", *scenarios, *(["--quick"] if quick else [])]
+    sys.exit(subprocess.call(argv))

@@ -1,24 +1,13 @@
-"""Tables the billing service adds: payment-code counters and the nonce fallback store."""
+"""Request nonces: accepted once within their window."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, func
+from sqlalchemy import DateTime, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.db import Base
-
-
-class PaymentCodeCounter(Base):
-    """One counter per region and year; serials are a keyed permutation of its values."""
-
-    __tablename__ = "payment_code_counters"
-
-    region_code: Mapped[str] = mapped_column(String(6), primary_key=True)
-    year: Mapped[int] = mapped_column(Integer, primary_key=True)
-    next_value: Mapped[int] = mapped_column(BigInteger)
-    """The first counter value not yet handed out."""
+from kernel.db import Base
 
 
 class AuthNonce(Base):

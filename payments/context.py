@@ -7,9 +7,9 @@ from datetime import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing.kv import KV
 from billing.late_fee import DayCount
 from channels.base import ChannelRegistry
+from kernel.kv import KV
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,8 +42,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from settlement.models import Receipt, Refund
-from settlement.tables import JournalEntry, JournalLine, LedgerAccount
+from ledger.models import JournalEntry, JournalLine, LedgerAccount
 
 Executor = AsyncSession | AsyncConnection
 """Postings are Core statements: they run in an ORM session or on a bare connection."""
@@ -212,18 +211,6 @@ async def reverse(session: AsyncSession, entry_id: int, *, memo: str = "") -> Po
 # ------------------------------------------------------------------ business postings
 
 
-async def post_receipt(session: Executor, receipt: Receipt) -> Posted:
-    """A confirmed receipt: the payment (revenue) or a duplicate (owed back to the payer)."""
-    return await post_receipt_row(
-        session,
-        receipt_id=receipt.id,
-        kind=receipt.kind,
-        channel=receipt.channel,
-        amount=receipt.amount,
-        business_date=receipt.business_date,
-    )
-
-
 def receipt_lines(kind: str, channel: str, amount: int) -> list[tuple[str, int]]:
     """A receipt's legs: the channel owes us the money; it is revenue (PAYMENT) or owed back
     to the payer (DUPLICATE)."""
@@ -235,7 +222,7 @@ def receipt_memo(kind: str, channel: str) -> str:
     return f"{kind.lower()} via {channel}"
 
 
-async def post_receipt_row(
+async def post_receipt(
     session: Executor,
     *,
     receipt_id: uuid.UUID,
@@ -244,7 +231,7 @@ async def post_receipt_row(
     amount: int,
     business_date: date,
 ) -> Posted:
-    """post_receipt from the receipt's values (the confirm path writes with Core)."""
+    """A confirmed receipt: the payment (revenue) or a duplicate (owed back to the payer)."""
     return await post(
         session,
         kind="receipt",
@@ -255,21 +242,27 @@ async def post_receipt_row(
     )
 
 
-async def post_refund(session: AsyncSession, refund: Refund, receipt: Receipt) -> Posted:
-    """A refund that succeeded at the channel (route CHANNEL).
+async def post_refund(
+    session: Executor,
+    *,
+    refund_id: uuid.UUID,
+    amount: int,
+    receipt_kind: str,
+    channel: str,
+    business_date: date,
+) -> Posted:
+    """A refund that succeeded at the channel: what the receipt credited is debited back.
 
-    Treasury refunds (route TREASURY) are posted by the sweep of the batch that carries them.
+    Treasury refunds are posted by the sweep of the batch that carries them.
     """
-    if refund.route != "CHANNEL":
-        raise LedgerError(f"refund {refund.id} is a treasury refund; the sweep posts it")
-    debit = REVENUE_PENDING if receipt.kind == "PAYMENT" else REFUNDS_PAYABLE
+    debit = REVENUE_PENDING if receipt_kind == "PAYMENT" else REFUNDS_PAYABLE
     return await post(
         session,
         kind="refund",
-        ref=str(refund.id),
-        lines=[(debit, refund.amount), (clearing(receipt.channel), -refund.amount)],
-        business_date=receipt.business_date,
-        memo=f"refund via {receipt.channel}",
+        ref=str(refund_id),
+        lines=[(debit, amount), (clearing(channel), -amount)],
+        business_date=business_date,
+        memo=f"refund via {channel}",
     )
 
 

@@ -7,8 +7,9 @@ default 00:00 the business day is the calendar day in Beijing.
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
-from billing.late_fee import SHANGHAI
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 def business_date(ts: datetime, cutoff: time = time(0, 0)) -> date:
@@ -29,3 +30,9 @@ def day_bounds(day: date, cutoff: time = time(0, 0)) -> tuple[datetime, datetime
     else:
         start = datetime.combine(day - timedelta(days=1), cutoff, SHANGHAI)
     return start, start + timedelta(days=1)
+
+
+def shanghai_today(now: datetime) -> date:
+    if now.tzinfo is None:
+        raise ValueError("aware datetime required")
+    return now.astimezone(SHANGHAI).date()

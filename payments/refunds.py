@@ -28,12 +28,11 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing import audit, outbox, webhooks
-from billing.audit import Actor
-from billing.errors import Conflict, InvalidInput, NotFound
+import ledger
+from billing import payer as bills
+from billing import webhooks
 from billing.models import Bill, BillEvent, BillLine, RevenueItem
-from billing.outbox import OutboxMessage
-from billing.states import BILL, REFUND, BillStatus, RefundStatus
+from billing.states import BILL, BillStatus
 from channels.base import (
     OutcomeUnknown,
     RefundRequest,
@@ -42,16 +41,20 @@ from channels.base import (
     Rejected,
     Unavailable,
 )
-from settlement import bills, ledger
-from settlement.context import PaymentContext
-from settlement.models import Receipt, Refund
+from kernel import audit, outbox
+from kernel.audit import Actor
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.outbox import OutboxMessage, Topic
+from payments.context import PaymentContext
+from payments.models import Receipt, Refund
+from payments.states import REFUND, RefundStatus
 
 log = structlog.get_logger(__name__)
 
-TOPIC_EXECUTE = "refund.execute"
+TOPIC_EXECUTE = Topic.REFUND_EXECUTE
 """Channel refunds to send; consumed by `execute_refunds` below."""
-TOPIC_RED_LETTER = "enote.red"
-"""Red-letter (冲红) e-note requests for the e-note issuer (settlement.enotes)."""
+TOPIC_RED_LETTER = Topic.ENOTE_RED
+"""Red-letter (冲红) e-note requests for the e-note issuer (enotes)."""
 
 LEASE = timedelta(minutes=2)
 STALE_PROCESSING = timedelta(minutes=5)
@@ -198,7 +201,16 @@ async def complete_refund(
         )
         bill.status = new
     if refund.route == "CHANNEL":
-        await ledger.post_refund(session, refund, receipt)
+        if refund.route != "CHANNEL":
+            raise ledger.LedgerError(f"refund {refund.id} is a treasury refund; the sweep posts it")
+        await ledger.post_refund(
+            session,
+            refund_id=refund.id,
+            amount=refund.amount,
+            receipt_kind=receipt.kind,
+            channel=receipt.channel,
+            business_date=receipt.business_date,
+        )
     data = {
         "refund_id": str(refund.id),
         "amount": refund.amount,

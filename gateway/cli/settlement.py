@@ -13,7 +13,7 @@ import click
 
 from channels.base import StatementLine
 from channels.money import fen_to_yuan
-from gateway.cli import _prepare, _with_resources, in_session, main
+from gateway.cli.base import in_session, main, prepare, with_resources
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,13 +38,13 @@ def ledger() -> None:
 @ledger.command("verify")
 def ledger_verify() -> None:
     """Prove every entry balances and every balance equals the sum of its lines."""
-    from settlement import ledger as ledger_
+    import ledger as ledger_
 
     async def run(res: Resources) -> ledger_.VerifyReport:
         async with res.sessions() as session:
             return await ledger_.verify(session)
 
-    report = _with_resources(_prepare(), run)
+    report = with_resources(prepare(), run)
     click.echo(
         f"{report.entries} entries, {report.lines} lines, {report.accounts} accounts,"
         f" trial balance {report.trial_balance}"
@@ -119,7 +119,7 @@ def reconcile(day: date, channels: tuple[str, ...], file_: Path | None) -> None:
 
     if not channels and file_ is None:
         click.echo("reconciling every registered channel")
-    sys.exit(1 if _with_resources(_prepare(), run) else 0)
+    sys.exit(1 if with_resources(prepare(), run) else 0)
 
 
 @main.command()
@@ -164,7 +164,7 @@ def settle(day: date, export_: bool, out: Path | None, actor: str) -> None:
                 files[f"{batch_id}.xml"] = exported.xml
                 click.echo(f"  {batch_id} sha256 {exported.content_hash}")
 
-    _with_resources(_prepare(), run)
+    with_resources(prepare(), run)
     if out is not None and files:
         out.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
@@ -182,8 +182,8 @@ def refund(
     receipt_id: uuid.UUID, amount: int, reason: str, actor: str, refund_id: uuid.UUID | None
 ) -> None:
     """Request a refund (退付) of a receipt, never beyond what is still available."""
-    from billing.audit import Actor
-    from settlement import refunds
+    from kernel.audit import Actor
+    from payments import refunds
 
     async def run(session: AsyncSession) -> str:
         r = await refunds.request_refund(
@@ -213,7 +213,7 @@ def staff() -> None:
 @click.argument("name")
 def staff_create(role: str, name: str) -> None:
     """Create a staff user and print its API token (shown once, stored only hashed)."""
-    from billing.staff import create_staff
+    from kernel.staff import create_staff
 
     async def run(res: Resources) -> str:
         async with res.sessions() as session:
@@ -221,6 +221,6 @@ def staff_create(role: str, name: str) -> None:
             await session.commit()
         return token
 
-    token = _with_resources(_prepare(), run)
+    token = with_resources(prepare(), run)
     click.echo(f"staff user {name} ({role.upper()}) created; token (shown once):")
     click.echo(token)

@@ -32,30 +32,26 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing import outbox
 from billing.bills import reveal_payer
-from billing.errors import Conflict, InvalidInput, NotFound
-from billing.late_fee import SHANGHAI
 from billing.models import Agency, Bill
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
-from settlement.capitals import rmb_capitals
-from settlement.documents import DocItem, NoteView
-from settlement.enote_models import ENote
-from settlement.models import Receipt, Refund
-from settlement.refunds import TOPIC_RED_LETTER as RED_TOPIC
-from settlement.signing import (
-    ALGORITHM,
-    DEFAULT_SIGNER_ID,
-    NoteSigners,
-    Verifier,
-    signed_by_supervisor,
-)
-from settlement.signing_lines import Signed, SigningLine, line_for
+from enotes.document import NoteView
+from enotes.models import ENote
+from enotes.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier, signed_by_supervisor
+from enotes.signing_lines import Signed, SigningLine, line_for
+from kernel import outbox
+from kernel.capitals import rmb_capitals
+from kernel.clock import SHANGHAI
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.outbox import Topic
+from kernel.pdf import DocItem
+from payments.models import Receipt, Refund
+from payments.refunds import TOPIC_RED_LETTER as RED_TOPIC
 
 log = structlog.get_logger(__name__)
 
 SPEC_VERSION = "1.0"
-ISSUE_TOPIC = "enote.issue"
+ISSUE_TOPIC = Topic.ENOTE_ISSUE
 MAX_NUMBER = 9_999_999_999
 
 KIND_BY_CATEGORY = {"FINE": "03", "EXAM_FEE": "01", "TUITION": "01", "OTHER": "01"}

@@ -16,11 +16,8 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.errors import Conflict, InvalidInput, NotFound
-from billing.errors import Unavailable as ServiceUnavailable
-from billing.late_fee import shanghai_today
+from billing import payer as bills
 from billing.models import Bill
-from billing.states import ATTEMPT, AttemptStatus
 from channels.base import (
     ChannelAdapter,
     CreatedPayment,
@@ -31,10 +28,13 @@ from channels.base import (
     TradeState,
     Unavailable,
 )
-from settlement import bills
-from settlement.confirm import confirm_payment
-from settlement.context import PaymentContext
-from settlement.models import PaymentAttempt
+from kernel.clock import shanghai_today
+from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.errors import Unavailable as ServiceUnavailable
+from payments.confirm import confirm_payment
+from payments.context import PaymentContext
+from payments.models import PaymentAttempt
+from payments.states import ATTEMPT, AttemptStatus
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,10 @@ import structlog
 from sqlalchemy import select, update
 
 from channels.base import InvalidNotification, TradeState
-from settlement.attempts import OPEN
-from settlement.confirm import ConfirmOutcome, confirm_payment
-from settlement.context import PaymentContext
-from settlement.models import PaymentAttempt
+from payments.attempts import OPEN
+from payments.confirm import ConfirmOutcome, confirm_payment
+from payments.context import PaymentContext
+from payments.models import PaymentAttempt
 
 log = structlog.get_logger(__name__)
 

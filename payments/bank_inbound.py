@@ -30,15 +30,15 @@ from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing.kv import KV
-from billing.late_fee import shanghai_today
+from billing import payer as bills
 from billing.models import Bill, BillLine
 from billing.payment_code import LENGTH, is_valid
-from billing.states import AttemptStatus, BillStatus
+from billing.states import BillStatus
 from channels.bank.transforms import ResultCode, format_time, parse_time
 from channels.money import fen_to_yuan, yuan_to_fen
-from settlement import bills
-from settlement.confirm import (
+from kernel.clock import shanghai_today
+from kernel.kv import KV
+from payments.confirm import (
     BILL_COLUMNS,
     AttemptFacts,
     ConfirmOutcome,
@@ -49,8 +49,9 @@ from settlement.confirm import (
     bill_facts,
     core_transaction,
 )
-from settlement.context import PaymentContext
-from settlement.models import PaymentAttempt
+from payments.context import PaymentContext
+from payments.models import PaymentAttempt
+from payments.states import AttemptStatus
 
 log = structlog.get_logger(__name__)
 

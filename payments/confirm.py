@@ -8,7 +8,7 @@ attempt's amount, on a named channel — is ONE statement in its own implicit tr
 guard holds on the locked rows, and its data-modifying CTEs move the attempt to SUCCEEDED,
 insert the receipt, move the bill ISSUED → PAID with its event, the audit row, the outbox
 messages and the ledger entry. One round trip with no BEGIN/COMMIT, run on the driver
-connection, and shared by the confirmations that arrive meanwhile (settlement.group_commit):
+connection, and shared by the confirmations that arrive meanwhile (kernel.group_commit):
 most of PostgreSQL's effort was per statement, not per row.
 
 Everything else (a repeat, a duplicate, a wrong amount, a late success, a first posting to
@@ -65,17 +65,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import TextClause
 
-from billing import audit, outbox
-from billing.kv import KV
+import ledger
+from billing import payer as bills
 from billing.models import Bill, BillEvent
-from billing.states import ATTEMPT, BILL, AttemptStatus, BillStatus
+from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
-from settlement import bills, ledger
-from settlement.business_day import business_date
-from settlement.enotes import ISSUE_TOPIC as ENOTE_TOPIC
-from settlement.group_commit import GroupCommit, PerLoop
-from settlement.models import PaymentAttempt, Receipt, Refund
-from settlement.refunds import TOPIC_EXECUTE
+from kernel import audit, outbox
+from kernel.clock import business_date
+from kernel.group_commit import GroupCommit, PerLoop
+from kernel.kv import KV
+from kernel.outbox import Topic
+from payments.models import PaymentAttempt, Receipt, Refund
+from payments.refunds import TOPIC_EXECUTE
+from payments.states import ATTEMPT, AttemptStatus
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +122,7 @@ class ConfirmResult:
 
 def bill_is_payable(bill: bills.PayableFacts, paid_at: datetime) -> bool:
     """Whether money paid at `paid_at` can be this bill's payment (see the module doc): the
-    same rule that refuses a new attempt (settlement.bills.refusal)."""
+    same rule that refuses a new attempt (billing.payer.refusal)."""
     return bills.refusal(bill, paid_at) is None
 
 
@@ -454,7 +456,7 @@ async def apply_to_locked(
     assert changed == 1, "attempt changed under its row lock"
     # The books move in the same transaction as the money (issue: ledger postings are
     # never a step behind the business change).
-    await ledger.post_receipt_row(
+    await ledger.post_receipt(
         conn,
         receipt_id=receipt_id,
         kind="DUPLICATE",
@@ -673,7 +675,7 @@ _APPLY = DriverStatement.of(
     " CAST(paid_bill AS text), jsonb_build_object('attempt_id', CAST(attempt_id AS text),"
     " 'receipt_id', CAST(receipt_id AS text), 'amount', amount), request_id FROM lk"
     " RETURNING id),"
-    # The agency's webhook (billing.webhooks) and the payer's e-note (settlement.enotes).
+    # The agency's webhook (billing.webhooks) and the payer's e-note (enotes).
     " ob AS (INSERT INTO outbox (topic, key, payload)"
     f" SELECT '{WEBHOOK_TOPIC}', 'bill.paid:' || CAST(paid_bill AS text), jsonb_build_object("
     " 'event', 'bill.paid', 'agency_id', CAST(agency_id AS text),"
@@ -682,10 +684,10 @@ _APPLY = DriverStatement.of(
     " 'late_fee', late_fee, 'channel', channel, 'attempt_id', CAST(attempt_id AS text),"
     " 'receipt_id', CAST(receipt_id AS text), 'paid_at', paid_at_text,"
     " 'business_date', CAST(business_date AS text))) FROM lk"
-    f" UNION ALL SELECT '{ENOTE_TOPIC}', '{ENOTE_TOPIC}:' || CAST(receipt_id AS text),"
+    f" UNION ALL SELECT '{Topic.ENOTE_ISSUE}', '{Topic.ENOTE_ISSUE}:' || CAST(receipt_id AS text),"
     " jsonb_build_object('receipt_id', CAST(receipt_id AS text)) FROM lk"
     f" ON CONFLICT ON CONSTRAINT {outbox.KEY_CONSTRAINT} DO NOTHING RETURNING id),"
-    # Each receipt's ledger entry (settlement.ledger.posting_ctes).
+    # Each receipt's ledger entry (ledger.posting_ctes).
     " src AS (SELECT CAST('receipt' AS varchar) AS kind, CAST(receipt_id AS varchar) AS ref,"
     " business_date, memo, CAST(NULL AS bigint) AS reverses_id,"
     " ARRAY[debit_code, credit_code] AS codes, ARRAY[amount, -amount] AS amounts FROM lk),"
@@ -732,7 +734,7 @@ def _p(name: str) -> BindParameter[Any]:
 def _duplicate_statement() -> Select[int]:
     """A duplicate payment's writes as ONE statement of data-modifying CTEs: the attempt
     to SUCCEEDED (guarded UPDATE), a DUPLICATE receipt whose refund is opened with it and
-    reserves the whole amount (as settlement.refunds.request_refund does), the audit row
+    reserves the whole amount (as payments.refunds.request_refund does), the audit row
     and the refund's outbox message. Built once, with bind parameters. The unique indexes
     on receipts (and attempts) still speak, as an IntegrityError."""
     att = (

@@ -8,6 +8,7 @@ same one, and a crash before `done()` simply leaves it to be claimed again.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -27,9 +28,23 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.db import Base
+from kernel.db import Base
 
 _T = TypeVar("_T")  # the row type of a Select
+
+
+class Topic(StrEnum):
+    """Every outbox topic, in one table: who enqueues it and which job consumes it."""
+
+    WEBHOOK = "webhook.event"
+    """A bill or e-note event for the agency's webhook (billing.webhook_delivery)."""
+    ENOTE_ISSUE = "enote.issue"
+    """A PAYMENT receipt awaiting its fiscal e-note (enotes.run_issue_job)."""
+    ENOTE_RED = "enote.red"
+    """A succeeded refund whose e-note is red-lettered (enotes.run_red_job)."""
+    REFUND_EXECUTE = "refund.execute"
+    """A refund to send to its channel (payments.refunds)."""
+
 
 KEY_CONSTRAINT = "uq_outbox_key"
 """ON CONFLICT names the constraint, not `index_elements`: SQLAlchemy cannot cache a statement

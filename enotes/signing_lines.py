@@ -29,8 +29,8 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from settlement import sign_worker
-from settlement.signing import NoteSigners, Signer, SM2Signer, signed_by_supervisor
+from enotes import sign_worker
+from enotes.signing import NoteSigners, Signer, SM2Signer, signed_by_supervisor
 
 Signed = tuple[bytes, datetime, bytes, datetime]
 """issuer signature, when, supervisor signature, when."""
@@ -75,11 +75,11 @@ def _parse_reply(body: bytes) -> tuple[int, list[Signed] | str]:
 
 
 class _Child:
-    """One `settlement.sign_worker` process, a writer thread and a reader thread."""
+    """One `enotes.sign_worker` process, a writer thread and a reader thread."""
 
     def __init__(self, pems: tuple[bytes, bytes], name: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "settlement.sign_worker"],
+            [sys.executable, "-m", "enotes.sign_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -149,7 +149,7 @@ class _Child:
 
 
 class ProcessLine:
-    """Chunks signed by a few `settlement.sign_worker` processes, each holding both keys.
+    """Chunks signed by a few `enotes.sign_worker` processes, each holding both keys.
 
     Each process signs both signatures of its chunk's notes, so n processes sign n chunks
     at once with no GIL shared with the event loop. Processes start together on first use

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gateway.cli import in_session, main, service
+from gateway.cli.base import in_session, main, service
 
 if TYPE_CHECKING:
-    from billing.audit import Actor
     from gateway.state import Resources
+    from kernel.audit import Actor
 
 
 @main.group()
@@ -21,7 +21,7 @@ def webhooks() -> None:
 
 
 def _actor(actor: str | None) -> Actor:
-    from billing.audit import Actor
+    from kernel.audit import Actor
 
     return Actor(type="finance", id=actor or f"cli:{os.environ.get('USER', 'unknown')}")
 

@@ -18,10 +18,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.kv import KV
 from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.states import BillStatus
+from kernel.kv import KV
 
 log = structlog.get_logger(__name__)
 

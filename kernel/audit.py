@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.db import Base
+from kernel.db import Base
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A signing process for e-notes: `python -m settlement.sign_worker`, driven by `ProcessLine`.
+"""A signing process for e-notes: `python -m enotes.sign_worker`, driven by `ProcessLine`.
 
 It reads length-prefixed frames on stdin and answers on stdout, one chunk at a time:
 
@@ -59,7 +59,7 @@ def _now_us() -> bytes:
 
 
 def main() -> None:
-    from settlement.signing import SM2Signer, signed_by_supervisor
+    from enotes.signing import SM2Signer, signed_by_supervisor
 
     # The protocol owns fd 1; anything printed by accident goes to stderr instead. Ctrl-C
     # reaches the whole process group: the parent decides when this process ends.

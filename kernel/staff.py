@@ -22,9 +22,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing import audit
-from billing.db import Base
-from billing.errors import Conflict, InvalidInput, Unauthorized
+from kernel import audit
+from kernel.db import Base
+from kernel.errors import Conflict, InvalidInput, Unauthorized
 
 
 class StaffRole(StrEnum):

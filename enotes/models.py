@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.db import Base
+from kernel.db import Base
 
 NOTE_KINDS = ("BLUE", "RED")
 """BLUE: an ordinary note; RED: a red-letter note (红字票据) cancelling a BLUE one."""
