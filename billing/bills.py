@@ -26,9 +26,12 @@ from sqlalchemy import Select, String, cast, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing import events
+from billing import payer as payer_view
 from billing.agencies import validate_credit_code
-from billing.late_fee import AmountDue, DayCount, amount_due
-from billing.models import Agency, AgencyItem, Bill, BillEvent, BillLine, RevenueItem
+from billing.events import Sql
+from billing.late_fee import AmountDue, DayCount
+from billing.models import Agency, AgencyItem, Bill, BillLine, RevenueItem
 from billing.payment_code import validate as validate_payment_code
 from billing.serials import allocate, payment_codes
 from billing.states import BILL, BillStatus
@@ -242,14 +245,23 @@ async def _billable_items(session: AsyncSession, agency_id: uuid.UUID) -> dict[s
     return {item.code: item for item in rows}
 
 
+_ISSUE_EVENTS = events.insert_sql(
+    "ins",
+    bill_id=Sql("id"),
+    src=None,
+    dst=BillStatus.ISSUED,
+    actor_type=Sql(":actor_type"),
+    actor_id=Sql(":actor_id"),
+    reason="issued",
+)
 _INSERT = text(
-    """
+    f"""
 WITH ins AS (
   INSERT INTO bills (id, agency_id, agency_bill_no, request_hash, payment_code, category,
                      late_fee_rule, status, payer_type, payer_name, payer_id_enc, payer_id_hash,
                      payer_phone_enc, principal_amount, due_date, expires_at, remark)
-  SELECT b.id, CAST(:agency_id AS uuid), b.no, b.h, b.pc, b.cat, b.lfr, 'ISSUED', b.pt, b.pn,
-         b.pie, b.pih, b.ppe, b.amt, b.due, b.exp, b.rem
+  SELECT b.id, CAST(:agency_id AS uuid), b.no, b.h, b.pc, b.cat, b.lfr, '{BillStatus.ISSUED}',
+         b.pt, b.pn, b.pie, b.pih, b.ppe, b.amt, b.due, b.exp, b.rem
   FROM unnest(CAST(:ids AS uuid[]), CAST(:nos AS text[]), CAST(:hashes AS bytea[]),
               CAST(:codes AS text[]), CAST(:cats AS text[]), CAST(:rules AS text[]),
               CAST(:ptypes AS text[]), CAST(:pnames AS text[]), CAST(:pids AS bytea[]),
@@ -266,11 +278,10 @@ WITH ins AS (
        AS l(bill_id, line_no, item_code, qty, unit)
   JOIN ins ON ins.id = l.bill_id
 ), events AS (
-  INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id, reason)
-  SELECT id, NULL, 'ISSUED', :actor_type, :actor_id, 'issued' FROM ins
+  {_ISSUE_EVENTS}
 )
 SELECT id, agency_bill_no FROM ins
-"""
+"""  # noqa: S608 - machine states and constants only
 )
 
 
@@ -450,8 +461,11 @@ async def issue_bill(
 
 
 @dataclass(frozen=True, slots=True)
-class BillView:
-    """A bill as its owning agency sees it; `payer_id_number` is clear only when revealed."""
+class AgencyBill:
+    """A bill as its owning agency sees it; `payer_id_number` is clear only when revealed.
+
+    `due_today` and `payable` are the payer's (billing.payer.due_on / refusal): the agency
+    is told exactly what a payer would be asked for, and whether it would be taken."""
 
     bill: Bill
     lines: list[BillLine]
@@ -459,21 +473,6 @@ class BillView:
     payer_phone: str | None
     due_today: AmountDue
     payable: bool
-
-
-def amount_due_today(
-    bill: Bill, *, now: datetime | None = None, day_count: DayCount | None = None
-) -> AmountDue:
-    """Principal plus the late fee as of today (Asia/Shanghai) for this bill's rule."""
-    today = shanghai_today(now or datetime.now(UTC))
-    return amount_due(
-        bill.principal_amount, bill.due_date, today, rule=bill.late_fee_rule, day_count=day_count
-    )
-
-
-def is_payable(bill: Bill, now: datetime | None = None) -> bool:
-    """ISSUED and not past its expiry (exam fees and tuition are never paid after it)."""
-    return bill.status == BillStatus.ISSUED and (now or datetime.now(UTC)) < bill.expires_at
 
 
 def reveal_payer(bill: Bill, *, reveal: bool) -> tuple[str | None, str | None]:
@@ -513,15 +512,15 @@ async def _lines(
 
 def _view(
     bill: Bill, lines: list[BillLine], *, reveal: bool, now: datetime, day_count: DayCount | None
-) -> BillView:
+) -> AgencyBill:
     pid, phone = reveal_payer(bill, reveal=reveal)
-    return BillView(
+    return AgencyBill(
         bill,
         lines,
         pid,
         phone,
-        amount_due_today(bill, now=now, day_count=day_count),
-        is_payable(bill, now),
+        payer_view.due_on(bill, shanghai_today(now), day_count),
+        payer_view.refusal(bill, now) is None,
     )
 
 
@@ -532,7 +531,7 @@ async def get_bill(
     *,
     reveal: bool = True,
     day_count: DayCount | None = None,
-) -> BillView:
+) -> AgencyBill:
     """The agency's own bill; another agency's bill is simply not found (404, never 403)."""
     bill = await session.scalar(select(Bill).where(Bill.id == bill_id, Bill.agency_id == agency_id))
     if bill is None:
@@ -605,7 +604,7 @@ async def list_bills(
     reveal: bool = True,
     with_lines: bool = True,
     day_count: DayCount | None = None,
-) -> tuple[list[BillView], str | None]:
+) -> tuple[list[AgencyBill], str | None]:
     """Newest first, keyset-paginated on (issued_at, id); returns (page, next cursor)."""
     stmt = _filtered(agency_id, f)
     if cursor:
@@ -723,16 +722,15 @@ async def transition(
             current=current,
             target=target,
         )
-    session.add(
-        BillEvent(
-            bill_id=bill_id,
-            from_status=expected,
-            to_status=target,
-            actor_type=actor.type,
-            actor_id=actor.id,
-            reason=reason,
-            detail=detail or {},
-        )
+    events.record(
+        session,
+        bill_id=bill_id,
+        src=expected,
+        dst=target,
+        actor_type=actor.type,
+        actor_id=actor.id,
+        reason=reason,
+        detail=detail,
     )
     audit.record(
         session,
@@ -785,22 +783,30 @@ async def cancel_bill(
     )
 
 
-BILL.check(BillStatus.ISSUED, BillStatus.EXPIRED)  # the set-based expiry below relies on it
+(_UNEXPIRED,) = BILL.sources(BillStatus.EXPIRED)  # one source: the events name it
+_EXPIRY_EVENTS = events.insert_sql(
+    "expired",
+    bill_id=Sql("id"),
+    src=BillStatus(_UNEXPIRED),
+    dst=BillStatus.EXPIRED,
+    actor_type="system",
+    actor_id="expiry",
+    reason="expires_at passed",
+)
 _EXPIRE = text(
-    """
+    f"""
 WITH due AS (
   SELECT id FROM bills
-  WHERE status = 'ISSUED' AND expires_at <= now()
+  WHERE status = '{_UNEXPIRED}' AND expires_at <= now()
   ORDER BY expires_at
   LIMIT :limit
   FOR UPDATE SKIP LOCKED
 ), expired AS (
-  UPDATE bills b SET status = 'EXPIRED', updated_at = now()
-  FROM due WHERE b.id = due.id AND b.status = 'ISSUED'
+  UPDATE bills b SET status = '{BillStatus.EXPIRED}', updated_at = now()
+  FROM due WHERE b.id = due.id AND b.status = '{_UNEXPIRED}'
   RETURNING b.id, b.agency_id, b.agency_bill_no, b.payment_code, b.expires_at
 ), events AS (
-  INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id, reason)
-  SELECT id, 'ISSUED', 'EXPIRED', 'system', 'expiry', 'expires_at passed' FROM expired
+  {_EXPIRY_EVENTS}
 ), hooks AS (
   INSERT INTO outbox (topic, key, payload)
   SELECT :topic, 'bill.expired:' || id,
@@ -812,8 +818,8 @@ WITH due AS (
   FROM expired
   ON CONFLICT (key) DO NOTHING
 )
-SELECT coalesce(array_agg(payment_code), '{}') FROM expired
-"""
+SELECT coalesce(array_agg(payment_code), '{{}}') FROM expired
+"""  # noqa: S608 - machine states and constants only
 )
 
 

@@ -1,14 +1,20 @@
-"""The payer's view of a bill, the amount due on a day, and its Redis cache.
+"""The payer's view of a bill: the ONE payable rule (`refusal`), the ONE amount due on a
+day (`due_on`), and the view's Redis cache.
 
-The cached view holds principal, due date and each line's late-fee rule — never the amount
-due — so the late fee is always computed at read time for today (Asia/Shanghai). Every bill
-state change must call `invalidate(redis, payment_code)` after its commit.
+Every reader asks these two functions — the citizen API and cashier page, payment attempts,
+inbound channels (banks), confirmation, and the agency API (`billing.bills`) — with whatever
+it holds of the bill: this cached view, an ORM `Bill`, a locked row. So a bill can never be
+payable to one of them and not to another, nor owe two amounts.
+
+The cached view holds principal, due date and the late-fee rule the bill was issued under —
+never the amount due — so the late fee is always computed at read time for today
+(Asia/Shanghai). Every bill state change must call `invalidate(redis, payment_code)` after
+its commit.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Protocol
 
@@ -23,6 +29,23 @@ from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.states import BillStatus
 from kernel.kv import KV
 
+__all__ = [
+    "FIXED_DEADLINE_CATEGORIES",
+    "BillView",
+    "DueFacts",
+    "LineView",
+    "PayableFacts",
+    "cache_key",
+    "cached_view",
+    "decode_cached",
+    "due_on",
+    "invalidate",
+    "load_and_cache",
+    "load_view",
+    "mask_name",
+    "refusal",
+]
+
 log = structlog.get_logger(__name__)
 
 FIXED_DEADLINE_CATEGORIES = frozenset({"EXAM_FEE", "TUITION"})
@@ -35,7 +58,6 @@ class LineView(msgspec.Struct, frozen=True):
     quantity: int
     unit_amount: int
     amount: int
-    late_fee_rule: str
 
 
 class BillView(msgspec.Struct, frozen=True):
@@ -46,41 +68,31 @@ class BillView(msgspec.Struct, frozen=True):
     category: str
     status: str
     payer_name: str
-    principal: int
+    principal_amount: int
     due_date: date
     expires_at: datetime
+    late_fee_rule: str
+    """The rule the bill was issued under (every line shares it), not today's catalogue."""
     lines: tuple[LineView, ...]
 
 
-def due_on(view: BillView, day: date, day_count: DayCount | None = None) -> AmountDue:
-    """Amount due on `day`: the bill's late-fee rule applied to the principal it covers."""
-    return due_from(
-        view.principal,
-        view.due_date,
-        ((li.late_fee_rule, li.amount) for li in view.lines),
-        day,
-        day_count,
+class DueFacts(Protocol):
+    """What the amount due needs (a view, an ORM bill, a locked row...)."""
+
+    @property
+    def principal_amount(self) -> int: ...
+    @property
+    def due_date(self) -> date: ...
+    @property
+    def late_fee_rule(self) -> str: ...
+
+
+def due_on(bill: DueFacts, day: date, day_count: DayCount | None = None) -> AmountDue:
+    """The amount due on `day` (Asia/Shanghai): the principal plus the late fee of the rule
+    the bill was issued under. The one computation every reader uses."""
+    return amount_due(
+        bill.principal_amount, bill.due_date, day, rule=bill.late_fee_rule, day_count=day_count
     )
-
-
-def due_from(
-    principal: int,
-    due_date: date,
-    lines: Iterable[tuple[str, int]],
-    day: date,
-    day_count: DayCount | None = None,
-) -> AmountDue:
-    """`due_on` from the bill's principal, due date and (late-fee rule, amount) per line."""
-    by_rule: dict[str, int] = {}
-    for rule, line_amount in lines:
-        by_rule[rule] = by_rule.get(rule, 0) + line_amount
-    fee = 0
-    overdue = 0
-    for rule, covered in sorted(by_rule.items()):
-        part = amount_due(covered, due_date, day, rule=rule, day_count=day_count)
-        fee += part.late_fee
-        overdue = max(overdue, part.overdue_days)
-    return AmountDue(principal, overdue, fee)
 
 
 class PayableFacts(Protocol):
@@ -95,8 +107,13 @@ class PayableFacts(Protocol):
 
 
 def refusal(view: PayableFacts, now: datetime) -> tuple[str, str] | None:
-    """(code, message) when a payment made at `now` cannot pay this bill, else None: a new
-    attempt is refused, and money that arrives anyway is a duplicate, refunded."""
+    """(code, message) when a payment made at `now` cannot pay this bill, else None (the
+    bill is payable): a new attempt is refused, and money that arrives anyway is a
+    duplicate, refunded.
+
+    The bill's status decides, except that an exam fee or tuition is also closed by its
+    expiry itself. Any other bill (a fine) stays payable until the expiry job has marked it
+    EXPIRED: its money is taken, to every reader alike, until that commit."""
     if view.status == BillStatus.CANCELLED:
         return "bill_cancelled", "This bill was cancelled."
     if view.status == BillStatus.EXPIRED:
@@ -136,9 +153,10 @@ async def load_view(
         category=bill.category,
         status=bill.status,
         payer_name=bill.payer_name,
-        principal=bill.principal_amount,
+        principal_amount=bill.principal_amount,
         due_date=bill.due_date,
         expires_at=bill.expires_at,
+        late_fee_rule=bill.late_fee_rule,
         lines=tuple(
             LineView(
                 item_code=line.item_code,
@@ -146,8 +164,6 @@ async def load_view(
                 quantity=line.quantity,
                 unit_amount=line.unit_amount,
                 amount=line.amount,
-                # The rule the bill was issued under, not today's catalogue entry.
-                late_fee_rule=bill.late_fee_rule,
             )
             for line, name in lines
         ),
@@ -161,7 +177,8 @@ _DECODER = msgspec.json.Decoder(BillView)
 
 
 def cache_key(payment_code: str) -> str:
-    return f"pay:bill:{payment_code}"
+    # Versioned with BillView's fields: a view cached by an older release is never decoded.
+    return f"pay:bill:2:{payment_code}"
 
 
 def decode_cached(raw: bytes) -> BillView:

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from kernel.states import StateMachine, edges
 
+__all__ = ["BILL", "BillStatus"]
+
 
 class BillStatus(StrEnum):
     ISSUED = "ISSUED"
@@ -34,5 +36,6 @@ BILL = StateMachine(
         (B.PARTIALLY_REFUNDED, B.SETTLED),
     ),
     terminal=frozenset({B.CANCELLED, B.EXPIRED, B.REFUNDED}),
+    initial=frozenset({B.ISSUED}),
 )
 """A bill is paid once; later payments of it are duplicates recorded against receipts."""

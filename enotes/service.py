@@ -39,6 +39,7 @@ from enotes.document import NoteView
 from enotes.models import ENote
 from enotes.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier, signed_by_supervisor
 from enotes.signing_lines import Signed, SigningLine, line_for
+from enotes.states import ENOTE, ENoteStatus
 from kernel import outbox
 from kernel.capitals import rmb_capitals
 from kernel.clock import SHANGHAI
@@ -288,7 +289,7 @@ def _note_row(
     return {
         "id": note_id,
         "kind": draft.kind,
-        "status": "VALID",
+        "status": ENoteStatus.VALID.value,
         "note_code": code,
         "note_number": number,
         "check_code": check,
@@ -538,7 +539,11 @@ async def red_letter_for_refund(
         return []
     current = await session.scalar(
         select(ENote)
-        .where(ENote.receipt_id == receipt.id, ENote.kind == "BLUE", ENote.status == "VALID")
+        .where(
+            ENote.receipt_id == receipt.id,
+            ENote.kind == "BLUE",
+            ENote.status.in_(ENOTE.sources(ENoteStatus.RED_LETTERED)),
+        )
         .with_for_update()
     )
     if current is None:
@@ -598,7 +603,10 @@ async def red_letter_for_refund(
                 issued_at=now,
             )
         )
-    await session.execute(update(ENote).where(ENote.id == current.id).values(status="RED_LETTERED"))
+    ENOTE.check(current.status, ENoteStatus.RED_LETTERED)
+    await session.execute(
+        update(ENote).where(ENote.id == current.id).values(status=ENoteStatus.RED_LETTERED.value)
+    )
     issued = await _insert_drafts(session, drafts, ctx)
     log.info("enote red-lettered", refund_id=str(refund.id), reissued=bool(remainder))
     return issued
@@ -812,7 +820,7 @@ def verify_note(note: ENote, keyring: dict[str, Verifier]) -> Verification:
     ]
     if problems:
         status = "invalid"
-    elif note.status == "RED_LETTERED":
+    elif note.status == ENoteStatus.RED_LETTERED:
         status = "red_lettered"
     else:
         status = "valid"

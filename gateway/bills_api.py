@@ -216,7 +216,7 @@ def _config(resources: Resources) -> svc.BillingConfig:
     return svc.BillingConfig(serial_key=b.serial_key)
 
 
-def _out(view: svc.BillView, resources: Resources) -> BillOut:
+def _out(view: svc.AgencyBill, resources: Resources) -> BillOut:
     b, due = view.bill, view.due_today
     return BillOut(
         id=b.id,

@@ -352,10 +352,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
     if not rows:  # an unknown payment code (a known serial of another code: 11001 too)
         return None, BankAnswer(ResultCode.UNKNOWN_CODE, "unknown payment code"), code
     bill = bill_facts(rows[0])
-    lines = [(r.late_fee_rule, r.line_amount) for r in rows if r.line_amount is not None]
-    due = bills.due_from(
-        bill.principal_amount, rows[0].due_date, lines, shanghai_today(paid_at), ctx.day_count
-    )
+    due = bills.due_on(rows[0], shanghai_today(paid_at), ctx.day_count)
     if bill.status == BillStatus.ISSUED and amount != due.total:
         return None, BankAnswer(ResultCode.AMOUNT_DIFFERS, "amount differs"), code
     attempt_id = uuid.uuid4()

@@ -66,8 +66,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.sql.elements import TextClause
 
 import ledger
+from billing import events as bill_events
 from billing import payer as bills
-from billing.models import Bill, BillEvent
+from billing.events import Sql
+from billing.models import Bill
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from kernel import audit, outbox
@@ -158,7 +160,6 @@ _B = cast(Table, Bill.__table__)
 _A = cast(Table, PaymentAttempt.__table__)
 _R = cast(Table, Receipt.__table__)
 _RF = cast(Table, Refund.__table__)
-_EV = cast(Table, BillEvent.__table__)
 _AU = cast(Table, audit.AuditEntry.__table__)
 _OB = cast(Table, outbox.OutboxMessage.__table__)
 BILL_COLUMNS = (
@@ -636,7 +637,21 @@ class DriverStatement:
         return list(await driver.fetch(self.sql, *(params[n] for n in self.names)))
 
 
-_ISSUED, _PAID = BillStatus.ISSUED.value, BillStatus.PAID.value
+_PAID = BillStatus.PAID.value
+(_PAYABLE,) = BILL.sources(_PAID)  # one source: the statement's events name it
+_PAID_EVENTS = bill_events.insert_sql(
+    "lk",
+    bill_id=Sql("paid_bill"),
+    src=BillStatus(_PAYABLE),
+    dst=BillStatus.PAID,
+    actor_type="system",
+    actor_id=Sql("actor"),
+    reason="payment confirmed",
+    detail=Sql(
+        "jsonb_build_object('attempt_id', CAST(attempt_id AS text),"
+        " 'receipt_id', CAST(receipt_id AS text))"
+    ),
+)
 _APPLY = DriverStatement.of(
     "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(attempt_id uuid,"  # noqa: S608 - constants only
     " bill_id uuid, channel varchar, trade_no varchar, amount bigint, paid_at timestamptz,"
@@ -653,7 +668,7 @@ _APPLY = DriverStatement.of(
     " WHERE a.channel = i.channel AND (i.bill_id IS NULL OR b.id = i.bill_id)"
     " AND a.status = ANY(CAST(:statuses AS varchar[])) AND a.amount = i.amount"
     " AND (a.channel_trade_no IS NULL OR i.trade_no IS NULL OR a.channel_trade_no = i.trade_no)"
-    f" AND b.status = '{_ISSUED}'"
+    f" AND b.status = '{_PAYABLE}'"
     " AND (CAST(:deadline_checked AS boolean) OR i.paid_at <= b.expires_at)"
     " AND (SELECT count(*) FROM ledger_accounts WHERE code IN (i.debit_code, i.credit_code)) = 2"
     " ORDER BY b.id FOR UPDATE OF b, a),"
@@ -666,10 +681,7 @@ _APPLY = DriverStatement.of(
     " amount, refunded_amount, late_fee_amount, paid_at, business_date)"
     " SELECT receipt_id, paid_bill, attempt_id, channel, final_trade_no, 'PAYMENT', amount, 0,"
     " late_fee, paid_at, business_date FROM lk RETURNING id),"
-    " ev AS (INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id,"
-    f" reason, detail) SELECT paid_bill, '{_ISSUED}', '{_PAID}', 'system', actor,"
-    " 'payment confirmed', jsonb_build_object('attempt_id', CAST(attempt_id AS text),"
-    " 'receipt_id', CAST(receipt_id AS text)) FROM lk RETURNING id),"
+    f" ev AS ({_PAID_EVENTS}),"
     " au AS (INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id,"
     " detail, request_id) SELECT 'system', actor, 'payment.confirmed', 'bill',"
     " CAST(paid_bill AS text), jsonb_build_object('attempt_id', CAST(attempt_id AS text),"

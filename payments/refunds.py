@@ -29,10 +29,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import ledger
+from billing import events as bill_events
 from billing import payer as bills
 from billing import webhooks
-from billing.models import Bill, BillEvent, BillLine, RevenueItem
-from billing.states import BILL, BillStatus
+from billing.models import Bill, BillLine, RevenueItem
+from billing.states import BillStatus
 from channels.base import (
     OutcomeUnknown,
     RefundRequest,
@@ -187,17 +188,15 @@ async def complete_refund(
             if bill.refunded_amount == bill.paid_amount
             else BillStatus.PARTIALLY_REFUNDED
         )
-        BILL.check(bill.status, new)
-        session.add(
-            BillEvent(
-                bill_id=bill.id,
-                from_status=bill.status,
-                to_status=new,
-                actor_type=refund.requested_by_type,
-                actor_id=refund.requested_by_id,
-                reason=refund.reason,
-                detail={"refund_id": str(refund.id), "amount": refund.amount},
-            )
+        bill_events.record(
+            session,
+            bill_id=bill.id,
+            src=bill.status,
+            dst=new,
+            actor_type=refund.requested_by_type,
+            actor_id=refund.requested_by_id,
+            reason=refund.reason,
+            detail={"refund_id": str(refund.id), "amount": refund.amount},
         )
         bill.status = new
     if refund.route == "CHANNEL":

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from kernel.states import StateMachine, edges
 
+__all__ = ["ATTEMPT", "REFUND", "AttemptStatus", "RefundStatus"]
+
 
 class AttemptStatus(StrEnum):
     CREATED = "CREATED"
@@ -43,6 +45,8 @@ ATTEMPT = StateMachine(
         (A.CLOSED, A.SUCCEEDED),
     ),
     terminal=frozenset({A.SUCCEEDED, A.FAILED}),
+    # A bank's attempt starts PENDING: the bank already holds the payer, nothing to call.
+    initial=frozenset({A.CREATED, A.PENDING}),
 )
 
 R = RefundStatus
@@ -59,4 +63,5 @@ REFUND = StateMachine(
         (R.FAILED, R.PROCESSING),  # retried by a person
     ),
     terminal=frozenset({R.SUCCEEDED}),
+    initial=frozenset({R.REQUESTED}),
 )

@@ -46,13 +46,18 @@ from kernel import audit
 from kernel.audit import Actor
 from kernel.clock import SHANGHAI, day_bounds
 from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.states import sql_in
 from payments.context import PaymentContext
 from payments.models import Receipt
 from settlement.models import Discrepancy, ReconRun, StatementFile
+from settlement.states import DISCREPANCY, DiscrepancyStatus
 
 log = structlog.get_logger(__name__)
 
-OPEN_STATES = ("HELD", "OPEN")
+X = DiscrepancyStatus
+OPEN_STATES = tuple(sorted(set(DISCREPANCY.states) - DISCREPANCY.terminal))
+"""A discrepancy still waiting for someone (HELD or OPEN); the others are closed for good."""
+_OPEN_SQL = sql_in(OPEN_STATES)
 
 
 class StatementSource(Protocol):
@@ -301,7 +306,7 @@ WHERE f.route = 'CHANNEL' AND f.status = 'SUCCEEDED' AND r.channel = :ch
                   AND s.refund_id = f.id::text)
 """
 
-_UPSERT = """
+_UPSERT = f"""
 INSERT INTO discrepancies (channel, business_date, klass, match_key, status, attempt_id,
     receipt_id, channel_trade_no, our_amount, channel_amount, channel_fee, expected_fee,
     occurred_at, hold_until)
@@ -313,43 +318,45 @@ SELECT :ch, :day, klass, match_key,
        CASE WHEN klass = 'PLATFORM_ONLY' THEN CAST(:hold AS date) END
 FROM recon_found
 ON CONFLICT (channel, business_date, klass, match_key) DO UPDATE SET
-    status = CASE WHEN discrepancies.status IN ('HELD', 'OPEN') THEN EXCLUDED.status
+    status = CASE WHEN discrepancies.status IN {_OPEN_SQL} THEN EXCLUDED.status
                   ELSE discrepancies.status END,
     attempt_id = EXCLUDED.attempt_id, receipt_id = EXCLUDED.receipt_id,
     channel_trade_no = EXCLUDED.channel_trade_no, our_amount = EXCLUDED.our_amount,
     channel_amount = EXCLUDED.channel_amount, channel_fee = EXCLUDED.channel_fee,
     expected_fee = EXCLUDED.expected_fee, occurred_at = EXCLUDED.occurred_at,
     hold_until = EXCLUDED.hold_until, updated_at = now()
-"""
+"""  # noqa: S608 - machine states and constants only
 
 # A re-run that no longer finds an open difference closes it, with an audit row each.
-_CLEAR = """
+_CLEAR = f"""
 WITH cleared AS (
-    UPDATE discrepancies d SET status = 'RESOLVED', action = 'cleared_by_rerun',
+    UPDATE discrepancies d SET status = '{X.RESOLVED}', action = 'cleared_by_rerun',
         resolved_by = 'system', resolved_at = now(), updated_at = now()
-    WHERE d.channel = :ch AND d.business_date = :day AND d.status IN ('HELD', 'OPEN')
+    WHERE d.channel = :ch AND d.business_date = :day
+      AND d.status IN {sql_in(DISCREPANCY.sources(X.RESOLVED))}
       AND NOT EXISTS (SELECT 1 FROM recon_found f
                       WHERE f.klass = d.klass AND f.match_key = d.match_key)
     RETURNING d.id)
 INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id, detail)
-SELECT 'system', 'reconcile', 'discrepancy.cleared_by_rerun', 'discrepancy', id::text, '{}'
+SELECT 'system', 'reconcile', 'discrepancy.cleared_by_rerun', 'discrepancy', id::text, '{{}}'
 FROM cleared
-"""
+"""  # noqa: S608 - machine states and constants only
 
 # Safe automatic resolution: a duplicate whose refund is already under way.
-_AUTO_DUPLICATES = """
+DISCREPANCY.check(X.OPEN, X.RESOLVED)
+_AUTO_DUPLICATES = f"""
 WITH done AS (
-    UPDATE discrepancies d SET status = 'RESOLVED', action = 'auto_refund_in_progress',
+    UPDATE discrepancies d SET status = '{X.RESOLVED}', action = 'auto_refund_in_progress',
         resolved_by = 'system', resolved_at = now(), updated_at = now()
-    WHERE d.channel = :ch AND d.business_date = :day AND d.status = 'OPEN'
+    WHERE d.channel = :ch AND d.business_date = :day AND d.status = '{X.OPEN}'
       AND d.klass = 'DUPLICATE_PAYMENT'
       AND EXISTS (SELECT 1 FROM refunds f WHERE f.receipt_id = d.receipt_id
                   AND f.status <> 'FAILED')
     RETURNING d.id)
 INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id, detail)
-SELECT 'system', 'reconcile', 'discrepancy.auto_resolved', 'discrepancy', id::text, '{}'
+SELECT 'system', 'reconcile', 'discrepancy.auto_resolved', 'discrepancy', id::text, '{{}}'
 FROM done
-"""
+"""  # noqa: S608 - machine states and constants only
 
 _MATCHED = """
 SELECT count(*) FILTER (WHERE s_amount = r_amount),
@@ -673,19 +680,21 @@ async def auto_heal(
     return healed
 
 
+_EXPIRE_HOLDS = f"""
+WITH opened AS (
+    UPDATE discrepancies SET status = '{X.OPEN}', updated_at = now()
+    WHERE status IN {sql_in(DISCREPANCY.sources(X.OPEN))} AND hold_until < :today
+    RETURNING id)
+INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id, detail)
+SELECT 'system', 'reconcile', 'discrepancy.hold_expired', 'discrepancy', id::text, '{{}}'
+FROM opened
+"""  # noqa: S608 - machine states and constants only
+
+
 async def expire_holds(session: AsyncSession, today: date | None = None) -> int:
     """Platform-only differences whose late-file window has passed become OPEN (audited)."""
     today = today or datetime.now(SHANGHAI).date()
-    result = await session.execute(
-        text(
-            "WITH opened AS (UPDATE discrepancies SET status = 'OPEN', updated_at = now()"
-            " WHERE status = 'HELD' AND hold_until < :today RETURNING id)"
-            " INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id, detail)"
-            " SELECT 'system', 'reconcile', 'discrepancy.hold_expired', 'discrepancy', id::text,"
-            " '{}' FROM opened"
-        ),
-        {"today": today},
-    )
+    result = await session.execute(text(_EXPIRE_HOLDS), {"today": today})
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -706,6 +715,7 @@ def _close(
     note: str | None = None,
     actor_type: str = "system",
 ) -> None:
+    DISCREPANCY.check(d.status, status)
     d.status = status
     d.action = action
     d.resolved_by = who

@@ -56,13 +56,19 @@ from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import ledger
+from billing import events as bill_events
+from billing.events import Sql
 from billing.models import Agency, Bill, BillLine, RevenueItem
+from billing.states import BILL, BillStatus
 from channels.money import fen_to_yuan
 from kernel import audit
 from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.states import sql_in
 from payments.models import Refund
+from payments.states import REFUND, RefundStatus
 from settlement.models import BatchedRefund, DepositBatch, DepositLine, Settlement, Treasury
 from settlement.split import split_fen
+from settlement.states import DEPOSIT_BATCH, DepositBatchStatus
 
 log = structlog.get_logger(__name__)
 
@@ -130,21 +136,30 @@ SELECT r.channel, sum(s.amount)::bigint, count(*) FROM settled_receipts s
 JOIN receipts r ON r.id = s.receipt_id WHERE s.settlement_id = :sid GROUP BY r.channel
 """
 
-_BILLS_SETTLED = """
+# The states that may become SETTLED come from the bill's machine, not from this text.
+_SETTLEABLE = sql_in(BILL.sources(BillStatus.SETTLED))
+_SETTLED_EVENTS = bill_events.insert_sql(
+    "moved",
+    bill_id=Sql("id"),
+    src=Sql("old"),  # from the UPDATE guarded by _SETTLEABLE
+    dst=BillStatus.SETTLED,
+    actor_type="system",
+    actor_id=Sql(":actor"),
+    reason="treasury settlement",
+    detail=Sql("jsonb_build_object('settlement_id', CAST(:sid AS text))"),
+)
+_BILLS_SETTLED = f"""
 WITH moved AS (
-    UPDATE bills b SET status = 'SETTLED', updated_at = now()
+    UPDATE bills b SET status = '{BillStatus.SETTLED}', updated_at = now()
     FROM (SELECT b2.id, b2.status AS old FROM bills b2
           JOIN receipts r ON r.bill_id = b2.id
           JOIN settled_receipts s ON s.receipt_id = r.id
-          WHERE s.settlement_id = :sid AND b2.status IN ('PAID', 'PARTIALLY_REFUNDED')) x
+          WHERE s.settlement_id = :sid AND b2.status IN {_SETTLEABLE}) x
     -- re-checked on the locked row: a bill refunded meanwhile is left alone
-    WHERE b.id = x.id AND b.status IN ('PAID', 'PARTIALLY_REFUNDED')
+    WHERE b.id = x.id AND b.status IN {_SETTLEABLE}
     RETURNING b.id, x.old)
-INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id, reason, detail)
-SELECT id, old, 'SETTLED', 'system', :actor, 'treasury settlement',
-       jsonb_build_object('settlement_id', CAST(:sid AS text))
-FROM moved
-"""
+{_SETTLED_EVENTS}
+"""  # noqa: S608 - machine states and constants only
 
 
 @dataclass
@@ -309,7 +324,7 @@ async def _treasury_refunds(session: AsyncSession, acc: dict[tuple[str, int], _A
             select(Refund)
             .where(
                 Refund.route == "TREASURY",
-                Refund.status == "REQUESTED",
+                Refund.status == RefundStatus.REQUESTED,
                 ~select(BatchedRefund.refund_id)
                 .where(BatchedRefund.refund_id == Refund.id)
                 .exists(),
@@ -348,7 +363,8 @@ async def _treasury_refunds(session: AsyncSession, acc: dict[tuple[str, int], _A
                     cell[0] += share
                     cell[1] += 1
                     levels.add(level)
-        refund.status = "PROCESSING"
+        REFUND.check(refund.status, RefundStatus.PROCESSING)
+        refund.status = RefundStatus.PROCESSING
         # Linked to every level's batch that pays part of it: the refund is done only once
         # all of them are exported (see export_batch).
         for level in sorted(levels):
@@ -483,7 +499,7 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
     )
     csv_bytes, xml_bytes = render(batch, lines)
     digest = content_hash(csv_bytes, xml_bytes)
-    if batch.status == "EXPORTED":
+    if batch.status == DepositBatchStatus.EXPORTED:
         if digest != batch.content_hash:
             raise AssertionError(f"batch {batch_id} no longer matches its exported hash")
         return ExportedBatch(batch.id, csv_bytes, xml_bytes, digest)
@@ -496,7 +512,8 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
             business_date=batch.business_date,
         )
     # All in one UPDATE: once EXPORTED, the row refuses any change (deposit_batches_frozen).
-    batch.status = "EXPORTED"
+    DEPOSIT_BATCH.check(batch.status, DepositBatchStatus.EXPORTED)
+    batch.status = DepositBatchStatus.EXPORTED
     batch.content_hash = digest
     batch.exported_at = datetime.now(UTC)
     batch.exported_by = actor
@@ -539,7 +556,9 @@ async def _refunds_now_paid(session: AsyncSession, batch_id: uuid.UUID) -> list[
         await session.scalars(
             select(BatchedRefund.refund_id)
             .join(DepositBatch, DepositBatch.id == BatchedRefund.batch_id)
-            .where(BatchedRefund.refund_id.in_(ids), DepositBatch.status != "EXPORTED")
+            .where(
+                BatchedRefund.refund_id.in_(ids), DepositBatch.status != DepositBatchStatus.EXPORTED
+            )
         )
     )
     return [i for i in ids if i not in unfinished]

@@ -206,17 +206,62 @@ async def test_citizen_and_agency_see_the_same_amount_due(
 ) -> None:
     """The rule is the one the bill was issued under (a later catalogue change does not
     move it), and the citizen amount is the agency's `amount_due_today`."""
-    from billing.bills import amount_due_today
-    from billing.models import Bill, RevenueItem
+    from billing.bills import get_bill
+    from billing.models import RevenueItem
 
     today = shanghai_today(datetime.now(UTC))
     async with res.sessions() as s:
-        _, item, bill = await bill_for_test(
+        agency, item, bill = await bill_for_test(
             s, amount=10_000, late_fee_rule="FINE_DAILY_3PCT", due_date=today - timedelta(days=4)
         )
         (await s.get_one(RevenueItem, item.code)).late_fee_rule = "NONE"
         await s.commit()
-        agency_view = amount_due_today(await s.get_one(Bill, bill.id))
+        agency_view = (await get_bill(s, agency.id, bill.id)).due_today
     body = (await pay_client.get(f"/v1/pay/{bill.payment_code}")).json()
     assert (body["late_fee"], body["amount_due"]) == (agency_view.late_fee, agency_view.total)
     assert body["amount_due"] == 11_200
+
+
+async def test_a_fine_past_its_expiry_is_payable_to_everyone_until_the_expiry_job(
+    res: Resources, pay_client: AsyncTestClient[Litestar]
+) -> None:
+    """Between a fine's expiry and the expiry job, the citizen page, a new attempt and the
+    agency API give one answer (payable, the same amount), and after the job one other."""
+    from billing.bills import expire_due, get_bill
+
+    today = shanghai_today(datetime.now(UTC))
+    async with res.sessions() as s:
+        agency, _, fine = await bill_for_test(
+            s,
+            amount=10_000,
+            late_fee_rule="FINE_DAILY_3PCT",
+            due_date=today - timedelta(days=4),
+            expires_at=datetime.now(UTC) - timedelta(minutes=1),
+        )
+    url = f"/v1/pay/{fine.payment_code}"
+
+    async def agency_sees() -> tuple[bool, int]:
+        async with res.sessions() as s:
+            view = await get_bill(s, agency.id, fine.id)
+        return view.payable, view.due_today.total
+
+    citizen = (await pay_client.get(url)).json()
+    assert (citizen["payable"], citizen["refusal_code"], citizen["amount_due"]) == (
+        True,
+        None,
+        11_200,
+    )
+    assert await agency_sees() == (True, 11_200)
+    r = await pay_client.post(f"{url}/attempts", json={"channel": "bank:102", "mode": "code"})
+    assert (r.status_code, r.json()["amount"]) == (201, 11_200), r.text
+
+    async with res.sessions() as s:
+        assert fine.payment_code in await expire_due(s)
+        await s.commit()
+    await bills.invalidate(res.redis, fine.payment_code)
+
+    citizen = (await pay_client.get(url)).json()
+    assert (citizen["payable"], citizen["refusal_code"]) == (False, "bill_expired")
+    assert (await agency_sees())[0] is False
+    r = await pay_client.post(f"{url}/attempts", json={"channel": "bank:102", "mode": "code"})
+    assert (r.status_code, r.json()["code"]) == (409, "bill_expired")

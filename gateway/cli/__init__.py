@@ -1,8 +1,8 @@
 """`paygate` command line. Each module registers its commands on the one group, `main`."""
 
-from gateway.cli import agencies, service, settlement
+from gateway.cli import agencies, service, settlement, states
 from gateway.cli.base import main
 
-del agencies, service, settlement
+del agencies, service, settlement, states
 
 __all__ = ["main"]

@@ -1,0 +1,159 @@
+"""The state machines as data: sources, the Mermaid text `paygate states` prints, and the
+one writer of bill events."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from billing import events as bill_events
+from billing.events import Sql
+from billing.states import BILL, BillStatus
+from enotes.states import ENOTE
+from gateway.cli import main
+from gateway.cli.states import MACHINES
+from kernel.errors import IllegalTransition
+from kernel.states import sql_in
+from payments.states import ATTEMPT, REFUND
+from settlement.states import DEPOSIT_BATCH, DISCREPANCY
+
+ROOT = Path(__file__).resolve().parent.parent
+_EDGE = re.compile(r"^    (\[\*\]|[A-Z_]+) --> (\[\*\]|[A-Z_]+)$")
+
+
+def test_sources_are_the_states_with_an_edge_into_the_target() -> None:
+    assert BILL.sources(BillStatus.SETTLED) == {"PAID", "PARTIALLY_REFUNDED"}
+    assert BILL.sources(BillStatus.PAID) == {"ISSUED"}
+    assert DISCREPANCY.sources("RESOLVED") == {"HELD", "OPEN"}
+    for machine in MACHINES.values():
+        for target in {d for _, d in machine.edges}:
+            assert machine.sources(target) == {s for s, d in machine.edges if d == target}
+            assert all(target in machine.targets(s) for s in machine.sources(target))
+    with pytest.raises(ValueError, match="nothing may become ISSUED"):
+        BILL.sources(BillStatus.ISSUED)
+
+
+def test_sql_in_renders_states_and_refuses_anything_else() -> None:
+    assert sql_in(BILL.sources(BillStatus.SETTLED)) == "('PAID', 'PARTIALLY_REFUNDED')"
+    with pytest.raises(ValueError, match="not state names"):
+        sql_in(["PAID'; DROP TABLE bills; --"])
+    with pytest.raises(ValueError, match="not state names"):
+        sql_in([])
+
+
+def _parse(text: str) -> dict[str, tuple[set[str], set[tuple[str, str]], set[str]]]:
+    """Mermaid text back into (initial, edges, terminal) per titled diagram."""
+    out: dict[str, tuple[set[str], set[tuple[str, str]], set[str]]] = {}
+    for block in text.split("\n\n"):
+        title = re.search(r"^title: (\w+)$", block, re.MULTILINE)
+        assert title is not None, block
+        lines = block.split("\n")
+        assert lines[3] == "stateDiagram-v2", block
+        initial, edges, terminal = set(), set(), set()
+        for line in lines[4:]:
+            m = _EDGE.match(line)
+            assert m is not None, line
+            src, dst = m.groups()
+            if src == "[*]":
+                initial.add(dst)
+            elif dst == "[*]":
+                terminal.add(src)
+            else:
+                edges.add((src, dst))
+        out[title.group(1)] = (initial, edges, terminal)
+    return out
+
+
+def test_paygate_states_prints_every_machine_as_mermaid() -> None:
+    result = CliRunner().invoke(main, ["states"])
+    assert result.exit_code == 0, result.output
+    parsed = _parse(result.output.rstrip("\n"))
+    machines = (BILL, ATTEMPT, REFUND, ENOTE, DEPOSIT_BATCH, DISCREPANCY)
+    assert set(parsed) == {m.name for m in machines}
+    for m in machines:
+        assert parsed[m.name] == (set(m.initial), set(m.edges), set(m.terminal)), m.name
+        assert m.initial, f"{m.name} names no initial state"
+
+    one = CliRunner().invoke(main, ["states", "--markdown", "bill"])
+    assert one.exit_code == 0
+    assert one.output.startswith("```mermaid\n---\ntitle: bill\n---\nstateDiagram-v2\n")
+    assert "    ISSUED --> PAID\n" in one.output
+    assert one.output.rstrip("\n").endswith("```")
+    assert CliRunner().invoke(main, ["states", "nope"]).exit_code != 0
+
+
+def test_the_installed_command_prints_them_too() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "states", "deposit_batch"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    assert out == (
+        "---\ntitle: deposit_batch\n---\nstateDiagram-v2\n"
+        "    [*] --> DRAFT\n    DRAFT --> EXPORTED\n    EXPORTED --> [*]\n"
+    )
+
+
+def test_bill_event_sql_takes_its_edge_from_the_machine() -> None:
+    sql = bill_events.insert_sql(
+        "moved",
+        bill_id=Sql("id"),
+        src=BillStatus.PAID,
+        dst=BillStatus.SETTLED,
+        actor_type="system",
+        actor_id=Sql(":actor"),
+        reason="it's settled",
+    )
+    assert sql == (
+        "INSERT INTO bill_events (bill_id, from_status, to_status, actor_type, actor_id,"
+        " reason, detail) SELECT id, 'PAID', 'SETTLED', 'system', :actor, 'it''s settled',"
+        " '{}'::jsonb FROM moved"
+    )
+    with pytest.raises(IllegalTransition):
+        bill_events.insert_sql(
+            "x",
+            bill_id=Sql("id"),
+            src=BillStatus.EXPIRED,
+            dst=BillStatus.PAID,
+            actor_type="system",
+            actor_id="t",
+            reason="r",
+        )
+    with pytest.raises(IllegalTransition):  # a bill is created ISSUED, nothing else
+        bill_events.insert_sql(
+            "x",
+            bill_id=Sql("id"),
+            src=None,
+            dst=BillStatus.PAID,
+            actor_type="system",
+            actor_id="t",
+            reason="r",
+        )
+
+
+def test_bill_events_are_written_only_by_billing_events() -> None:
+    """Every bill status change writes its event through billing/events.py: no other
+    module builds a BillEvent or an INSERT INTO bill_events by hand."""
+    writers = []
+    for room in (
+        "kernel",
+        "channels",
+        "billing",
+        "ledger",
+        "payments",
+        "enotes",
+        "settlement",
+        "gateway",
+    ):
+        for path in (ROOT / room).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"INSERT\s+INTO\s+bill_events|(?<!class )BillEvent\(", text, re.IGNORECASE):
+                writers.append(str(path.relative_to(ROOT)))
+    assert writers == ["billing/events.py"]
