@@ -32,7 +32,7 @@ from enotes.service import NoteSummary, notes_for_bill
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.state import Resources
 from kernel.clock import SHANGHAI, shanghai_today
-from kernel.errors import Conflict, InvalidInput
+from kernel.errors import Conflict, InvalidInput, MalformedBody
 from kernel.pdf import DocItem
 from payments.models import Receipt, Refund
 from payments.refunds import request_refund
@@ -195,9 +195,15 @@ def decode_body(body: bytes, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=type_, strict=True)
     except msgspec.ValidationError as exc:
+        # Typed decoding stops at the first wrong field, before seeing the rest of the
+        # document: a body that is not JSON at all is malformed (400), whatever it began with.
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as malformed:
+            raise MalformedBody(f"Request body is malformed: {malformed}") from exc
         raise InvalidInput(str(exc), code="validation_failed") from exc
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"Malformed JSON: {exc}", code="malformed_body") from exc
+        raise MalformedBody(f"Request body is malformed: {exc}") from exc
 
 
 def local_time(value: datetime | None) -> datetime | None:

@@ -68,7 +68,7 @@ def configure(settings: LogSettings) -> None:
     )
     # Route stdlib logging (uvicorn, alembic, sqlalchemy) through the same renderer.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],  # whose line it is
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(_Stderr())
@@ -83,5 +83,8 @@ def configure(settings: LogSettings) -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request line at INFO, query string included (which may carry
     # personal data); our own calls log what matters with context instead.
-    for name in ("httpx", "httpcore"):
+    # The PDF font subsetter (fontTools, under fpdf2) narrates every table and glyph list at
+    # INFO, lines of many kilobytes: longer than a pipe writes atomically, so lines of
+    # processes sharing a stderr interleaved into invalid JSON. Only its problems matter.
+    for name in ("httpx", "httpcore", "fontTools", "fpdf"):
         logging.getLogger(name).setLevel(logging.WARNING)

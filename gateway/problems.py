@@ -18,10 +18,13 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from kernel.db import database_unavailable
 from kernel.errors import DomainError
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
+DATABASE_RETRY_AFTER_S = 5
+"""Retry-After of a 503 while PostgreSQL is out of reach (a restart takes seconds)."""
 
 _TITLES = {
     400: "Bad Request",
@@ -96,7 +99,19 @@ def _http_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
 
 
 def _unhandled(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.error("unhandled error", exc_type=type(exc).__name__)
+    if database_unavailable(exc):
+        # An outage, not a bug: one line per request (no traceback), and a 503 that tells
+        # the client when to come back.
+        log.warning("database unavailable", exc_type=type(exc).__name__)
+        return problem(
+            request,
+            503,
+            "database_unavailable",
+            "The service cannot reach its database; retry later.",
+            retry_after=DATABASE_RETRY_AFTER_S,
+        )
+    # The traceback goes to the server log (a field of the JSON line), never to the client.
+    log.error("unhandled error", exc_type=type(exc).__name__, exc_info=exc)
     return problem(
         request,
         HTTP_500_INTERNAL_SERVER_ERROR,

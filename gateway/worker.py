@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import text
 
 from gateway.procs import freeze_startup_heap
 from gateway.state import Resources
+from kernel.db import database_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +163,47 @@ async def run_once(resources: Resources, jobs: list[Job] | None = None) -> dict[
     return handled
 
 
+class _Outage:
+    """PostgreSQL out of reach: every job pauses (they all need it) and one probe a while
+    checks whether it is back, the wait doubling up to a cap. Two log lines per outage
+    (down, back) instead of a traceback per job per second."""
+
+    first_wait_s = 1.0
+    max_wait_s = 30.0
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.wait_s = self.first_wait_s
+        self.next_probe = 0.0
+
+    def begin(self, exc: BaseException, now: float) -> None:
+        if self.since is None:
+            self.since, self.wait_s = now, self.first_wait_s
+            log.warning(
+                "database unavailable; jobs paused",
+                exc_type=type(exc).__name__,
+                retry_in_s=self.wait_s,
+            )
+        self.next_probe = now + self.wait_s
+
+    async def probe(self, resources: Resources, now: float) -> bool:
+        """Is the database back? (Only called while paused, once the wait is over.)"""
+        try:
+            async with resources.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            self.wait_s = min(self.wait_s * 2, self.max_wait_s)
+            self.next_probe = now + self.wait_s
+            return False
+        log.info(
+            "database reachable again; jobs resumed", down_s=round(now - (self.since or now), 1)
+        )
+        self.since = None
+        return True
+
+
 async def run_forever(resources: Resources, jobs: list[Job] | None = None) -> None:
     jobs = list(jobs if jobs is not None else default_jobs())
     freeze_startup_heap()
@@ -169,22 +212,32 @@ async def run_forever(resources: Resources, jobs: list[Job] | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     next_run = dict.fromkeys((j.name for j in jobs), 0.0)
+    outage = _Outage()
     log.info("worker started", jobs=[j.name for j in jobs])
     while not stop.is_set():
         now = time.monotonic()
-        for job in jobs:
-            if now < next_run[job.name]:
-                continue
-            bound = structlog.contextvars.bound_contextvars(job=job.name)
-            with bound:
-                try:
-                    handled = await job.run(resources)
-                except Exception:
-                    log.exception("job failed")
-                    handled = 0
-            # A busy job runs again at once; an idle one waits its interval.
-            next_run[job.name] = now if handled else now + job.interval_s
-        wake = min(next_run.values(), default=now + 1.0) - time.monotonic()
+        if outage.since is not None and (
+            now < outage.next_probe or not await outage.probe(resources, now)
+        ):
+            wake = outage.next_probe - now
+        else:
+            for job in jobs:
+                if now < next_run[job.name]:
+                    continue
+                with structlog.contextvars.bound_contextvars(job=job.name):
+                    try:
+                        handled = await job.run(resources)
+                    except Exception as exc:
+                        if database_unavailable(exc):
+                            outage.begin(exc, now)
+                            break
+                        log.exception("job failed")
+                        handled = 0
+                # A busy job runs again at once; an idle one waits its interval.
+                next_run[job.name] = now if handled else now + job.interval_s
+            wake = min(next_run.values(), default=now + 1.0) - time.monotonic()
+            if outage.since is not None:
+                wake = outage.next_probe - time.monotonic()
         if wake > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(wake, 1.0))

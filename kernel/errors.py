@@ -21,6 +21,13 @@ class DomainError(Exception):
         self.extra = extra
 
 
+class MalformedBody(DomainError):
+    """The body is not even parseable (bad JSON, wrong encoding): 400 on every endpoint."""
+
+    status = 400
+    code = "malformed_body"
+
+
 class InvalidInput(DomainError):
     status = 422
     code = "invalid_input"
