@@ -53,6 +53,30 @@ class TradeState(StrEnum):
     FINISHED = "FINISHED"  # succeeded and no longer refundable (Alipay TRADE_FINISHED)
 
 
+class PayMode(StrEnum):
+    """How the payer paid: stored on the receipt, printed on the e-note, totalled for finance.
+
+    One vocabulary for every channel; an adapter maps its wire values onto it. A bank
+    carries several (its app, its online bank, its counter, e-CNY through its wallet)."""
+
+    ALIPAY = "ALIPAY"
+    MOBILE_BANK = "MOBILE_BANK"  # 手机银行
+    ONLINE_BANK = "ONLINE_BANK"  # 网上银行
+    COUNTER = "COUNTER"  # 银行柜面
+    ECNY = "ECNY"  # 数字人民币, through the bank as operating institution
+    BANK = "BANK"  # a bank that did not say which of its modes (older messages)
+    KIOSK = "KIOSK"  # 自助终端
+    POS = "POS"  # MIS-POS card terminal at the agency's counter
+    OTHER = "OTHER"  # a channel without a mode of its own in this list
+
+    @classmethod
+    def for_channel(cls, channel: str) -> PayMode:
+        """The mode of a confirmation that does not name one: its channel family's
+        (`bank:102` → BANK, `alipay` → ALIPAY)."""
+        family = channel.partition(":")[0].upper()
+        return cls(family) if family in cls.__members__ else cls.OTHER
+
+
 class RefundState(StrEnum):
     PROCESSING = "PROCESSING"
     SUCCEEDED = "SUCCEEDED"
@@ -90,6 +114,8 @@ class PaymentStatus:
     amount: int | None = None
     paid_at: datetime | None = None
     buyer_id: str | None = None
+    pay_mode: PayMode | None = None
+    """When the channel's answer says how the payer paid."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing.bills import reveal_payer
 from billing.models import Agency, Bill
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
+from channels.base import PayMode
 from enotes.document import NoteView
 from enotes.models import ENote
 from enotes.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier, signed_by_supervisor
@@ -62,15 +63,18 @@ NOTE_NAMES = {
     "02": "非税收入专用票据（电子）",
     "03": "非税收入一般缴款书（电子）",
 }
-PAY_MODES = {
-    "alipay": "支付宝",
-    "wechat": "微信支付",
-    "bank": "网上银行",
-    "mobilebank": "手机银行",
-    "kiosk": "自助终端",
-    "counter": "银行柜面",
-    "pos": "POS刷卡",
+PAY_MODES: dict[str, str] = {
+    PayMode.ALIPAY: "支付宝",
+    PayMode.MOBILE_BANK: "手机银行",
+    PayMode.ONLINE_BANK: "网上银行",
+    PayMode.COUNTER: "银行柜面",
+    PayMode.ECNY: "数字人民币",
+    PayMode.BANK: "银行",
+    PayMode.KIOSK: "自助终端",
+    PayMode.POS: "POS刷卡",
+    PayMode.OTHER: "其他",
 }
+"""The e-note's 交款方式 for each receipt's pay mode."""
 LATE_FEE_ITEM = ("LATE-FEE", "加处罚款", "元")
 
 
@@ -403,7 +407,7 @@ def _main(
         "region": f"{region}0000",
         "issuer": {"credit_code": agency.credit_code, "name": agency.name},
         "payer": _payer(bill),
-        "pay_mode": PAY_MODES.get(receipt.channel, receipt.channel),
+        "pay_mode": PAY_MODES.get(receipt.pay_mode, receipt.pay_mode),
         "payment_code": bill.payment_code,
         "currency": "CNY",
         "handler": ctx.config.handler,

@@ -153,7 +153,7 @@ class FinanceController(Controller):
     ) -> list[str]:
         return await treasury.payment_codes(db, batch_id, line_no)
 
-    @get("/totals", guards=[READ], summary="Paid totals by agency, item, channel or date")
+    @get("/totals", guards=[READ], summary="Paid totals by agency, item, channel, pay mode or date")
     async def totals(
         self,
         db: NamedDependency[AsyncSession],

@@ -23,6 +23,7 @@ def target_metadata() -> MetaData:
     # Imported for their table definitions; each feature adds its model modules here.
     import billing.models
     import billing.webhooks
+    import channels.bank.models
     import enotes.models
     import kernel.audit
     import kernel.nonces
@@ -33,7 +34,7 @@ def target_metadata() -> MetaData:
     import settlement.models
     from kernel.db import Base
 
-    del billing, enotes, kernel, ledger, payments, settlement
+    del billing, channels, enotes, kernel, ledger, payments, settlement
     return Base.metadata
 
 

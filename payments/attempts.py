@@ -280,6 +280,7 @@ async def _settle_from(
             source=f"query:{c.channel}",
             cutoff=ctx.cutoff,
             channel=c.channel,
+            pay_mode=status.pay_mode,
         )
         log.info("attempt confirmed by query", outcome=result.outcome)
         return

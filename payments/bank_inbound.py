@@ -35,6 +35,8 @@ from billing.models import Bill, BillLine
 from billing.payment_code import LENGTH, is_valid
 from billing.states import BillStatus
 from channels.bank.transforms import ResultCode, format_time, parse_time
+from channels.bank.transforms import pay_mode as wire_pay_mode
+from channels.base import PayMode
 from channels.money import fen_to_yuan, yuan_to_fen
 from kernel.clock import shanghai_today
 from kernel.kv import KV
@@ -180,9 +182,12 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
         paid_at = parse_time(str(msg["paid_at"]))
         order = msg.get("order_id")
         order_id = uuid.UUID(str(order)) if order else None
-        pay_mode = str(msg.get("pay_mode") or "bank")
     except (KeyError, ValueError):
         return BankAnswer(ResultCode.BAD_REQUEST, "malformed confirmation")
+    try:
+        pay_mode = wire_pay_mode(msg.get("pay_mode"))
+    except ValueError:
+        return BankAnswer(ResultCode.PARAMETER_ERROR, "unknown pay_mode")
     if not serial or len(serial) > 64 or amount <= 0:
         return BankAnswer(ResultCode.BAD_REQUEST, "malformed confirmation")
     problem = _code_problem(code)
@@ -300,7 +305,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
     amount: int,
     paid_at: datetime,
     order_id: uuid.UUID | None,
-    pay_mode: str,
+    pay_mode: PayMode,
     now: datetime,
 ) -> tuple[ConfirmResult | None, BankAnswer | None, str]:
     """Find the attempt (by bank serial, by order id, or open one) and confirm it, all in
@@ -312,6 +317,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         "paid_at": paid_at,
         "source": f"confirm:{channel}",
         "cutoff": ctx.cutoff,
+        "pay_mode": pay_mode,
     }
     rows: Sequence[Any] = ()
     known: _Known | None = None
@@ -361,7 +367,7 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per result code of the inte
         "id": attempt_id,
         "bill_id": bill.id,
         "channel": channel,
-        "mode": pay_mode[:16],
+        "mode": pay_mode.value[:16],
         "amount": amount,
         "expires_at": expires_at,
         "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at),

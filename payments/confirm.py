@@ -72,6 +72,7 @@ from billing.events import Sql
 from billing.models import Bill
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
+from channels.base import PayMode
 from kernel import audit, outbox
 from kernel.clock import business_date
 from kernel.group_commit import GroupCommit, PerLoop
@@ -190,10 +191,12 @@ async def confirm_payment(
     cutoff: time = time(0, 0),
     bill_id: uuid.UUID | None = None,
     channel: str | None = None,
+    pay_mode: PayMode | None = None,
 ) -> ConfirmResult:
     """Record that the channel took `amount` fen for this attempt; safe to call any number
     of times, concurrently. `source` says who told us (notify, query, bank confirm...).
     `bill_id` / `channel`, when given, must be the attempt's (else UNKNOWN_ATTEMPT).
+    `pay_mode` goes on the receipt; without it, the channel's (PayMode.for_channel).
 
     `redis` only drops the cached summary after the commit (None: the TTL bounds it)."""
     engine = sessions.kw.get("bind")
@@ -207,6 +210,7 @@ async def confirm_payment(
             paid_at=paid_at,
             business_date=business_date(paid_at, cutoff),
             source=source,
+            pay_mode=pay_mode or PayMode.for_channel(channel),
         )
         applied = await _apply_at_once(engine, paying)
         if applied is not None:
@@ -224,6 +228,7 @@ async def confirm_payment(
                 source=source,
                 cutoff=cutoff,
                 channel=channel,
+                pay_mode=pay_mode,
             )
     except IntegrityError as exc:
         # The unique indexes caught a confirmation the state checks did not: the whole
@@ -307,6 +312,7 @@ async def apply_confirmation(
     source: str,
     cutoff: time,
     channel: str | None = None,
+    pay_mode: PayMode | None = None,
 ) -> tuple[ConfirmResult, str]:
     """The confirmation inside the caller's transaction: (result, the bill's payment code).
 
@@ -338,6 +344,7 @@ async def apply_confirmation(
         paid_at=paid_at,
         source=source,
         cutoff=cutoff,
+        pay_mode=pay_mode,
     )
 
 
@@ -351,10 +358,12 @@ async def apply_to_locked(
     paid_at: datetime,
     source: str,
     cutoff: time,
+    pay_mode: PayMode | None = None,
 ) -> tuple[ConfirmResult, str]:
     """Decide and write, with the bill row (and an existing attempt row) locked by the
     caller in this transaction."""
     attempt_id, code = attempt.id, bill.payment_code
+    mode = pay_mode or PayMode.for_channel(attempt.channel)
     if channel_trade_no and attempt.channel_trade_no not in (None, channel_trade_no):
         log.error(
             "confirmation names another channel trade for this attempt",
@@ -406,6 +415,7 @@ async def apply_to_locked(
             paid_at=paid_at,
             business_date=bdate,
             source=source,
+            pay_mode=mode,
         )
         # bill_is_payable judged the deadline, category by category.
         params = _apply_params([paying], statuses=[attempt.status], deadline_checked=True)
@@ -429,6 +439,7 @@ async def apply_to_locked(
         "p_receipt_id": receipt_id,
         "p_bill_id": bill.id,
         "p_channel": attempt.channel,
+        "p_pay_mode": mode.value,
         "p_amount": amount,
         "p_paid_at": paid_at,
         "p_business_date": bdate,
@@ -504,6 +515,7 @@ class Paying:
     paid_at: datetime
     business_date: date
     source: str
+    pay_mode: PayMode
     receipt_id: uuid.UUID = field(default_factory=uuid.uuid4)
     request_id: str | None = field(
         default_factory=lambda: structlog.contextvars.get_contextvars().get("request_id")
@@ -599,6 +611,7 @@ def _apply_params(
                 "bill_id": None if p.bill_id is None else str(p.bill_id),
                 "channel": p.channel,
                 "trade_no": p.channel_trade_no,
+                "pay_mode": p.pay_mode.value,
                 "amount": p.amount,
                 "paid_at": p.paid_at.isoformat(),  # for the column; the webhook gets the text
                 "paid_at_text": p.paid_at.isoformat(),
@@ -654,7 +667,8 @@ _PAID_EVENTS = bill_events.insert_sql(
 )
 _APPLY = DriverStatement.of(
     "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(attempt_id uuid,"  # noqa: S608 - constants only
-    " bill_id uuid, channel varchar, trade_no varchar, amount bigint, paid_at timestamptz,"
+    " bill_id uuid, channel varchar, trade_no varchar, pay_mode varchar, amount bigint,"
+    " paid_at timestamptz,"
     " paid_at_text text, receipt_id uuid, business_date date, actor varchar,"
     " request_id varchar, memo text, debit_code text, credit_code text)),"
     # lk: each payment's bill and attempt rows, locked (bill first, bills in id order, as
@@ -678,9 +692,9 @@ _APPLY = DriverStatement.of(
     f" paid AS (UPDATE bills AS b SET status = '{_PAID}', paid_amount = lk.amount,"
     " paid_at = lk.paid_at, updated_at = now() FROM lk WHERE b.id = lk.paid_bill RETURNING b.id),"
     " rc AS (INSERT INTO receipts (id, bill_id, attempt_id, channel, channel_trade_no, kind,"
-    " amount, refunded_amount, late_fee_amount, paid_at, business_date)"
-    " SELECT receipt_id, paid_bill, attempt_id, channel, final_trade_no, 'PAYMENT', amount, 0,"
-    " late_fee, paid_at, business_date FROM lk RETURNING id),"
+    " pay_mode, amount, refunded_amount, late_fee_amount, paid_at, business_date)"
+    " SELECT receipt_id, paid_bill, attempt_id, channel, final_trade_no, 'PAYMENT', pay_mode,"
+    " amount, 0, late_fee, paid_at, business_date FROM lk RETURNING id),"
     f" ev AS ({_PAID_EVENTS}),"
     " au AS (INSERT INTO audit_log (actor_type, actor_id, action, object_type, object_id,"
     " detail, request_id) SELECT 'system', actor, 'payment.confirmed', 'bill',"
@@ -766,6 +780,7 @@ def _duplicate_statement() -> Select[int]:
             channel=_p("p_channel"),
             channel_trade_no=_p("p_trade_no"),
             kind="DUPLICATE",
+            pay_mode=_p("p_pay_mode"),
             amount=_p("p_amount"),
             refunded_amount=_p("p_amount"),
             late_fee_amount=0,

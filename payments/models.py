@@ -19,14 +19,19 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
+    LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
+from channels.base import PayMode
 from kernel.db import Base
 
 
@@ -78,6 +83,15 @@ class PaymentAttempt(Base):
     )
 
 
+def _channel_pay_mode(context: DefaultExecutionContext) -> str:
+    # The mode of a receipt written without one: its channel's (see PayMode.for_channel).
+    params = context.get_current_parameters()  # type: ignore[no-untyped-call]
+    return PayMode.for_channel(str(params["channel"])).value
+
+
+PAY_MODE_CHECK = "pay_mode IN ({})".format(", ".join(f"'{m.value}'" for m in PayMode))
+
+
 class Receipt(Base):
     """Money a channel confirmed for a bill: the payment, or a duplicate to be refunded."""
 
@@ -89,6 +103,7 @@ class Receipt(Base):
             "refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"
         ),
         CheckConstraint("status IN ('CONFIRMED', 'SETTLED')", name="status_known"),
+        CheckConstraint(PAY_MODE_CHECK, name="pay_mode_known"),
         Index(
             "uq_receipts_one_payment_per_bill",
             "bill_id",
@@ -111,6 +126,8 @@ class Receipt(Base):
     channel: Mapped[str] = mapped_column(String(16))
     channel_trade_no: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
+    pay_mode: Mapped[str] = mapped_column(String(16), default=_channel_pay_mode)
+    """How the payer paid (channels.base.PayMode): the bank's app, counter, e-CNY..."""
     status: Mapped[str] = mapped_column(String(16), server_default="CONFIRMED")
     amount: Mapped[int] = mapped_column(BigInteger)
     late_fee_amount: Mapped[int] = mapped_column(BigInteger, server_default="0")
@@ -157,3 +174,28 @@ class Refund(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DayCheck(Base):
+    """A channel's own day-end account check (日终对账) as it sent it, and what we found.
+
+    One per channel and business day: a second one is refused (the interface's "statement
+    sent twice"); `mismatches` lists each line that differs from the confirmations we
+    recorded that day (amount differs, ours only, theirs only) with its result."""
+
+    __tablename__ = "day_checks"
+    __table_args__ = (UniqueConstraint("channel", "business_date"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    business_date: Mapped[date] = mapped_column(Date)
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    line_count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(BigInteger)
+    """Fen, the channel's sum of its lines."""
+    mismatches: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -20,16 +20,23 @@ async def day_summary(session: AsyncSession, day: date) -> dict[str, Any]:
     channels: dict[str, dict[str, Any]] = {}
     rows = await session.execute(
         text(
-            "SELECT channel, kind, status, count(*), sum(amount)::bigint,"
+            "SELECT channel, pay_mode, kind, status, count(*), sum(amount)::bigint,"
             " sum(refunded_amount)::bigint FROM receipts WHERE business_date = :d"
-            " GROUP BY channel, kind, status ORDER BY 1, 2, 3"
+            " GROUP BY channel, pay_mode, kind, status ORDER BY 1, 2, 3, 4"
         ),
         {"d": day},
     )
-    for ch, kind, status, n, total, refunded in rows:
+    for ch, mode, kind, status, n, total, refunded in rows:
         c = channels.setdefault(ch, {"receipts": [], "reconciliation": None})
         c["receipts"].append(
-            {"kind": kind, "status": status, "count": n, "amount": total, "refunded": refunded}
+            {
+                "pay_mode": mode,
+                "kind": kind,
+                "status": status,
+                "count": n,
+                "amount": total,
+                "refunded": refunded,
+            }
         )
     runs = await session.scalars(
         select(ReconRun)
@@ -122,6 +129,9 @@ _GROUPS = {
     # receipts-level totals
     "agency": ("b.agency_id::text", "r.amount"),
     "channel": ("r.channel", "r.amount"),
+    "pay_mode": ("r.pay_mode", "r.amount"),
+    # channel and pay mode together: `bank:102/COUNTER`
+    "channel_pay_mode": ("r.channel || '/' || r.pay_mode", "r.amount"),
     "date": ("r.business_date::text", "r.amount"),
     # line-level: the principal of each item (late fees stay with the receipt totals)
     "item": ("bl.item_code", "bl.amount"),
@@ -131,7 +141,8 @@ _GROUPS = {
 async def totals(
     session: AsyncSession, *, group_by: str, start: date, end: date
 ) -> list[dict[str, Any]]:
-    """Paid totals (PAYMENT receipts, before refunds) by agency, item, channel or date."""
+    """Paid totals (PAYMENT receipts, before refunds) by agency, item, channel, pay mode
+    (channels.base.PayMode), channel and pay mode, or date."""
     if group_by not in _GROUPS:
         raise InvalidInput(f"group_by must be one of {sorted(_GROUPS)}", code="unknown_group")
     if end < start or (end - start).days > MAX_RANGE_DAYS:

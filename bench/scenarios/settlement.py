@@ -77,10 +77,10 @@ _GENERATE = (
         " FROM generate_series(1, {n}) i"
     ),
     (
-        "INSERT INTO receipts (id, bill_id, attempt_id, channel, channel_trade_no, kind, amount,"
-        " paid_at, business_date) SELECT md5('r' || i)::uuid, md5('b' || i)::uuid,"
-        " md5('a' || i)::uuid, 'alipay', '2026' || lpad(i::text, 12, '0'), 'PAYMENT',"
-        " 100 + i % 10000, '{paid}', '{day}' FROM generate_series(1, {n}) i"
+        "INSERT INTO receipts (id, bill_id, attempt_id, channel, channel_trade_no, kind,"
+        " pay_mode, amount, paid_at, business_date) SELECT md5('r' || i)::uuid,"
+        " md5('b' || i)::uuid, md5('a' || i)::uuid, 'alipay', '2026' || lpad(i::text, 12, '0'),"
+        " 'PAYMENT', 'ALIPAY', 100 + i % 10000, '{paid}', '{day}' FROM generate_series(1, {n}) i"
     ),
 )
 

@@ -97,12 +97,17 @@ class BankAdapter:
             raise
         paid_at = data.get("paid_at")
         amount = data.get("amount")
+        try:
+            mode = t.pay_mode(data.get("pay_mode"))
+        except ValueError:
+            mode = None  # the receipt then takes the bank's own (PayMode.BANK)
         return PaymentStatus(
             attempt_id=attempt_id,
             state=t.trade_state(str(data.get("state", ""))),
             channel_trade_no=data.get("bank_serial"),
             amount=yuan_to_fen(amount) if amount else None,
             paid_at=t.parse_time(paid_at) if paid_at else None,
+            pay_mode=mode,
         )
 
     async def close_payment(self, attempt_id: str) -> None:

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 from channels.base import (
     InvalidNotification,
+    PayMode,
     RefundState,
     StatementKind,
     StatementLine,
@@ -46,9 +47,11 @@ H_SIG = "x-bank-signature"
 
 
 class ResultCode:
-    """Result codes of the interface (DOMAIN §5), mirrored in meaning."""
+    """Result codes of the interface, mirrored in meaning from the genre's."""
 
     OK = "00000"
+    PARAMETER_ERROR = "10002"
+    VERSION_ERROR = "10003"
     UNKNOWN_CODE = "11001"
     CHECK_FAILED = "11002"
     PAST_DEADLINE = "11003"
@@ -126,6 +129,28 @@ def format_time(when: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=SHANGHAI)
+
+
+# ------------------------------------------------------------------ pay modes
+
+PAY_MODES = {
+    "app": PayMode.MOBILE_BANK,  # 手机银行
+    "web": PayMode.ONLINE_BANK,  # 网上银行
+    "counter": PayMode.COUNTER,  # 柜面
+    "ecny": PayMode.ECNY,  # 数字人民币 through the bank's wallet
+}
+"""The wire's `pay_mode` values. A message without one is PayMode.BANK (the bank did not
+say); a value not listed is a parameter error (10002)."""
+
+
+def pay_mode(wire: object) -> PayMode:
+    """Our PayMode for a wire value; ValueError for one not in PAY_MODES."""
+    if wire is None or wire == "":
+        return PayMode.BANK
+    try:
+        return PAY_MODES[str(wire)]
+    except KeyError:
+        raise ValueError(f"unknown pay_mode {wire!r}") from None
 
 
 # ------------------------------------------------------------------ status maps (pessimistic)
