@@ -167,7 +167,8 @@ class StatementKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class StatementLine:
-    """One row of a channel's daily statement, signs as the channel gives them."""
+    """One row of a channel's daily statement: amounts signed as the channel gives them, the
+    fee signed as a charge to us."""
 
     channel_trade_no: str
     attempt_id: str
@@ -175,6 +176,8 @@ class StatementLine:
     amount: int
     """Fen; refunds negative."""
     fee: int
+    """Fen the channel charged us for this line; negative when it gives a fee back (a
+    refund). Each channel's parser maps its own sign convention to this one."""
     occurred_at: datetime
     refund_id: str | None = None
 

@@ -5,8 +5,11 @@ Flow per channel + business day, all set-based in SQL:
 1. `ingest()` streams the channel's `StatementLine`s into `statement_lines` with COPY. A
    re-sent file (same channel + day + content hash) is detected and not loaded again; a
    different file for the same day supersedes the previous one.
-2. `reconcile()` FULL JOINs the current file with the day's receipts (on our attempt id,
-   which every channel echoes as its merchant order number) and classifies every difference:
+2. `reconcile()` FULL JOINs the current file with the day's receipts and classifies every
+   difference. A line is matched by every key the channel gives: our attempt id (the
+   merchant order number the channel echoes) or the channel's own number (bank serial,
+   Alipay trade number) — a bank payment confirmed without a prior query carries the bank's
+   order id, not ours, and is known to us only by its serial:
 
    - PLATFORM_ONLY: we have a receipt (or a succeeded refund) the channel does not list.
      HELD for `hold_days` (the file may be late), then OPEN.
@@ -239,18 +242,30 @@ async def ingest(
 
 # ------------------------------------------------------------------ matching
 
-# Every receipt of the day against every payment line of the current file.
+# Every receipt of the day against every payment line of the current file. A line is paired
+# with its receipt by any key the channel gives: our order id (the attempt id) or the
+# channel's own number (bank serial, Alipay trade number), which is the only key of a bank
+# payment confirmed without a prior query (its order id is the bank's). Pairing first and
+# FULL JOINing on the paired receipt id keeps the join hashable (an OR condition is not).
 _MATCH = """
 CREATE TEMP TABLE recon_pay ON COMMIT DROP AS
-SELECT s.attempt_id AS s_key, s.channel_trade_no AS s_trade, s.amount AS s_amount,
-       s.fee AS s_fee, s.occurred_at AS s_at,
+WITH s AS (
+    SELECT attempt_id, channel_trade_no, amount, fee, occurred_at
+    FROM statement_lines WHERE file_id = :file AND kind = 'PAYMENT'),
+r AS (
+    SELECT id, attempt_id, attempt_id::text AS akey, channel_trade_no, amount, kind
+    FROM receipts WHERE channel = :ch AND business_date = :day),
+paired AS (
+    SELECT s.*, coalesce(by_order.id, by_trade.id) AS rid
+    FROM s
+    LEFT JOIN r by_order ON by_order.akey = s.attempt_id
+    LEFT JOIN r by_trade ON by_trade.channel_trade_no = s.channel_trade_no
+                        AND s.channel_trade_no <> '')
+SELECT p.attempt_id AS s_key, p.channel_trade_no AS s_trade, p.amount AS s_amount,
+       p.fee AS s_fee, p.occurred_at AS s_at,
        r.id AS receipt_id, r.attempt_id AS r_attempt, r.channel_trade_no AS r_trade,
        r.amount AS r_amount, r.kind AS r_kind
-FROM (SELECT attempt_id, channel_trade_no, amount, fee, occurred_at
-      FROM statement_lines WHERE file_id = :file AND kind = 'PAYMENT') s
-FULL JOIN (SELECT id, attempt_id, attempt_id::text AS akey, channel_trade_no, amount, kind
-           FROM receipts WHERE channel = :ch AND business_date = :day) r
-  ON r.akey = s.attempt_id
+FROM paired p FULL JOIN r ON r.id = p.rid
 """
 
 # Differences, one row per (class, key); everything else in recon_pay matched.
@@ -263,14 +278,20 @@ SELECT 'PLATFORM_ONLY'::text AS klass, r_attempt::text AS match_key, r_attempt A
        NULL::timestamptz AS occurred_at
 FROM recon_pay WHERE s_key IS NULL
 UNION ALL
--- the channel has money we never confirmed (a receipt on another business day is no news)
-SELECT 'CHANNEL_ONLY', p.s_key, a.id, NULL, p.s_trade, NULL, p.s_amount, p.s_fee, NULL, p.s_at
+-- the channel has money we never confirmed (a receipt on another business day is no news);
+-- its attempt, if we have one, found by our order id or by the channel's number
+SELECT 'CHANNEL_ONLY', p.s_key, coalesce(a.id, t.id), NULL, p.s_trade, NULL, p.s_amount,
+       p.s_fee, NULL, p.s_at
 FROM recon_pay p
 LEFT JOIN payment_attempts a
   ON a.id = CASE WHEN p.s_key ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
                  THEN p.s_key::uuid END
+LEFT JOIN payment_attempts t
+  ON t.channel = :ch AND t.channel_trade_no = p.s_trade AND p.s_trade <> ''
 WHERE p.receipt_id IS NULL
-  AND (a.id IS NULL OR NOT EXISTS (SELECT 1 FROM receipts x WHERE x.attempt_id = a.id))
+  AND NOT EXISTS (SELECT 1 FROM receipts x
+                  WHERE x.attempt_id = coalesce(a.id, t.id)
+                     OR (x.channel = :ch AND x.channel_trade_no = p.s_trade))
 UNION ALL
 SELECT 'AMOUNT_MISMATCH', r_attempt::text, r_attempt, receipt_id, s_trade, r_amount, s_amount,
        s_fee, NULL, s_at

@@ -321,10 +321,12 @@ async def test_statement_fetch_and_parse(
     lines = alipay.parse_statement(raw)
     mine = {(ln.attempt_id, ln.kind): ln for ln in lines if ln.attempt_id in {paid, refunded}}
     assert mine[(paid, StatementKind.PAYMENT)].amount == 12345
-    assert mine[(paid, StatementKind.PAYMENT)].fee == -74  # 0.6 % of 123.45, as Alipay rounds
+    # The bill shows 服务费 -0.74 (deducted); the parsed fee is what we were charged.
+    assert mine[(paid, StatementKind.PAYMENT)].fee == 74  # 0.6 % of 123.45, as Alipay rounds
     assert mine[(refunded, StatementKind.PAYMENT)].amount == 2000
     refund_line = mine[(refunded, StatementKind.REFUND)]
     assert refund_line.amount == -1999
+    assert refund_line.fee == -12  # the fee on 19.99 is given back (+0.12 in the bill)
     assert refund_line.refund_id == f"R{refunded}"
     assert refund_line.occurred_at.date() == day
     assert refund_line.channel_trade_no

@@ -111,7 +111,7 @@ def test_parse_statement_maps_by_header_name_in_any_order() -> None:
     assert (pay.kind, pay.amount, pay.fee, pay.attempt_id) == (
         StatementKind.PAYMENT,
         10005,
-        -60,
+        60,  # 服务费 -0.60: Alipay deducted it, so we were charged 60 fen
         "A1",
     )
     assert pay.refund_id is None

@@ -13,6 +13,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import func, select
 
+import ledger
 from channels.alipay.transforms import parse_statement
 from channels.money import fen_to_yuan
 from gateway.state import Resources
@@ -184,3 +185,32 @@ async def test_gbk_alipay_bill_matches_heals_and_parks(res: Resources) -> None:
     assert again.duplicate_file
     async with res.sessions() as s:
         assert await s.scalar(select(func.count()).select_from(Receipt)) == 2
+
+
+async def test_alipay_fees_as_the_bill_shows_them_match_the_configured_rate(
+    res: Resources,
+) -> None:
+    """Alipay's bill shows the fee it deducted as a negative 服务费: at the configured rate
+    (PAYGATE_FEE_RATES=alipay:60) that is no fee mismatch, and the fee is an expense."""
+    async with res.sessions() as s:
+        item = await make_item(s)
+        agency = await make_agency(s, items=[item])
+        paid = [(await paid_bill(s, agency, item, amount))[2] for amount in (10_000, 12_345)]
+        await s.commit()
+    rows = []
+    for r in paid:
+        assert r.channel_trade_no
+        fee = (r.amount * 60 + 5000) // 10000
+        rows.append(
+            _row(r.channel_trade_no, str(r.attempt_id), "交易", amount=r.amount, fee=fee, when=at())
+        )
+    assert "-0.60\t" in rows[0].split(",")  # as Alipay writes it
+    raw = _bill_zip(rows)
+    result = await reconcile(
+        res.sessions, channel="alipay", day=DAY, lines=parse_statement(raw), fee_rate_bp=60
+    )
+    assert result.counts["matched"] == 2
+    assert result.counts["fees"] == 60 + 74
+    async with res.sessions() as s:
+        assert (await s.scalars(select(Discrepancy))).all() == []
+        assert (await ledger.balances(s))["channel_fees:alipay"] == 60 + 74

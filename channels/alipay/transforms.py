@@ -246,7 +246,8 @@ def parse_statement(raw: bytes) -> list[StatementLine]:
     """Alipay's trade bill zip (GBK names and contents) → StatementLines.
 
     Columns are found by header name; cells lose their TAB/space padding; `#` lines are
-    comments and totals; 业务类型 交易 → PAYMENT, 退款 → REFUND (negative, as given).
+    comments and totals; 业务类型 交易 → PAYMENT, 退款 → REFUND (negative, as given);
+    服务费 (negative when Alipay deducts it) becomes the fee charged (positive).
     Raises ValueError for a file that is not a trade bill.
     """
     with zipfile.ZipFile(io.BytesIO(raw), metadata_encoding="gbk") as archive:
@@ -272,6 +273,8 @@ def parse_statement(raw: bytes) -> list[StatementLine]:
         occurred = parse_beijing(cell(row, COL_FINISHED))
         if occurred is None:
             raise ValueError(f"bill row without 完成时间: {cell(row, COL_TRADE_NO)}")
+        # 服务费 is written from the merchant's side: what Alipay deducts is negative on a
+        # payment, a fee given back on a refund is positive. Ours is a charge: flip it.
         fee = cell(row, COL_FEE)
         lines.append(
             StatementLine(
@@ -279,7 +282,7 @@ def parse_statement(raw: bytes) -> list[StatementLine]:
                 attempt_id=cell(row, COL_OUT_TRADE_NO),
                 kind=kind,
                 amount=yuan_to_fen(cell(row, COL_AMOUNT)),
-                fee=yuan_to_fen(fee) if fee else 0,
+                fee=-yuan_to_fen(fee) if fee else 0,
                 occurred_at=occurred,
                 refund_id=(cell(row, COL_REFUND_NO) or None)
                 if kind is StatementKind.REFUND
