@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from gateway.banks_api import BanksController
 from gateway.bills_api import BillsController
 from gateway.cashier import CashierController
 from gateway.channels_api import BankController, NotifyController
@@ -18,6 +19,7 @@ ROUTES: list[ControllerRouterHandler] = [
     HealthController,
     BillsController,
     FinanceController,
+    BanksController,
     index,
     EnoteController,
     verify_page,

@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.late_fee import DayCount
 from channels.bank.adapter import BankAdapter
+from channels.bank.registry import BankDirectory, BankEntry
+from channels.bank.signing import HmacSigning
 from channels.base import ChannelRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
@@ -36,6 +38,15 @@ class Resources:
         APPLY_GROUPS.resize(settings.database.confirm_concurrency)
         redis = KV.from_url(settings.redis.url, timeout=5)
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
+
+    @cached_property
+    def banks(self) -> BankDirectory:
+        """The registered banks (database), with PAYGATE_BANKS as the bootstrap."""
+        bootstrap = {
+            b.code: BankEntry(b.code, f"bank {b.code}", b.base_url, True, HmacSigning(b.secret))
+            for b in self.settings.payments.banks
+        }
+        return BankDirectory(self.sessions, bootstrap)
 
     @cached_property
     def day_count(self) -> DayCount:

@@ -1,7 +1,8 @@
 """Pure transforms of the bank interface (DOMAIN §5): signing, message shapes, status maps.
 
-Signing (both directions, requests and responses) — HMAC-SHA256 with the bank's secret over
-the canonical string
+Signing (both directions, requests and responses) — HMAC-SHA256 with the bank's secret, or
+SM2 with SM3 with each side's own key (channels.bank.signing, chosen per bank), over the
+canonical string
 
     "<METHOD>\\n<path>\\n<X-Bank-Timestamp>\\n<X-Bank-Nonce>\\n<hex sha256 of the body>"
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import io
 import secrets
 import time
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from channels.bank.signing import Signing, as_signing
 from channels.base import (
     InvalidNotification,
     PayMode,
@@ -73,11 +74,14 @@ def canonical(method: str, path: str, timestamp: str, nonce: str, body: bytes) -
     return f"{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{digest}".encode()
 
 
-def sign(secret: bytes, method: str, path: str, body: bytes, bank_code: str) -> dict[str, str]:
-    """Headers that sign `body` for `method path` now, with a fresh nonce."""
+def sign(
+    key: bytes | Signing, method: str, path: str, body: bytes, bank_code: str
+) -> dict[str, str]:
+    """Headers that sign `body` for `method path` now, with a fresh nonce (`key`: the
+    bank's Signing, or a bare HMAC secret)."""
     ts = str(int(time.time()))
     nonce = secrets.token_hex(12)
-    mac = hmac.new(secret, canonical(method, path, ts, nonce, body), hashlib.sha256).hexdigest()
+    mac = as_signing(key).sign(canonical(method, path, ts, nonce, body))
     return {
         "X-Bank-Code": bank_code,
         "X-Bank-Timestamp": ts,
@@ -94,7 +98,7 @@ class Verified:
 
 
 def verify(  # noqa: PLR0917 - mirrors the canonical string's parts, in order
-    secret: bytes,
+    key: bytes | Signing,
     bank_code: str,
     method: str,
     path: str,
@@ -117,8 +121,7 @@ def verify(  # noqa: PLR0917 - mirrors the canonical string's parts, in order
         raise InvalidNotification("signature headers missing", code="signature_missing")
     if abs((now if now is not None else time.time()) - int(ts)) > MAX_SKEW_S:
         raise InvalidNotification("timestamp outside the window", code="timestamp")
-    want = hmac.new(secret, canonical(method, path, ts, nonce, body), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(want, mac):
+    if not as_signing(key).verify(canonical(method, path, ts, nonce, body), mac):
         raise InvalidNotification("bad signature", code="signature")
     return Verified(bank_code=got_code, nonce=nonce)
 
