@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -19,6 +20,7 @@ from channels.bank.signing import HmacSigning, Sm2Signing
 from gateway.cli import main
 from gateway.state import Resources
 from kernel.audit import Actor, AuditEntry
+from kernel.errors import InvalidInput
 from kernel.sm2 import PrivateKey
 from kernel.staff import create_staff
 
@@ -126,17 +128,16 @@ async def test_bad_registrations_are_refused_and_write_nothing(res: Resources) -
             "secret": SECRET,
         } | change
         async with res.sessions() as s:
-            try:
+            with pytest.raises(InvalidInput) as refused:
                 await registry.add(s, actor=ACTOR, **fields)  # type: ignore[arg-type]
-            except registry.InvalidInput as exc:
-                assert exc.code == code
-            else:
-                raise AssertionError(f"{change} was accepted")
+            assert refused.value.code == code
     async with res.sessions() as s:
         assert await registry.list_banks(s) == []
 
 
-async def test_admin_api_for_finance_only(res: Resources, client: AsyncTestClient[Litestar]) -> None:
+async def test_admin_api_for_finance_only(
+    res: Resources, client: AsyncTestClient[Litestar]
+) -> None:
     async with res.sessions() as s:
         _, finance = await create_staff(s, name="wang", role="finance")
         _, auditor = await create_staff(s, name="zhao", role="auditor")

@@ -85,8 +85,8 @@ def test_sm2_signing_on_the_wire_both_directions() -> None:
     path = "/v1/channels/bank/105/confirm"
     headers = {k.lower(): v for k, v in t.sign(bank_side, "POST", path, BODY, "105").items()}
     assert t.verify(our_side, "105", "POST", path, headers, BODY).nonce == headers["x-bank-nonce"]
+    forged = {k.lower(): v for k, v in t.sign(our_side, "POST", path, BODY, "105").items()}
     with pytest.raises(InvalidNotification):  # signed by us is not signed by the bank
-        forged = {k.lower(): v for k, v in t.sign(our_side, "POST", path, BODY, "105").items()}
         t.verify(our_side, "105", "POST", path, forged, BODY)
     with pytest.raises(InvalidNotification):
         t.verify(our_side, "105", "POST", path, headers, BODY + b" ")
