@@ -19,10 +19,9 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import Agency, AgencyItem, ApiKey, RevenueItem
-from kernel import audit
+from kernel import audit, nonces
 from kernel.crypto import keyring
 from kernel.errors import Conflict, InvalidInput, NotFound
-from kernel.nonces import AuthNonce
 
 log = structlog.get_logger(__name__)
 
@@ -306,11 +305,7 @@ async def find_live_key(session: AsyncSession, key_id: str, nonce: str = "") -> 
     outage, so a request accepted then cannot be replayed once Redis is back.
     """
     now = datetime.now(UTC)
-    seen = (
-        select(AuthNonce.key_id)
-        .where(AuthNonce.key_id == key_id, AuthNonce.nonce == nonce, AuthNonce.expires_at > now)
-        .exists()
-    )
+    seen = nonces.seen_clause(key_id, nonce, now)
     row = (
         await session.execute(
             select(ApiKey, seen)

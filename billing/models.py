@@ -1,4 +1,5 @@
-"""Agencies, API keys, the revenue-item catalogue, bills and their lines and history.
+"""Agencies, API keys, the revenue-item catalogue, bills and their lines and history, and
+the agencies' webhook events and delivery attempts.
 
 Money is integer fen (BIGINT) everywhere. Public ids are UUIDs; personal ID numbers are
 stored only encrypted (`*_enc`) plus a keyed hash (`*_hash`) for exact-match search.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -234,3 +236,64 @@ class PaymentCodeCounter(Base):
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_value: Mapped[int] = mapped_column(BigInteger)
     """The first counter value not yet handed out."""
+
+
+# ------------------------------------------------------------------ agency webhooks
+
+
+class WebhookEvent(Base):
+    """One event for one agency; its id is the public event id (Paygate-Event-Id)."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        CheckConstraint("status IN ('PENDING', 'DELIVERED', 'FAILED')", name="status_known"),
+        CheckConstraint(
+            "event IN ('bill.paid', 'bill.refunded', 'bill.expired', 'bill.cancelled',"
+            " 'enote.issued')",
+            name="event_known",
+        ),
+        CheckConstraint(
+            "(status = 'PENDING') = (next_attempt_at IS NOT NULL)", name="pending_has_schedule"
+        ),
+        Index(None, "next_attempt_at", postgresql_where=text("status = 'PENDING'")),
+        Index(None, "agency_id", "created_at", "id"),
+        Index(None, "bill_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id"))
+    event: Mapped[str] = mapped_column(String(32))
+    bill_id: Mapped[uuid.UUID | None]
+    """Not a foreign key: the event log outlives whatever it describes."""
+    source_key: Mapped[str] = mapped_column(String(128), unique=True)
+    """The outbox dedupe key this event came from: one key, one event."""
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    """The `data` object sent to the receiver."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """When the change happened (the outbox message's commit-time clock)."""
+    status: Mapped[str] = mapped_column(String(16), server_default="PENDING")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Attempts claimed so far (also the last attempt_no); never reset."""
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Consecutive failures since the event was (re)queued: indexes RETRY_SCHEDULE."""
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Set while a worker is sending; a crashed worker's lease simply expires."""
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One HTTP try (or a try that could not be made) for an event."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("event_id", "attempt_no"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    url: Mapped[str | None] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)

@@ -25,13 +25,11 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing.models import Agency
+from billing.models import Agency, WebhookAttempt, WebhookEvent
 from billing.webhooks import (
     EVENTS,
     RETRY_SCHEDULE,
     TOPIC,
-    WebhookAttempt,
-    WebhookEvent,
     body_bytes,
     decrypt_secret,
     is_public,

@@ -46,30 +46,17 @@ import httpx
 import msgspec
 import structlog
 from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
     func,
     select,
-    text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.models import Agency
+from billing.models import Agency, WebhookAttempt, WebhookEvent
 from kernel import audit, crypto, cursors, outbox
 from kernel.audit import Actor
 from kernel.clock import SHANGHAI
-from kernel.db import Base
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.outbox import Topic
 
@@ -93,67 +80,6 @@ RETRY_SCHEDULE: Final = (
 SIGNATURE_HEADER: Final = "Paygate-Signature"
 DEFAULT_TOLERANCE_S: Final = 300
 _MAX_KEY = 128  # outbox.key length
-
-
-# ------------------------------------------------------------------ tables
-
-
-class WebhookEvent(Base):
-    """One event for one agency; its id is the public event id (Paygate-Event-Id)."""
-
-    __tablename__ = "webhook_events"
-    __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'DELIVERED', 'FAILED')", name="status_known"),
-        CheckConstraint(
-            "event IN ('bill.paid', 'bill.refunded', 'bill.expired', 'bill.cancelled',"
-            " 'enote.issued')",
-            name="event_known",
-        ),
-        CheckConstraint(
-            "(status = 'PENDING') = (next_attempt_at IS NOT NULL)", name="pending_has_schedule"
-        ),
-        Index(None, "next_attempt_at", postgresql_where=text("status = 'PENDING'")),
-        Index(None, "agency_id", "created_at", "id"),
-        Index(None, "bill_id"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id"))
-    event: Mapped[str] = mapped_column(String(32))
-    bill_id: Mapped[uuid.UUID | None]
-    """Not a foreign key: the event log outlives whatever it describes."""
-    source_key: Mapped[str] = mapped_column(String(128), unique=True)
-    """The outbox dedupe key this event came from: one key, one event."""
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    """The `data` object sent to the receiver."""
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    """When the change happened (the outbox message's commit-time clock)."""
-    status: Mapped[str] = mapped_column(String(16), server_default="PENDING")
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    """Attempts claimed so far (also the last attempt_no); never reset."""
-    failures: Mapped[int] = mapped_column(Integer, server_default="0")
-    """Consecutive failures since the event was (re)queued: indexes RETRY_SCHEDULE."""
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    """Set while a worker is sending; a crashed worker's lease simply expires."""
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class WebhookAttempt(Base):
-    """One HTTP try (or a try that could not be made) for an event."""
-
-    __tablename__ = "webhook_attempts"
-    __table_args__ = (UniqueConstraint("event_id", "attempt_no"),)
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
-    attempt_no: Mapped[int] = mapped_column(Integer)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    url: Mapped[str | None] = mapped_column(Text)
-    status_code: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    duration_ms: Mapped[int] = mapped_column(Integer)
-    response_excerpt: Mapped[str | None] = mapped_column(Text)
 
 
 # ------------------------------------------------------------------ producing events

@@ -13,10 +13,10 @@ canonical string — six lines joined with "\\n", no trailing newline:
 
 Checks, cheapest first and all before anything is written: header shape, clock skew
 (±300 s by default), key live and agency active, constant-time signature compare — and
-only then the nonce is recorded (Redis `SET NX EX`; when Redis errors, a unique row in
-`auth_nonces`, which the key lookup also consults, so a nonce accepted during a Redis outage
-stays spent after Redis is back). A nonce seen before is a replay. Every failure is a 401
-with its own code.
+only then the nonce is recorded, scoped by the key id, in the one nonce store
+(`kernel.nonces`: Redis, PostgreSQL while Redis is down; the key lookup also consults the
+table in its one query). A nonce seen before is a replay. Every failure is a 401 with its
+own code.
 """
 
 from __future__ import annotations
@@ -27,18 +27,17 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import structlog
 from litestar import Request
 from litestar.di import NamedDependency
-from redis.exceptions import RedisError
-from sqlalchemy import text
 
 from billing.agencies import find_live_key, key_use_due, touch_key
 from gateway.state import Resources
+from kernel import nonces
 from kernel.audit import Actor
 from kernel.errors import Unauthorized
 
@@ -128,25 +127,6 @@ def _parse(header: str) -> dict[str, str]:
     return params
 
 
-async def _remember_nonce(resources: Resources, key_id: str, nonce: str, ttl: int) -> bool:
-    """True when the nonce is new. Redis first; Postgres when Redis is unavailable."""
-    try:
-        return bool(
-            await resources.redis.set(f"paygate:nonce:{key_id}:{nonce}", b"1", nx=True, ex=ttl)
-        )
-    except (RedisError, OSError) as exc:
-        log.warning("nonce store falling back to postgres", error=type(exc).__name__)
-    async with resources.engine.begin() as conn:
-        row = await conn.execute(
-            text(
-                "INSERT INTO auth_nonces (key_id, nonce, expires_at) VALUES (:k, :n, :e)"
-                " ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {"k": key_id, "n": nonce, "e": datetime.now(UTC) + timedelta(seconds=ttl)},
-        )
-        return row.first() is not None
-
-
 async def verify(
     resources: Resources,
     *,
@@ -173,8 +153,8 @@ async def verify(
     )
     if not hmac.compare_digest(expected, p["sig"].lower()):
         raise Unauthorized("Signature does not match.", code="auth_signature")
-    if key.nonce_seen or not await _remember_nonce(
-        resources, key.key_id, p["nonce"], cfg.nonce_ttl_s
+    if key.nonce_seen or not await nonces.first_use(
+        resources.redis, resources.sessions, key.key_id, p["nonce"], cfg.nonce_ttl_s
     ):
         raise Unauthorized("Nonce already used.", code="auth_replay")
     used_at = datetime.now(UTC)
@@ -197,10 +177,3 @@ async def provide_principal(
         authorization=request.headers.get("authorization"),
         body=await request.body(),
     )
-
-
-async def purge_nonces(resources: Resources) -> int:
-    """Worker job: drop fallback nonces whose window has passed."""
-    async with resources.engine.begin() as conn:
-        res = await conn.execute(text("DELETE FROM auth_nonces WHERE expires_at < now()"))
-    return int(res.rowcount or 0)

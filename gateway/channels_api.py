@@ -86,7 +86,9 @@ class BankController(Controller):
         answer: bank_inbound.BankAnswer
         try:
             nonce = adapter.verify_inbound("POST", path, request.headers, body)
-            if not await bank_inbound.nonce_fresh(resources.redis, bank_code, nonce):
+            if not await bank_inbound.nonce_fresh(
+                resources.redis, resources.sessions, bank_code, nonce
+            ):
                 raise InvalidNotification("nonce reused", code="nonce")
         except InvalidNotification as exc:
             bound.warning("bank message rejected", reason=exc.code)

@@ -22,13 +22,9 @@ def target_metadata() -> MetaData:
     """The metadata of every model module, for autogenerate and drift checks."""
     # Imported for their table definitions; each feature adds its model modules here.
     import billing.models
-    import billing.webhooks
     import channels.bank.models
     import enotes.models
-    import kernel.audit
-    import kernel.nonces
-    import kernel.outbox
-    import kernel.staff
+    import kernel.models
     import ledger.models
     import payments.models
     import settlement.models

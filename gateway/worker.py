@@ -107,9 +107,9 @@ async def expire_bills(resources: Resources) -> int:
 
 
 async def purge_auth_nonces(resources: Resources) -> int:
-    from gateway.auth import purge_nonces
+    from kernel.nonces import purge
 
-    await purge_nonces(resources)
+    await purge(resources.sessions)
     return 0  # housekeeping: never makes the loop spin
 
 

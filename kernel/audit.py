@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import BigInteger, DateTime, Index, String, func
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.db import Base
+from kernel.models import AuditEntry
+
+__all__ = ["Actor", "record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,21 +19,6 @@ class Actor:
 
     type: str  # agency | finance | auditor | system
     id: str
-
-
-class AuditEntry(Base):
-    __tablename__ = "audit_log"
-    __table_args__ = (Index(None, "object_type", "object_id"), Index(None, "at"))
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    actor_type: Mapped[str] = mapped_column(String(16))  # agency | finance | auditor | system
-    actor_id: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(64))
-    object_type: Mapped[str] = mapped_column(String(32))
-    object_id: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
-    request_id: Mapped[str | None] = mapped_column(String(64))
 
 
 def record(

@@ -11,24 +11,23 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    Index,
-    Integer,
-    Select,
-    String,
-    Table,
-    Text,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Select, Table, func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.db import Base
+from kernel.models import OutboxMessage
+
+__all__ = [
+    "KEY_CONSTRAINT",
+    "Topic",
+    "claim",
+    "claim_payloads",
+    "done",
+    "enqueue",
+    "enqueue_many",
+    "mark_done",
+    "retry_later",
+]
 
 _T = TypeVar("_T")  # the row type of a Select
 
@@ -49,31 +48,6 @@ class Topic(StrEnum):
 KEY_CONSTRAINT = "uq_outbox_key"
 """ON CONFLICT names the constraint, not `index_elements`: SQLAlchemy cannot cache a statement
 with `index_elements`, so it would compile the INSERT again on every call."""
-
-
-class OutboxMessage(Base):
-    __tablename__ = "outbox"
-    __table_args__ = (
-        Index(
-            "ix_outbox_due",
-            "topic",
-            "available_at",
-            postgresql_where=text("processed_at IS NULL"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    topic: Mapped[str] = mapped_column(String(64))
-    key: Mapped[str] = mapped_column(String(128), unique=True)
-    """Deduplication key: the same logical message is enqueued at most once."""
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    available_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 async def enqueue(session: AsyncSession, topic: str, key: str, payload: dict[str, Any]) -> None:

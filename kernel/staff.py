@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import uuid
-from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import (
-    Boolean,
-    CheckConstraint,
-    DateTime,
-    ForeignKey,
-    LargeBinary,
-    String,
-    func,
-    select,
-    text,
-)
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel import audit
-from kernel.db import Base
 from kernel.errors import Conflict, InvalidInput, Unauthorized
+from kernel.models import StaffToken, StaffUser
+
+__all__ = ["StaffRole", "authenticate", "create_staff"]
 
 
 class StaffRole(StrEnum):
@@ -32,28 +21,6 @@ class StaffRole(StrEnum):
     AUDITOR = "AUDITOR"
     """Read-only."""
     ADMIN = "ADMIN"
-
-
-class StaffUser(Base):
-    __tablename__ = "staff_users"
-    __table_args__ = (
-        CheckConstraint("role IN ('FINANCE', 'AUDITOR', 'ADMIN')", name="role_known"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
-    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class StaffToken(Base):
-    __tablename__ = "staff_tokens"
-
-    token_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
-    staff_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("staff_users.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 def _hash(token: str) -> bytes:

@@ -25,10 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import RedisError
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from billing import payer as bills
 from billing.models import Bill, BillLine
@@ -38,6 +37,7 @@ from channels.bank.transforms import ResultCode, format_time, parse_time
 from channels.bank.transforms import pay_mode as wire_pay_mode
 from channels.base import PayMode
 from channels.money import fen_to_yuan, yuan_to_fen
+from kernel import nonces
 from kernel.clock import shanghai_today
 from kernel.kv import KV
 from payments.confirm import (
@@ -72,13 +72,12 @@ class BankAnswer:
         return {"code": self.code, "msg": self.msg, "data": self.data}
 
 
-async def nonce_fresh(redis: KV, bank_code: str, nonce: str) -> bool:
-    """First use of a nonce within its window? Redis down: trust the timestamp window."""
-    try:
-        return bool(await redis.set(f"nonce:bank:{bank_code}:{nonce}", 1, nx=True, ex=NONCE_TTL_S))
-    except RedisError:
-        log.warning("nonce store unavailable; relying on the timestamp window")
-        return True
+async def nonce_fresh(
+    redis: KV, sessions: async_sessionmaker[AsyncSession], bank_code: str, nonce: str
+) -> bool:
+    """First use of a nonce within its window (the one nonce store, kernel.nonces: Redis,
+    PostgreSQL while Redis is down)."""
+    return await nonces.first_use(redis, sessions, f"bank:{bank_code}", nonce, NONCE_TTL_S)
 
 
 def _code_problem(code: str) -> BankAnswer | None:

@@ -73,10 +73,11 @@ from billing.models import Bill
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from channels.base import PayMode
-from kernel import audit, outbox
+from kernel import outbox
 from kernel.clock import business_date
 from kernel.group_commit import GroupCommit, PerLoop
 from kernel.kv import KV
+from kernel.models import AuditEntry, OutboxMessage
 from kernel.outbox import Topic
 from payments.models import PaymentAttempt, Receipt, Refund
 from payments.refunds import TOPIC_EXECUTE
@@ -161,8 +162,8 @@ _B = cast(Table, Bill.__table__)
 _A = cast(Table, PaymentAttempt.__table__)
 _R = cast(Table, Receipt.__table__)
 _RF = cast(Table, Refund.__table__)
-_AU = cast(Table, audit.AuditEntry.__table__)
-_OB = cast(Table, outbox.OutboxMessage.__table__)
+_AU = cast(Table, AuditEntry.__table__)
+_OB = cast(Table, OutboxMessage.__table__)
 BILL_COLUMNS = (
     _B.c.id,
     _B.c.agency_id,

@@ -45,7 +45,8 @@ from channels.base import (
 from kernel import audit, outbox
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
-from kernel.outbox import OutboxMessage, Topic
+from kernel.models import OutboxMessage
+from kernel.outbox import Topic
 from payments.context import PaymentContext
 from payments.models import Receipt, Refund
 from payments.states import REFUND, RefundStatus
