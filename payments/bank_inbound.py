@@ -38,18 +38,21 @@ from channels.bank.transforms import pay_mode as wire_pay_mode
 from channels.base import PayMode
 from channels.money import fen_to_yuan, yuan_to_fen
 from kernel import nonces
-from kernel.clock import shanghai_today
+from kernel.clock import business_date, shanghai_today
 from kernel.kv import KV
 from payments.confirm import (
     BILL_COLUMNS,
     AttemptFacts,
     ConfirmOutcome,
     ConfirmResult,
+    Opening,
+    Paying,
     after_commit,
     apply_confirmation,
     apply_to_locked,
     bill_facts,
     core_transaction,
+    open_and_confirm,
 )
 from payments.context import PaymentContext
 from payments.models import PaymentAttempt
@@ -170,7 +173,7 @@ def _new_attempt(
     )
 
 
-async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the interface
+async def bank_confirm(  # noqa: PLR0911, PLR0912 - one answer per result code of the interface
     ctx: PaymentContext, channel: str, msg: dict[str, Any], *, now: datetime | None = None
 ) -> BankAnswer:
     now = now or datetime.now(UTC)
@@ -193,6 +196,10 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
     if problem is not None:
         return problem
     bound = log.bind(channel=channel, bank_serial=serial)
+    if order_id is None:
+        made = await _grouped(ctx, channel, code, serial, amount, paid_at, pay_mode, now)
+        if made is not None:
+            return _confirmed(made, serial)
     conflict = BankAnswer(ResultCode.DUPLICATE_CONFIRMATION, "conflicting confirmation")
     for _ in range(2):  # a second pass after losing a race on a unique index
         try:
@@ -228,6 +235,44 @@ async def bank_confirm(  # noqa: PLR0911 - one answer per result code of the int
         return conflict
     if result.outcome == ConfirmOutcome.UNKNOWN_ATTEMPT:
         return BankAnswer(ResultCode.UNKNOWN_CODE, "unknown order")
+    return _confirmed(result, serial)
+
+
+async def _grouped(  # noqa: PLR0917 - the confirmation's facts
+    ctx: PaymentContext,
+    channel: str,
+    code: str,
+    serial: str,
+    amount: int,
+    paid_at: datetime,
+    pay_mode: PayMode,
+    now: datetime,
+) -> ConfirmResult | None:
+    """The usual message (no prior query): one grouped statement opens the attempt and
+    pays the bill; None when its guards did not hold (the general path decides)."""
+    expires_at = now + timedelta(seconds=ctx.attempt_ttl_s)
+    paying = Paying(
+        attempt_id=uuid.uuid4(),
+        bill_id=None,
+        channel=channel,
+        channel_trade_no=serial,
+        amount=amount,
+        paid_at=paid_at,
+        business_date=business_date(paid_at, ctx.cutoff),
+        source=f"confirm:{channel}",
+        pay_mode=pay_mode,
+        opening=Opening(
+            payment_code=code,
+            mode=pay_mode.value,
+            expires_at=expires_at,
+            next_check_at=min(now + timedelta(seconds=ctx.first_check_s), expires_at),
+            paid_day=shanghai_today(paid_at),
+        ),
+    )
+    return await open_and_confirm(ctx.sessions, ctx.redis, paying)
+
+
+def _confirmed(result: ConfirmResult, serial: str) -> BankAnswer:
     disposition = "PAID" if result.receipt_kind == "PAYMENT" else "REFUND"
     return BankAnswer(
         ResultCode.OK,

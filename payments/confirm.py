@@ -505,6 +505,44 @@ CAN_SUCCEED: list[str] = sorted(
 
 
 @dataclass(frozen=True, slots=True)
+class Opening:
+    """A payment by payment code with no attempt of ours yet: the attempt it opens."""
+
+    payment_code: str
+    mode: str
+    expires_at: datetime
+    next_check_at: datetime
+    paid_day: date
+    """The Asia/Shanghai day of payment: on or before the due date, no late fee is due."""
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "code": self.payment_code,
+            "mode": self.mode[:16],
+            "expires_at": self.expires_at.isoformat(),
+            "next_check_at": self.next_check_at.isoformat(),
+            "paid_day": self.paid_day.isoformat(),
+        }
+
+
+async def open_and_confirm(
+    sessions: async_sessionmaker[AsyncSession], redis: KV | None, paying: Paying
+) -> ConfirmResult | None:
+    """The usual bank confirmation without a prior query (`paying.opening` set): its
+    attempt opened and the bill paid by `_OPEN_AND_APPLY`, grouped like `_APPLY`. None when
+    a guard did not hold or the batch failed — nothing was written; the general path
+    decides (a repeat, a duplicate, a late fee, a wrong amount...)."""
+    engine = sessions.kw.get("bind")
+    if not isinstance(engine, AsyncEngine) or paying.opening is None:
+        return None
+    applied = await _apply_at_once(engine, paying)
+    if applied is None:
+        return None
+    await after_commit(redis, *applied, paying.source)
+    return applied[0]
+
+
+@dataclass(frozen=True, slots=True)
 class Paying:
     """One payment for `_APPLY`: what the channel said, and the ids we give its records."""
 
@@ -518,6 +556,8 @@ class Paying:
     source: str
     pay_mode: PayMode
     receipt_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    opening: Opening | None = None
+    """For `_OPEN_AND_APPLY`: the attempt to open, by payment code (`bill_id` None)."""
     request_id: str | None = field(
         default_factory=lambda: structlog.contextvars.get_contextvars().get("request_id")
     )
@@ -552,22 +592,26 @@ async def _apply_batch(
     for each payment it made, None for one whose guards did not hold."""
     made: dict[tuple[int, uuid.UUID], tuple[uuid.UUID, str]] = {}
     for engine in {id(e): e for e, _ in batch}.values():
-        payings = [p for e, p in batch if e is engine]
-        for attempt_id, row in (await _apply_on(engine, payings)).items():
-            made[id(engine), attempt_id] = row
+        for opening in (False, True):  # a statement for each kind the batch holds
+            payings = [p for e, p in batch if e is engine and (p.opening is not None) == opening]
+            if payings:
+                for attempt_id, row in (await _apply_on(engine, payings, opening)).items():
+                    made[id(engine), attempt_id] = row
     return [made.get((id(e), p.attempt_id)) for e, p in batch]
 
 
 async def _apply_on(
-    engine: AsyncEngine, payings: list[Paying]
+    engine: AsyncEngine, payings: list[Paying], opening: bool
 ) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
-    """`_APPLY` on the driver connection (SQLAlchemy's per-statement work was most of a
-    confirmation's Python); nothing made when the statement fails as a whole."""
+    """`_APPLY` (or `_OPEN_AND_APPLY`) on the driver connection (SQLAlchemy's
+    per-statement work was most of a confirmation's Python); nothing made when the
+    statement fails as a whole."""
     params = _apply_params(payings, statuses=CAN_SUCCEED, deadline_checked=False)
+    statement = _OPEN_AND_APPLY if opening else _APPLY
     async with engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         try:
-            rows = await _APPLY.fetch(driver, params)
+            rows = await statement.fetch(driver, params)
         except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
             # Two payments of one bill in the batch, a trade number seen before, or a
             # deadlock with another path: rolled back whole; each payment's general path
@@ -621,6 +665,7 @@ def _apply_params(
                 "actor": p.source[:64],
                 "request_id": p.request_id,
                 "memo": ledger.receipt_memo("PAYMENT", p.channel),
+                **(p.opening.columns() if p.opening is not None else {}),
                 "debit_code": debit,
                 "credit_code": credit,
             }
@@ -666,31 +711,8 @@ _PAID_EVENTS = bill_events.insert_sql(
         " 'receipt_id', CAST(receipt_id AS text))"
     ),
 )
-_APPLY = DriverStatement.of(
-    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(attempt_id uuid,"  # noqa: S608 - constants only
-    " bill_id uuid, channel varchar, trade_no varchar, pay_mode varchar, amount bigint,"
-    " paid_at timestamptz,"
-    " paid_at_text text, receipt_id uuid, business_date date, actor varchar,"
-    " request_id varchar, memo text, debit_code text, credit_code text)),"
-    # lk: each payment's bill and attempt rows, locked (bill first, bills in id order, as
-    # every path locks them) only if every guard holds on the locked versions; each write
-    # below is a no-op for a payment without them.
-    " lk AS (SELECT i.*, b.agency_id, b.agency_bill_no, b.payment_code, b.principal_amount,"
-    " b.id AS paid_bill, coalesce(i.trade_no, a.channel_trade_no) AS final_trade_no,"
-    " greatest(0, i.amount - b.principal_amount) AS late_fee"
-    " FROM i JOIN payment_attempts AS a ON a.id = i.attempt_id"
-    " JOIN bills AS b ON b.id = a.bill_id"
-    " WHERE a.channel = i.channel AND (i.bill_id IS NULL OR b.id = i.bill_id)"
-    " AND a.status = ANY(CAST(:statuses AS varchar[])) AND a.amount = i.amount"
-    " AND (a.channel_trade_no IS NULL OR i.trade_no IS NULL OR a.channel_trade_no = i.trade_no)"
-    f" AND b.status = '{_PAYABLE}'"
-    " AND (CAST(:deadline_checked AS boolean) OR i.paid_at <= b.expires_at)"
-    " AND (SELECT count(*) FROM ledger_accounts WHERE code IN (i.debit_code, i.credit_code)) = 2"
-    " ORDER BY b.id FOR UPDATE OF b, a),"
-    f" att AS (UPDATE payment_attempts AS a SET status = '{AttemptStatus.SUCCEEDED.value}',"
-    " channel_trade_no = lk.final_trade_no, updated_at = now()"
-    " FROM lk WHERE a.id = lk.attempt_id RETURNING a.id),"
-    f" paid AS (UPDATE bills AS b SET status = '{_PAID}', paid_amount = lk.amount,"
+_PAY_WRITES = (
+    f" paid AS (UPDATE bills AS b SET status = '{_PAID}', paid_amount = lk.amount,"  # noqa: S608 - constants only
     " paid_at = lk.paid_at, updated_at = now() FROM lk WHERE b.id = lk.paid_bill RETURNING b.id),"
     " rc AS (INSERT INTO receipts (id, bill_id, attempt_id, channel, channel_trade_no, kind,"
     " pay_mode, amount, refunded_amount, late_fee_amount, paid_at, business_date)"
@@ -721,10 +743,67 @@ _APPLY = DriverStatement.of(
     f" {ledger.posting_ctes('src')}"
     " SELECT attempt_id, paid_bill AS bill_id, payment_code FROM lk"
 )
+"""The writes of a payment, from `lk` (its locked rows, with the guards held): the bill to
+PAID, the receipt, the bill's event, the audit row, the outbox messages and the ledger
+entry; then one row (attempt, bill, payment code) per payment made."""
+_APPLY = DriverStatement.of(
+    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(attempt_id uuid,"  # noqa: S608 - constants only
+    " bill_id uuid, channel varchar, trade_no varchar, pay_mode varchar, amount bigint,"
+    " paid_at timestamptz,"
+    " paid_at_text text, receipt_id uuid, business_date date, actor varchar,"
+    " request_id varchar, memo text, debit_code text, credit_code text)),"
+    # lk: each payment's bill and attempt rows, locked (bill first, bills in id order, as
+    # every path locks them) only if every guard holds on the locked versions; each write
+    # below is a no-op for a payment without them.
+    " lk AS (SELECT i.*, b.agency_id, b.agency_bill_no, b.payment_code, b.principal_amount,"
+    " b.id AS paid_bill, coalesce(i.trade_no, a.channel_trade_no) AS final_trade_no,"
+    " greatest(0, i.amount - b.principal_amount) AS late_fee"
+    " FROM i JOIN payment_attempts AS a ON a.id = i.attempt_id"
+    " JOIN bills AS b ON b.id = a.bill_id"
+    " WHERE a.channel = i.channel AND (i.bill_id IS NULL OR b.id = i.bill_id)"
+    " AND a.status = ANY(CAST(:statuses AS varchar[])) AND a.amount = i.amount"
+    " AND (a.channel_trade_no IS NULL OR i.trade_no IS NULL OR a.channel_trade_no = i.trade_no)"
+    f" AND b.status = '{_PAYABLE}'"
+    " AND (CAST(:deadline_checked AS boolean) OR i.paid_at <= b.expires_at)"
+    " AND (SELECT count(*) FROM ledger_accounts WHERE code IN (i.debit_code, i.credit_code)) = 2"
+    " ORDER BY b.id FOR UPDATE OF b, a),"
+    f" att AS (UPDATE payment_attempts AS a SET status = '{AttemptStatus.SUCCEEDED.value}',"
+    " channel_trade_no = lk.final_trade_no, updated_at = now()"
+    " FROM lk WHERE a.id = lk.attempt_id RETURNING a.id)," + _PAY_WRITES
+)
 """Pay bills with these attempts: every write of the confirmations as ONE statement of
 data-modifying CTEs (each runs once, whether read or not; foreign keys and the ledger's
 balance trigger are checked at its end). One row (attempt, bill, payment code) per payment
 it made; a payment whose guards did not hold has none."""
+
+_OPEN_AND_APPLY = DriverStatement.of(
+    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(attempt_id uuid,"  # noqa: S608 - constants only
+    " code varchar, channel varchar, trade_no varchar, pay_mode varchar, mode varchar,"
+    " amount bigint, paid_at timestamptz, paid_at_text text, paid_day date,"
+    " expires_at timestamptz, next_check_at timestamptz, receipt_id uuid,"
+    " business_date date, actor varchar, request_id varchar, memo text, debit_code text,"
+    " credit_code text)),"
+    # lk: the bill of each payment code, locked, when it can take this payment as it
+    # stands: payable, before its expiry, the amount its principal, paid by its due date
+    # (so no late fee can be due), and the channel's reference not seen before.
+    " lk AS (SELECT i.*, b.agency_id, b.agency_bill_no, b.payment_code, b.principal_amount,"
+    " b.id AS paid_bill, i.trade_no AS final_trade_no, CAST(0 AS bigint) AS late_fee"
+    " FROM i JOIN bills AS b ON b.payment_code = i.code"
+    f" WHERE b.status = '{_PAYABLE}' AND i.paid_at <= b.expires_at"
+    " AND i.amount = b.principal_amount AND i.paid_day <= b.due_date"
+    " AND NOT EXISTS (SELECT 1 FROM payment_attempts AS k"
+    " WHERE k.channel = i.channel AND k.channel_trade_no = i.trade_no)"
+    " AND (SELECT count(*) FROM ledger_accounts WHERE code IN (i.debit_code, i.credit_code)) = 2"
+    " ORDER BY b.id FOR UPDATE OF b),"
+    " att AS (INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount,"
+    " channel_trade_no, expires_at, next_check_at)"
+    f" SELECT attempt_id, paid_bill, channel, mode, '{AttemptStatus.SUCCEEDED.value}', amount,"
+    " trade_no, expires_at, next_check_at FROM lk RETURNING id)," + _PAY_WRITES
+)
+"""A channel's payment by payment code with no attempt of ours yet (a bank's confirmation
+without a prior query): open its attempt, already SUCCEEDED, and pay the bill, as ONE
+statement like `_APPLY`. A payment whose guards did not hold has no row: the general path
+(payments.bank_inbound) decides it."""
 
 
 @functools.cache
