@@ -23,6 +23,23 @@ from kernel import audit, nonces
 from kernel.crypto import keyring
 from kernel.errors import Conflict, InvalidInput, NotFound
 
+__all__ = [
+    "IssuedKey",
+    "KeyLookup",
+    "add_item",
+    "create_agency",
+    "create_key",
+    "decrypt_secret",
+    "find_live_key",
+    "key_use_due",
+    "live_keys",
+    "make_credit_code",
+    "revoke_key",
+    "rotate_key",
+    "touch_key",
+    "validate_credit_code",
+]
+
 log = structlog.get_logger(__name__)
 
 MAX_LIVE_KEYS = 2

@@ -42,6 +42,33 @@ from kernel.clock import SHANGHAI, shanghai_today
 from kernel.crypto import keyring, mask_id_number
 from kernel.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
 
+__all__ = [
+    "CSV_COLUMNS",
+    "MAX_AMOUNT",
+    "MAX_BATCH",
+    "MAX_LINES",
+    "MAX_QUANTITY",
+    "AgencyBill",
+    "BillFilter",
+    "BillingConfig",
+    "IssueResult",
+    "Line",
+    "NewBill",
+    "Payer",
+    "cancel_bill",
+    "expire_due",
+    "export_rows",
+    "find_by_payment_code",
+    "get_bill",
+    "issue_bill",
+    "issue_bills",
+    "list_bills",
+    "payer_id_hash",
+    "resident_id_check_char",
+    "reveal_payer",
+    "transition",
+]
+
 log = structlog.get_logger(__name__)
 
 MAX_AMOUNT = 10**12

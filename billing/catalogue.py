@@ -16,6 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.models import BUDGET_LEVELS, ITEM_CATEGORIES, RevenueItem
 from kernel.errors import InvalidInput
 
+__all__ = [
+    "DEMO_ITEMS",
+    "ItemSpec",
+    "seed_demo_items",
+    "upsert_item",
+    "validate_item",
+]
+
 LATE_FEE_RULES = ("NONE", "FINE_DAILY_3PCT")
 _SUBJECT = re.compile(r"^[0-9]{12}$")
 _CODE = re.compile(r"^[0-9A-Za-z._-]{1,32}$")

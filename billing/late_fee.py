@@ -13,6 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+__all__ = [
+    "AmountDue",
+    "DayCount",
+    "amount_due",
+]
+
 DAILY_RATE_BP = 300  # 3% per day, in basis points
 
 

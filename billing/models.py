@@ -32,6 +32,21 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.db import Base
 
+__all__ = [
+    "BUDGET_LEVELS",
+    "ITEM_CATEGORIES",
+    "Agency",
+    "AgencyItem",
+    "ApiKey",
+    "Bill",
+    "BillEvent",
+    "BillLine",
+    "PaymentCodeCounter",
+    "RevenueItem",
+    "WebhookAttempt",
+    "WebhookEvent",
+]
+
 ITEM_CATEGORIES = ("FINE", "EXAM_FEE", "TUITION", "OTHER")
 BUDGET_LEVELS = (1, 2, 3, 4, 5, 6)
 """Treasury budget levels: 1 central, 2 provincial, 3 city, 4 county, 5 township, 6 local."""

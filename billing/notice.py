@@ -9,6 +9,10 @@ from kernel.capitals import rmb_capitals
 from kernel.clock import SHANGHAI
 from kernel.pdf import GREY, RED, Column, DocItem, Sheet, yuan
 
+__all__ = [
+    "render_bill_notice",
+]
+
 
 def render_bill_notice(
     *,

@@ -14,6 +14,16 @@ import re
 
 from kernel.errors import InvalidInput
 
+__all__ = [
+    "LENGTH",
+    "SERIAL_SPACE",
+    "SerialPermutation",
+    "check_digit",
+    "compose",
+    "is_valid",
+    "validate",
+]
+
 LENGTH = 20
 SERIAL_SPACE = 10**9
 CATEGORY_CODES = {"FINE": "01", "EXAM_FEE": "02", "TUITION": "03", "OTHER": "09"}

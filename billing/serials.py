@@ -17,6 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.payment_code import SerialPermutation, compose
 
+__all__ = [
+    "allocate",
+    "load_serial_key",
+    "payment_codes",
+]
+
 _ALLOCATE = text(
     "INSERT INTO payment_code_counters (region_code, year, next_value)"
     " VALUES (:region, :year, :n)"

@@ -37,6 +37,12 @@ from billing.webhooks import (
 )
 from kernel import crypto, outbox
 
+__all__ = [
+    "Deliverer",
+    "ingest",
+    "vetted_addresses",
+]
+
 log = structlog.get_logger(__name__)
 
 _EXCERPT_BYTES = 1024

@@ -60,6 +60,28 @@ from kernel.clock import SHANGHAI
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.outbox import Topic
 
+__all__ = [
+    "EVENTS",
+    "RETRY_SCHEDULE",
+    "TOPIC",
+    "AttemptView",
+    "EventFilter",
+    "EventPage",
+    "EventView",
+    "body_bytes",
+    "check_url",
+    "decrypt_secret",
+    "emit",
+    "get_event",
+    "is_public",
+    "list_attempts",
+    "list_events",
+    "resend",
+    "set_endpoint",
+    "sign",
+    "verify_signature",
+]
+
 log = structlog.get_logger(__name__)
 
 TOPIC: Final = Topic.WEBHOOK

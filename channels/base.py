@@ -13,6 +13,28 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+__all__ = [
+    "Ack",
+    "ChannelAdapter",
+    "ChannelError",
+    "ChannelRegistry",
+    "CreatePayment",
+    "CreatedPayment",
+    "InvalidNotification",
+    "Notification",
+    "OutcomeUnknown",
+    "PayMode",
+    "PaymentStatus",
+    "RefundRequest",
+    "RefundResult",
+    "RefundState",
+    "Rejected",
+    "StatementKind",
+    "StatementLine",
+    "TradeState",
+    "Unavailable",
+]
+
 # ------------------------------------------------------------------ failures
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import re
 
+__all__ = [
+    "fen_to_yuan",
+    "yuan_to_fen",
+]
+
 _YUAN = re.compile(r"^(-?)(\d{1,12})(?:\.(\d{1,2}))?$")
 
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from kernel.pdf import BLACK, GREY, RED, Column, DocItem, Sheet, yuan
 
+__all__ = [
+    "NoteView",
+    "render_note",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class NoteView:

@@ -50,6 +50,29 @@ from kernel.pdf import DocItem
 from payments.models import Receipt, Refund
 from payments.refunds import TOPIC_RED_LETTER as RED_TOPIC
 
+__all__ = [
+    "ISSUE_BATCH",
+    "ISSUE_LANES",
+    "EnoteConfig",
+    "EnoteContext",
+    "IssuedNote",
+    "NotReady",
+    "NoteSummary",
+    "SignatureCheck",
+    "Verification",
+    "canonical_json",
+    "issue_for_receipts",
+    "issue_pending",
+    "note_view",
+    "notes_for_bill",
+    "notes_for_payment_code",
+    "red_letter_for_refund",
+    "run_issue_job",
+    "run_red_job",
+    "verify",
+    "verify_note",
+]
+
 log = structlog.get_logger(__name__)
 
 SPEC_VERSION = "1.0"

@@ -20,6 +20,18 @@ from tongsuopy.crypto import hashes, serialization
 from tongsuopy.crypto.asymciphers import ec
 from tongsuopy.crypto.exceptions import InternalError, InvalidSignature
 
+__all__ = [
+    "ALGORITHM",
+    "DEFAULT_SIGNER_ID",
+    "NoteSigners",
+    "SM2Signer",
+    "SM2Verifier",
+    "Signer",
+    "Verifier",
+    "load_signer",
+    "signed_by_supervisor",
+]
+
 log = structlog.get_logger(__name__)
 
 ALGORITHM = "SM2-SM3"

@@ -41,6 +41,13 @@ from kernel import nonces
 from kernel.audit import Actor
 from kernel.errors import Unauthorized
 
+__all__ = [
+    "AgencyPrincipal",
+    "authorization_header",
+    "provide_principal",
+    "verify",
+]
+
 log = structlog.get_logger(__name__)
 
 SCHEME = "PAYGATE-HMAC-SHA256"

@@ -12,6 +12,11 @@ from sqlalchemy.ext.asyncio import (
 
 from gateway.settings import DatabaseSettings
 
+__all__ = [
+    "create_engine",
+    "session_factory",
+]
+
 
 def async_url(url: str) -> str:
     """Accept the usual `postgresql://` / `postgres://` forms and pick the asyncpg driver."""

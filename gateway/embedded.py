@@ -26,6 +26,11 @@ from pathlib import Path
 
 import structlog
 
+__all__ = [
+    "EmbeddedServices",
+    "start",
+]
+
 log = structlog.get_logger(__name__)
 
 _PG_DATABASE = "paygate"

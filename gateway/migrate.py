@@ -10,6 +10,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import MetaData
 
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "downgrade",
+    "target_metadata",
+    "upgrade",
+]
+
 MIGRATION_LOCK_KEY = 0x7061_7967  # "payg"
 
 

@@ -11,6 +11,14 @@ import subprocess
 import sys
 import threading
 
+__all__ = [
+    "exit_with_parent",
+    "free_port",
+    "freeze_startup_heap",
+    "spawn_child",
+    "stop_children",
+]
+
 
 def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     """SIGTERM ourselves (a graceful stop) once `parent_pid` is no longer our parent."""

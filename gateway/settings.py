@@ -13,6 +13,20 @@ from pathlib import Path
 from channels.alipay.config import AlipayConfig
 from kernel.crypto import KeySettings
 
+__all__ = [
+    "BankSettings",
+    "BillingSettings",
+    "DatabaseSettings",
+    "EnoteSettings",
+    "LogSettings",
+    "PaymentSettings",
+    "RedisSettings",
+    "ServerSettings",
+    "Settings",
+    "SettlementSettings",
+    "WebhookSettings",
+]
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()

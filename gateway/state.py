@@ -19,6 +19,11 @@ from kernel.kv import KV
 from payments.confirm import APPLY_GROUPS, CONFIRM_GATE
 from payments.context import PaymentContext
 
+__all__ = [
+    "Resources",
+    "build_channels",
+]
+
 
 @dataclass
 class Resources:

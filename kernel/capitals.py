@@ -12,6 +12,10 @@ Rules (as banks and the fiscal note specification write them):
 
 from __future__ import annotations
 
+__all__ = [
+    "rmb_capitals",
+]
+
 DIGITS = "零壹贰叁肆伍陆柒捌玖"
 _POSITIONS = ("", "拾", "佰", "仟")
 MAX_FEN = 10**18 - 1

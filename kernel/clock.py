@@ -9,6 +9,13 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+__all__ = [
+    "SHANGHAI",
+    "business_date",
+    "day_bounds",
+    "shanghai_today",
+]
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 

@@ -31,6 +31,18 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+__all__ = [
+    "DecryptError",
+    "KeyConfigError",
+    "KeySettings",
+    "Keyring",
+    "configure",
+    "decrypt",
+    "encrypt",
+    "keyring",
+    "mask_id_number",
+]
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _TAG_BYTES = 16

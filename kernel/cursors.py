@@ -10,6 +10,11 @@ import base64
 import uuid
 from datetime import datetime
 
+__all__ = [
+    "decode",
+    "encode",
+]
+
 
 def encode(at: datetime, row_id: uuid.UUID) -> str:
     raw = f"{at.isoformat()}|{row_id}".encode()

@@ -8,6 +8,11 @@ import sqlalchemy.exc
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
+__all__ = [
+    "Base",
+    "database_unavailable",
+]
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -8,6 +8,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+__all__ = [
+    "Conflict",
+    "DomainError",
+    "Forbidden",
+    "IllegalTransition",
+    "InvalidInput",
+    "MalformedBody",
+    "NotFound",
+    "RateLimited",
+    "Unauthorized",
+    "Unavailable",
+]
+
 
 class DomainError(Exception):
     status: ClassVar[int] = 400

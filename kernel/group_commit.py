@@ -17,6 +17,11 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+__all__ = [
+    "GroupCommit",
+    "PerLoop",
+]
+
 T = TypeVar("T")
 R = TypeVar("R")
 S = TypeVar("S")

@@ -26,6 +26,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+__all__ = [
+    "KV",
+]
+
 Arg = str | bytes | int | float
 
 

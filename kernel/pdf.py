@@ -25,6 +25,19 @@ import qrcode
 from fpdf import FPDF
 from PIL import Image, ImageStat
 
+__all__ = [
+    "BLACK",
+    "GREY",
+    "RED",
+    "Column",
+    "DocItem",
+    "Sheet",
+    "font_path",
+    "ink_ratio",
+    "pdf_to_png",
+    "yuan",
+]
+
 FONT = "NotoSansSC"
 BLACK = (0, 0, 0)
 RED = (200, 16, 30)

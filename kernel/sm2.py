@@ -16,6 +16,11 @@ from tongsuopy.crypto import hashes, serialization
 from tongsuopy.crypto.asymciphers import ec
 from tongsuopy.crypto.exceptions import InternalError, InvalidSignature
 
+__all__ = [
+    "PrivateKey",
+    "PublicKey",
+]
+
 _PRIVATE = re.compile(r"[0-9a-fA-F]{64}")
 _PUBLIC = re.compile(r"04[0-9a-fA-F]{128}")
 

@@ -36,6 +36,14 @@ from payments.context import PaymentContext
 from payments.models import PaymentAttempt
 from payments.states import ATTEMPT, AttemptStatus
 
+__all__ = [
+    "OPEN",
+    "AttemptView",
+    "create_attempt",
+    "get_attempt",
+    "recover_attempts",
+]
+
 log = structlog.get_logger(__name__)
 
 OPEN = (AttemptStatus.CREATED, AttemptStatus.PENDING, AttemptStatus.UNKNOWN)

@@ -58,6 +58,13 @@ from payments.context import PaymentContext
 from payments.models import PaymentAttempt
 from payments.states import AttemptStatus
 
+__all__ = [
+    "BankAnswer",
+    "bank_confirm",
+    "bank_query",
+    "nonce_fresh",
+]
+
 log = structlog.get_logger(__name__)
 
 REUSE_MARGIN = timedelta(minutes=5)

@@ -83,6 +83,25 @@ from payments.models import PaymentAttempt, Receipt, Refund
 from payments.refunds import TOPIC_EXECUTE
 from payments.states import ATTEMPT, AttemptStatus
 
+__all__ = [
+    "APPLY_GROUPS",
+    "BILL_COLUMNS",
+    "CONFIRM_GATE",
+    "AttemptFacts",
+    "BillFacts",
+    "ConfirmGate",
+    "ConfirmOutcome",
+    "ConfirmResult",
+    "DriverStatement",
+    "Paying",
+    "after_commit",
+    "apply_confirmation",
+    "apply_to_locked",
+    "bill_facts",
+    "confirm_payment",
+    "core_transaction",
+]
+
 log = structlog.get_logger(__name__)
 
 

@@ -11,6 +11,10 @@ from billing.late_fee import DayCount
 from channels.base import ChannelRegistry
 from kernel.kv import KV
 
+__all__ = [
+    "PaymentContext",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class PaymentContext:

@@ -34,6 +34,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 from channels.base import PayMode
 from kernel.db import Base
 
+__all__ = [
+    "DayCheck",
+    "PaymentAttempt",
+    "Receipt",
+    "Refund",
+]
+
 
 class PaymentAttempt(Base):
     """One try at paying a bill through one channel; `id` is the channel's out_trade_no."""

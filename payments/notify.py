@@ -23,6 +23,11 @@ from payments.confirm import ConfirmOutcome, confirm_payment
 from payments.context import PaymentContext
 from payments.models import PaymentAttempt
 
+__all__ = [
+    "NotifyResult",
+    "handle_notification",
+]
+
 log = structlog.get_logger(__name__)
 
 _ID_FIELDS = ("out_trade_no", "order_id", "attempt_id")

@@ -51,6 +51,16 @@ from payments.context import PaymentContext
 from payments.models import Receipt, Refund
 from payments.states import REFUND, RefundStatus
 
+__all__ = [
+    "TOPIC_EXECUTE",
+    "TOPIC_RED_LETTER",
+    "complete_refund",
+    "execute_refunds",
+    "mark_processing",
+    "recover_refunds",
+    "request_refund",
+]
+
 log = structlog.get_logger(__name__)
 
 TOPIC_EXECUTE = Topic.REFUND_EXECUTE

@@ -9,6 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.models import Agency
 from settlement.models import Treasury
 
+__all__ = [
+    "seed_treasuries",
+]
+
 DEMO_REGIONS = ("330100", "330106", "110105")
 """Hangzhou city, Hangzhou Xihu district, Beijing Chaoyang district (行政区划代码)."""
 

@@ -27,6 +27,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base
 
+__all__ = [
+    "BatchedRefund",
+    "DepositBatch",
+    "DepositLine",
+    "Discrepancy",
+    "ReconRun",
+    "SettledReceipt",
+    "Settlement",
+    "StatementFile",
+    "StatementRow",
+    "Treasury",
+]
+
 # ------------------------------------------------------------------ statements
 
 

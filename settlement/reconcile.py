@@ -55,6 +55,18 @@ from payments.models import Receipt
 from settlement.models import Discrepancy, ReconRun, StatementFile
 from settlement.states import DISCREPANCY, DiscrepancyStatus
 
+__all__ = [
+    "ConfirmPayment",
+    "IngestResult",
+    "ReconResult",
+    "StatementSource",
+    "act_on",
+    "exactly_once_confirm",
+    "expire_holds",
+    "load_statement",
+    "reconcile",
+]
+
 log = structlog.get_logger(__name__)
 
 X = DiscrepancyStatus

@@ -13,6 +13,13 @@ from kernel.errors import InvalidInput
 from settlement.models import DepositBatch, Discrepancy, ReconRun
 from settlement.treasury import day_batches
 
+__all__ = [
+    "day_summary",
+    "discrepancies",
+    "discrepancy_view",
+    "totals",
+]
+
 MAX_RANGE_DAYS = 366
 
 

@@ -70,6 +70,16 @@ from settlement.models import BatchedRefund, DepositBatch, DepositLine, Settleme
 from settlement.split import split_fen
 from settlement.states import DEPOSIT_BATCH, DepositBatchStatus
 
+__all__ = [
+    "STAGES",
+    "ExportedBatch",
+    "SettleResult",
+    "day_batches",
+    "export_batch",
+    "payment_codes",
+    "settle",
+]
+
 log = structlog.get_logger(__name__)
 
 LEVELS = (1, 2, 3, 4, 5, 6)

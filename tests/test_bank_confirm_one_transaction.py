@@ -13,8 +13,7 @@ from billing.models import Bill, BillEvent
 from channels.bank import transforms as t
 from channels.money import fen_to_yuan
 from gateway.state import Resources
-from kernel.audit import AuditEntry
-from kernel.outbox import OutboxMessage
+from kernel.models import AuditEntry, OutboxMessage
 from payments.bank_inbound import bank_confirm
 from payments.models import PaymentAttempt, Receipt, Refund
 from tests.payments_support import bill_for_test

@@ -19,8 +19,9 @@ from channels.bank.models import Bank
 from channels.bank.signing import HmacSigning, Sm2Signing
 from gateway.cli import main
 from gateway.state import Resources
-from kernel.audit import Actor, AuditEntry
+from kernel.audit import Actor
 from kernel.errors import InvalidInput
+from kernel.models import AuditEntry
 from kernel.sm2 import PrivateKey
 from kernel.staff import create_staff
 

@@ -22,9 +22,9 @@ from billing.payment_code import is_valid
 from gateway.bills_api import BillIn
 from gateway.state import Resources
 from gateway.worker import default_jobs, run_once
-from kernel.audit import Actor, AuditEntry
+from kernel.audit import Actor
 from kernel.clock import SHANGHAI
-from kernel.outbox import OutboxMessage
+from kernel.models import AuditEntry, OutboxMessage
 from kernel.pdf import yuan
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key, resident_id
 

@@ -16,7 +16,7 @@ from gateway.settings import Settings
 from gateway.state import Resources
 from kernel.clock import business_date
 from kernel.group_commit import GroupCommit
-from kernel.outbox import OutboxMessage
+from kernel.models import OutboxMessage
 from ledger.models import JournalEntry, JournalLine
 from payments.confirm import APPLY_GROUPS, ConfirmOutcome, confirm_payment
 from payments.models import Receipt, Refund

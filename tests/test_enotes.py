@@ -24,7 +24,7 @@ from enotes.signing import NoteSigners, SM2Signer
 from gateway.enotes import enote_context
 from gateway.settings import Settings
 from gateway.state import Resources
-from kernel.outbox import OutboxMessage
+from kernel.models import OutboxMessage
 from tests.enote_helpers import add_receipt, agency_with_items, paid_bill, succeeded_refund
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from gateway.state import Resources
-from kernel.audit import AuditEntry
+from kernel.models import AuditEntry
 from kernel.staff import create_staff
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_item

@@ -18,10 +18,9 @@ import ledger
 from billing import payer as bills
 from billing.models import Bill, BillEvent
 from gateway.state import Resources
-from kernel.audit import AuditEntry
 from kernel.clock import business_date
 from kernel.kv import KV
-from kernel.outbox import OutboxMessage
+from kernel.models import AuditEntry, OutboxMessage
 from payments import confirm
 from payments.confirm import CONFIRM_GATE, ConfirmOutcome, ConfirmResult, core_transaction
 from payments.models import PaymentAttempt, Receipt, Refund

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 import ledger
 from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
-from kernel.audit import AuditEntry
 from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.models import AuditEntry
 from ledger.models import JournalEntry
 from payments.models import Receipt, Refund
 from settlement.models import Discrepancy, ReconRun, StatementFile, StatementRow

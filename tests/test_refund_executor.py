@@ -13,7 +13,7 @@ from channels.base import ChannelRegistry
 from gateway import worker
 from gateway.state import Resources
 from kernel.audit import Actor
-from kernel.outbox import OutboxMessage
+from kernel.models import OutboxMessage
 from payments.models import Receipt, Refund
 from payments.refunds import execute_refunds, recover_refunds, request_refund
 from tests.payments_support import BankWorld, bill_for_test

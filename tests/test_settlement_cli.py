@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from gateway.cli import main
 from gateway.state import Resources
-from kernel.staff import StaffToken, StaffUser
+from kernel.models import StaffToken, StaffUser
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_item
 from tests.settle_helpers import (

@@ -22,7 +22,7 @@ from enotes.signing_lines import ProcessLine, Signed, SigningUnavailable, Thread
 from gateway import enotes as gateway_enotes
 from gateway.settings import Settings
 from gateway.state import Resources
-from kernel.outbox import OutboxMessage
+from kernel.models import OutboxMessage
 from tests.enote_helpers import agency_with_items, paid_bill
 
 

@@ -20,7 +20,7 @@ from channels.base import StatementKind, StatementLine
 from gateway.state import Resources
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput
-from kernel.outbox import OutboxMessage
+from kernel.models import OutboxMessage
 from payments import refunds
 from payments.models import Receipt, Refund
 from settlement import treasury

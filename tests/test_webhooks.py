@@ -20,15 +20,14 @@ import pytest
 from sqlalchemy import func, select, update
 
 from billing import webhooks as wh
-from billing.models import Agency
+from billing.models import Agency, WebhookEvent
 from billing.webhook_delivery import Deliverer, ingest, vetted_addresses
-from billing.webhooks import WebhookEvent
 from gateway.state import Resources
 from gateway.worker import close_jobs, default_jobs, run_once
 from kernel import outbox
-from kernel.audit import Actor, AuditEntry
+from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
-from kernel.outbox import OutboxMessage
+from kernel.models import AuditEntry, OutboxMessage
 from tests.factories import make_agency
 from tests.webhook_receiver import Receiver, ReceiverServer
 

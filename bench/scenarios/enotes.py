@@ -24,7 +24,7 @@ async def _setup(resources: object, count: int) -> None:
     from sqlalchemy import insert
 
     from billing.models import Agency, Bill, BillLine, RevenueItem
-    from kernel.outbox import OutboxMessage
+    from kernel.models import OutboxMessage
     from payments.models import PaymentAttempt, Receipt
 
     sessions = resources.sessions  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from kernel.audit import Actor
 
 async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:
     from billing import webhooks as wh
-    from billing.models import Agency
+    from billing.models import Agency, WebhookEvent
     from billing.webhook_delivery import Deliverer, ingest
     from gateway.settings import Settings
     from gateway.state import Resources
@@ -56,10 +56,8 @@ async def _ours(url: str, n: int, concurrency: int) -> tuple[float, int]:
         async with res.sessions() as s:
             delivered = await s.scalar(
                 select(func.count())
-                .select_from(wh.WebhookEvent)
-                .where(
-                    wh.WebhookEvent.agency_id == agency.id, wh.WebhookEvent.status == "DELIVERED"
-                )
+                .select_from(WebhookEvent)
+                .where(WebhookEvent.agency_id == agency.id, WebhookEvent.status == "DELIVERED")
             )
         return n / elapsed, int(delivered or 0)
     finally:

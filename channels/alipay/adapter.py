@@ -61,6 +61,12 @@ from channels.base import (
     Unavailable,
 )
 
+__all__ = [
+    "AlipayAdapter",
+    "load_public_key",
+    "verify_rsa2",
+]
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")

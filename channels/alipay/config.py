@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "AlipayConfig",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class AlipayConfig:

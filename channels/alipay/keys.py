@@ -12,6 +12,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+__all__ = [
+    "KeySet",
+    "ensure_keys",
+]
+
 
 def generate_keypair(bits: int = 2048) -> tuple[str, str]:
     """(private PKCS#1 PEM, public SPKI PEM)."""

@@ -48,6 +48,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from channels.alipay.transforms import BEIJING, TIME_FORMAT, sign_content
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = [
+    "RETRY_SCHEDULE_S",
+    "AlipaySimulator",
+    "SentNotification",
+    "SimRefund",
+    "SimTrade",
+    "create_simulator",
+]
+
 log = structlog.get_logger(__name__)
 
 # Alipay's notification schedule after a failed delivery: 4m, 10m, 10m, 1h, 2h, 6h, 15h

@@ -31,6 +31,27 @@ from channels.base import (
 )
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = [
+    "BEIJING",
+    "NOTIFY_UNSIGNED",
+    "PRODUCT_CODES",
+    "TIME_FORMAT",
+    "TRADE_NOT_EXIST",
+    "bill_biz",
+    "check_result",
+    "create_biz",
+    "notification",
+    "parse_statement",
+    "payment_status",
+    "refund_biz",
+    "refund_query_biz",
+    "refund_query_result",
+    "refund_result",
+    "sign_content",
+    "trade_biz",
+    "trade_state",
+]
+
 BEIJING = ZoneInfo("Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 

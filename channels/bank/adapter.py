@@ -34,6 +34,11 @@ from channels.base import (
 )
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = [
+    "BankAdapter",
+    "channel_name",
+]
+
 log = structlog.get_logger(__name__)
 
 

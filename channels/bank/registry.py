@@ -30,6 +30,19 @@ from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.sm2 import PrivateKey, PublicKey
 
+__all__ = [
+    "DEFAULT_GRACE",
+    "BankDirectory",
+    "BankEntry",
+    "Registered",
+    "add",
+    "entry_of",
+    "list_banks",
+    "rotate",
+    "set_enabled",
+    "view",
+]
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_GRACE = timedelta(hours=24)

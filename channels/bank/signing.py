@@ -20,6 +20,13 @@ from typing import Protocol
 
 from kernel.sm2 import PrivateKey, PublicKey
 
+__all__ = [
+    "HmacSigning",
+    "Signing",
+    "Sm2Signing",
+    "as_signing",
+]
+
 HMAC_SHA256 = "HMAC-SHA256"
 SM2_SM3 = "SM2-SM3"
 

@@ -37,6 +37,21 @@ from channels.base import (
 )
 from channels.money import yuan_to_fen
 
+__all__ = [
+    "ResultCode",
+    "Verified",
+    "canonical",
+    "format_time",
+    "parse_statement",
+    "parse_time",
+    "pay_mode",
+    "refund_state",
+    "sign",
+    "statement_csv",
+    "trade_state",
+    "verify",
+]
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_SKEW_S = 300
