@@ -24,6 +24,8 @@ BILL = StateMachine(
     "bill",
     edges(
         (B.ISSUED, B.PAID),
+        # The payment was reversed or voided at a card terminal before settlement.
+        (B.PAID, B.ISSUED),
         (B.ISSUED, B.CANCELLED),
         (B.ISSUED, B.EXPIRED),
         (B.PAID, B.SETTLED),

@@ -34,6 +34,7 @@ def target_metadata() -> MetaData:
     import kernel.models
     import ledger.models
     import payments.models
+    import payments.pos.models
     import settlement.models
     from kernel.db import Base
 

@@ -13,6 +13,7 @@ from gateway.finance import FinanceController
 from gateway.health import HealthController
 from gateway.pages import index
 from gateway.pay_api import PayController
+from gateway.pos_api import PosAdminController, PosChannelController
 from gateway.webhooks_api import WebhooksController
 
 ROUTES: list[ControllerRouterHandler] = [
@@ -28,4 +29,6 @@ ROUTES: list[ControllerRouterHandler] = [
     BankController,
     WebhooksController,
     CashierController,
+    PosChannelController,
+    PosAdminController,
 ]

@@ -49,7 +49,8 @@ class PaymentAttempt(Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint(
-            "status IN ('CREATED', 'PENDING', 'SUCCEEDED', 'FAILED', 'CLOSED', 'UNKNOWN')",
+            "status IN ('CREATED', 'PENDING', 'SUCCEEDED', 'FAILED', 'CLOSED', 'UNKNOWN',"
+            " 'REVERSED')",
             name="status_known",
         ),
         Index(None, "bill_id"),
@@ -100,12 +101,15 @@ PAY_MODE_CHECK = "pay_mode IN ({})".format(", ".join(f"'{m.value}'" for m in Pay
 
 
 class Receipt(Base):
-    """Money a channel confirmed for a bill: the payment, or a duplicate to be refunded."""
+    """Money a channel confirmed for a bill: the payment, or a duplicate to be refunded.
+
+    REVERSED: a payment the channel took back before settlement (a card terminal's
+    reversal or void, payments.reversal); kept as the record, no longer money of the bill."""
 
     __tablename__ = "receipts"
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("kind IN ('PAYMENT', 'DUPLICATE')", name="kind_known"),
+        CheckConstraint("kind IN ('PAYMENT', 'DUPLICATE', 'REVERSED')", name="kind_known"),
         CheckConstraint(
             "refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"
         ),

@@ -16,6 +16,9 @@ class AttemptStatus(StrEnum):
     FAILED = "FAILED"
     CLOSED = "CLOSED"
     UNKNOWN = "UNKNOWN"
+    REVERSED = "REVERSED"
+    """The channel took the payment back before settlement (card terminal reversal or void):
+    as if it never happened; it can never succeed again."""
 
 
 class RefundStatus(StrEnum):
@@ -43,8 +46,13 @@ ATTEMPT = StateMachine(
         (A.UNKNOWN, A.CLOSED),
         # A success that arrives after our expiry closed the attempt is real money.
         (A.CLOSED, A.SUCCEEDED),
+        # A card terminal's reversal (冲正) or void (撤销), before or after the success.
+        (A.PENDING, A.REVERSED),
+        (A.UNKNOWN, A.REVERSED),
+        (A.CLOSED, A.REVERSED),
+        (A.SUCCEEDED, A.REVERSED),
     ),
-    terminal=frozenset({A.SUCCEEDED, A.FAILED}),
+    terminal=frozenset({A.FAILED, A.REVERSED}),
     # A bank's attempt starts PENDING: the bank already holds the payer, nothing to call.
     initial=frozenset({A.CREATED, A.PENDING}),
 )

@@ -266,7 +266,8 @@ WITH s AS (
     FROM statement_lines WHERE file_id = :file AND kind = 'PAYMENT'),
 r AS (
     SELECT id, attempt_id, attempt_id::text AS akey, channel_trade_no, amount, kind
-    FROM receipts WHERE channel = :ch AND business_date = :day),
+    FROM receipts WHERE channel = :ch AND business_date = :day
+      AND kind <> 'REVERSED'),
 paired AS (
     SELECT s.*, coalesce(by_order.id, by_trade.id) AS rid
     FROM s

@@ -15,8 +15,10 @@ from payments.states import ATTEMPT, REFUND, AttemptStatus
 def test_bill_machine_edges() -> None:
     BILL.check(BillStatus.ISSUED, BillStatus.PAID)
     BILL.check(BillStatus.PAID, BillStatus.SETTLED)
+    # A card terminal's reversal or void takes an unsettled payment back; nothing later can.
+    BILL.check(BillStatus.PAID, BillStatus.ISSUED)
     for src, dst in [
-        (BillStatus.PAID, BillStatus.ISSUED),
+        (BillStatus.SETTLED, BillStatus.ISSUED),
         (BillStatus.CANCELLED, BillStatus.PAID),
         (BillStatus.EXPIRED, BillStatus.PAID),
         (BillStatus.REFUNDED, BillStatus.PAID),
@@ -36,6 +38,14 @@ def test_late_success_after_close_is_allowed() -> None:
     ATTEMPT.check(AttemptStatus.CLOSED, AttemptStatus.SUCCEEDED)
     with pytest.raises(IllegalTransition):
         ATTEMPT.check(AttemptStatus.SUCCEEDED, AttemptStatus.CLOSED)
+
+
+def test_a_reversed_attempt_never_succeeds() -> None:
+    ATTEMPT.check(AttemptStatus.SUCCEEDED, AttemptStatus.REVERSED)
+    ATTEMPT.check(AttemptStatus.PENDING, AttemptStatus.REVERSED)
+    with pytest.raises(IllegalTransition):
+        ATTEMPT.check(AttemptStatus.REVERSED, AttemptStatus.SUCCEEDED)
+    assert AttemptStatus.REVERSED in ATTEMPT.terminal
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,710 @@
+"""What a card terminal's messages do: inquiry, sale, reversal, void, refund, batch settlement.
+
+Rules (the protocol is in docs/channels/pos.md):
+
+- Every transaction is keyed as the terminal keys it: terminal, batch number, trace number
+  (`pos_transactions`, unique). An identical repeat answers as the first did; the same key
+  with other content is refused (94) and writes nothing.
+- A sale is money the acquirer already approved. It is taken when the bill is ISSUED, of
+  the terminal's agency and the amount is today's amount due; otherwise refused (and the
+  terminal voids it at the acquirer), writing nothing. Taken: one statement records the
+  transaction and opens its attempt, then the confirmation's grouped one-statement path
+  (payments.confirm) pays the bill as any channel's confirmation does.
+- A reversal (冲正) names the sale's batch and trace. Whatever the order, the bill, its
+  receipts and the ledger end as if the sale never happened: arriving first it leaves a
+  REVERSED row (a tombstone) under the sale's key, so the sale, when it comes, finds the
+  key taken and is refused (B3); arriving while the sale is in flight it moves the attempt
+  to REVERSED, which the confirmation's guards refuse; arriving after, it takes the payment
+  back (payments.reversal). The transaction row serialises the two (its row lock).
+- A void (撤销) has its own trace number and names a sale of the same batch; allowed while
+  the batch is not settled; the payment is taken back the same way.
+- A refund (退货) names a sale of a settled batch; the acquirer returns the money, so we
+  record a succeeded channel refund (ledger, bill status, red-letter e-note).
+- Batch settlement (批结算) compares the terminal's counts and totals per kind with ours
+  and records the result with the transactions that differ.
+
+Nothing is written for a message refused for its content; the row the terminal's key
+names is the only guard a retry needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing import payer as bills
+from billing.states import BillStatus
+from channels.base import InvalidNotification
+from channels.pos import transforms as t
+from channels.pos.adapter import NAME as CHANNEL
+from channels.pos.adapter import PosAdapter
+from kernel.audit import Actor
+from kernel.clock import shanghai_today
+from payments import refunds
+from payments.confirm import ConfirmOutcome, confirm_payment, core_transaction
+from payments.context import PaymentContext
+from payments.pos.terminals import Credentials, credentials
+from payments.reversal import Undone, undo_payment
+from payments.states import AttemptStatus
+
+log = structlog.get_logger(__name__)
+
+NONCE_TTL_S = 2 * t.MAX_SKEW_S
+R = t.Result
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    """A verified terminal: who it is and whose bills it takes."""
+
+    ref: uuid.UUID
+    merchant_id: str
+    terminal_id: str
+    agency_id: uuid.UUID
+
+
+class _Refused(Exception):
+    """Roll the transaction back and answer this."""
+
+    def __init__(self, answer: t.Answer) -> None:
+        super().__init__(answer.result)
+        self.answer = answer
+
+
+def _no(result: t.Result, message: str | None = None) -> t.Answer:
+    return t.Answer(result, message=message)
+
+
+# ------------------------------------------------------------------ the endpoint's work
+
+
+async def handle(  # noqa: PLR0917 - the request's parts, as the route has them
+    ctx: PaymentContext,
+    adapter: PosAdapter,
+    operation: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> tuple[bytes, dict[str, str]]:
+    """One terminal message → the signed answer (body, headers). Never raises for the
+    terminal's mistakes: each is a result code."""
+    who: t.Identity | None = None
+    creds: Credentials | None = None
+    try:
+        op = adapter.operation(operation)
+        who = adapter.identify(headers)
+        creds = await credentials(ctx.sessions, who.merchant, who.terminal)
+        if creds is None:
+            answer = _no(R.UNKNOWN_TERMINAL)
+            creds = None
+        else:
+            nonce = adapter.verify(creds.key, path, headers, body)
+            if not creds.enabled:
+                answer = _no(R.UNKNOWN_TERMINAL)
+            elif not await _nonce_fresh(ctx, creds.ref, nonce):
+                raise InvalidNotification("nonce reused", code="replay")
+            else:
+                terminal = Terminal(creds.ref, who.merchant, who.terminal, creds.agency_id)
+                structlog.contextvars.bind_contextvars(pos_terminal=who.terminal)
+                answer = await dispatch(ctx, terminal, adapter.parse(op, body))
+    except InvalidNotification as exc:
+        log.warning("pos message refused", reason=exc.code)
+        answer = _no(R.BAD_SIGNATURE)
+    except t.MalformedMessage as exc:
+        answer = _no(R.FORMAT_ERROR, str(exc))
+    log.info("pos message answered", operation=operation, result=answer.result)
+    return adapter.render(answer, key=creds.key if creds else None, path=path, who=who)
+
+
+async def _nonce_fresh(ctx: PaymentContext, terminal_ref: uuid.UUID, nonce: str) -> bool:
+    """First use of the nonce within its window: Redis, else PostgreSQL (never "yes" blind:
+    a replayed sale must not pass while Redis is down)."""
+    key_id = f"pos:{terminal_ref.hex[:32]}"
+    try:
+        return bool(await ctx.redis.set(f"nonce:{key_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S))
+    except (RedisError, OSError) as exc:
+        log.warning("nonce store falling back to postgres", error=type(exc).__name__)
+    async with ctx.sessions() as s, s.begin():
+        row = await s.execute(
+            text(
+                "INSERT INTO auth_nonces (key_id, nonce, expires_at) VALUES (:k, :n, :e)"
+                " ON CONFLICT DO NOTHING RETURNING 1"
+            ),
+            {"k": key_id, "n": nonce, "e": datetime.now(UTC) + timedelta(seconds=NONCE_TTL_S)},
+        )
+        return row.first() is not None
+
+
+async def dispatch(  # noqa: PLR0911 - one branch per operation
+    ctx: PaymentContext, terminal: Terminal, msg: t.Message
+) -> t.Answer:
+    """A verified terminal's typed message → our typed answer."""
+    try:
+        if isinstance(msg, t.Inquiry):
+            return await inquiry(ctx, terminal, msg)
+        if isinstance(msg, t.Sale):
+            return await sale(ctx, terminal, msg)
+        if isinstance(msg, t.Reversal):
+            return await reversal(ctx, terminal, msg)
+        if isinstance(msg, t.Void):
+            return await void(ctx, terminal, msg)
+        if isinstance(msg, t.Refund):
+            return await refund(ctx, terminal, msg)
+        return await settle(ctx, terminal, msg)
+    except _Refused as refused:
+        return refused.answer
+
+
+# ------------------------------------------------------------------ inquiry
+
+
+async def _view(ctx: PaymentContext, terminal: Terminal, code: str) -> bills.BillView:
+    async with ctx.sessions() as s:
+        view = await bills.cached_view(ctx.redis, s, code, ctx.summary_cache_ttl_s)
+    if view is None:
+        raise _Refused(_no(R.UNKNOWN_CODE))
+    if view.agency_id != terminal.agency_id:
+        raise _Refused(_no(R.NOT_ALLOWED, "bill of another agency"))
+    return view
+
+
+def _payable(view: bills.BillView, now: datetime) -> None:
+    refused = bills.refusal(view, now)
+    if refused is None:
+        return
+    if refused[0] == "bill_not_payable":  # paid already (or settled, refunded)
+        raise _Refused(_no(R.ALREADY_PAID))
+    raise _Refused(_no(R.BILL_NOT_PAYABLE, refused[1]))
+
+
+async def inquiry(ctx: PaymentContext, terminal: Terminal, msg: t.Inquiry) -> t.Answer:
+    now = datetime.now(UTC)
+    view = await _view(ctx, terminal, msg.payment_code)
+    _payable(view, now)
+    due = bills.due_on(view, shanghai_today(now), ctx.day_count)
+    return t.Answer(
+        R.APPROVED,
+        t.BillInfo(
+            payment_code=view.payment_code,
+            agency_name=view.agency_name,
+            payer_name=bills.mask_name(view.payer_name),
+            amount=due.total,
+            principal=due.principal,
+            late_fee=due.late_fee,
+            due_date=view.due_date,
+            items=tuple((li.name, li.amount) for li in view.lines),
+        ),
+    )
+
+
+# ------------------------------------------------------------------ sale
+
+
+# One round trip: the transaction row under the terminal's key and the attempt it opens,
+# both or neither (a key taken already — a repeat, a tombstone — or a disabled terminal:
+# nothing). The attempt is inserted after the row that references it within the same
+# statement; the foreign key is checked at the statement's end.
+_SALE = text(
+    "WITH term AS (SELECT id FROM pos_terminals WHERE id = :ref AND enabled),"  # noqa: S608 - constants only
+    " t AS (INSERT INTO pos_transactions (id, terminal_ref, batch_no, trace_no, kind, status,"
+    " amount, payment_code, bill_id, attempt_id, rrn, card, card_type, acquirer, issuer,"
+    " operator, occurred_at, settle_date, digest)"
+    " SELECT :id, term.id, :batch_no, :trace_no, 'SALE', 'ACCEPTED', :amount, :payment_code,"
+    " :bill_id, :attempt_id, :rrn, :card, :card_type, :acquirer, :issuer, :operator,"
+    " :occurred_at, :settle_date, :digest FROM term"
+    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING attempt_id),"
+    " a AS (INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount,"
+    " channel_trade_no, expires_at, next_check_at)"
+    f" SELECT t.attempt_id, :bill_id, '{CHANNEL}', :mode, '{AttemptStatus.PENDING}', :amount,"
+    " :trade_no, :expires_at, :next_check_at FROM t RETURNING id)"
+    " SELECT (SELECT count(*) FROM term) AS enabled, (SELECT count(*) FROM a) AS made"
+)
+
+_BY_KEY = text(
+    "SELECT x.id, x.kind, x.status, x.amount, x.digest, x.attempt_id, x.bill_id,"
+    " a.status AS attempt_status, r.id AS receipt_id, r.kind AS receipt_kind,"
+    " b.status AS bill_status"
+    " FROM pos_transactions x LEFT JOIN payment_attempts a ON a.id = x.attempt_id"
+    " LEFT JOIN receipts r ON r.attempt_id = x.attempt_id LEFT JOIN bills b ON b.id = x.bill_id"
+    " WHERE x.terminal_ref = :ref AND x.batch_no = :batch_no AND x.trace_no = :trace_no"
+)
+
+
+async def _by_key(conn: AsyncConnection, terminal: Terminal, batch_no: str, trace_no: str) -> Any:
+    params = {"ref": terminal.ref, "batch_no": batch_no, "trace_no": trace_no}
+    return (await conn.execute(_BY_KEY, params)).first()
+
+
+def _sale_repeat(row: Any, msg: t.Sale) -> t.Answer:
+    """The answer to a sale whose key is taken already."""
+    if row.kind == "SALE" and row.status == "REVERSED":
+        return _no(R.REVERSED)  # a tombstone carries the reversal's digest, not the sale's
+    if row.kind != "SALE" or row.digest != t.digest(msg):
+        return _no(R.CONFLICTING_REPEAT)
+    if row.attempt_status == AttemptStatus.REVERSED:
+        return _no(R.REVERSED)
+    if row.attempt_status == AttemptStatus.SUCCEEDED and row.receipt_kind == "PAYMENT":
+        return _accepted(msg.batch_no, msg.trace_no, row.receipt_id, row.bill_status)
+    # Still in flight (the first is being confirmed) or left unconfirmed: say "try later"
+    # by the system-error code; the terminal reverses.
+    return _no(R.SYSTEM_ERROR, "sale in progress")
+
+
+def _accepted(
+    batch_no: str,
+    trace_no: str,
+    receipt_id: uuid.UUID | None = None,
+    bill_status: str | None = None,
+) -> t.Answer:
+    return t.Answer(
+        R.APPROVED,
+        t.Accepted(batch_no, trace_no, str(receipt_id) if receipt_id else None, bill_status),
+    )
+
+
+async def _refuse_unless_repeat(
+    ctx: PaymentContext, terminal: Terminal, msg: t.Sale, answer: t.Answer
+) -> t.Answer:
+    """A sale we would refuse may be the repeat of one we took: answer that instead."""
+    async with ctx.sessions() as s:
+        row = await _by_key(await s.connection(), terminal, msg.batch_no, msg.trace_no)
+    return answer if row is None else _sale_repeat(row, msg)
+
+
+async def sale(  # noqa: PLR0911 - one answer per case of the protocol
+    ctx: PaymentContext, terminal: Terminal, msg: t.Sale
+) -> t.Answer:
+    now = datetime.now(UTC)
+    try:
+        view = await _view(ctx, terminal, msg.payment_code)
+        _payable(view, msg.occurred_at)
+        due = bills.due_on(view, shanghai_today(msg.occurred_at), ctx.day_count)
+        if msg.amount != due.total:
+            raise _Refused(_no(R.AMOUNT_DIFFERS))
+    except _Refused as refused:
+        return await _refuse_unless_repeat(ctx, terminal, msg, refused.answer)
+    attempt_id = uuid.uuid4()
+    trade_no = t.trade_no(terminal.terminal_id, msg.batch_no, msg.trace_no)
+    expires_at = now + timedelta(seconds=ctx.attempt_ttl_s)
+    params = {
+        "ref": terminal.ref,
+        "id": uuid.uuid4(),
+        "batch_no": msg.batch_no,
+        "trace_no": msg.trace_no,
+        "amount": msg.amount,
+        "payment_code": msg.payment_code,
+        "bill_id": view.bill_id,
+        "attempt_id": attempt_id,
+        "rrn": msg.rrn,
+        "card": msg.card,
+        "card_type": msg.card_type,
+        "acquirer": msg.acquirer,
+        "issuer": msg.issuer,
+        "operator": msg.operator,
+        "occurred_at": msg.occurred_at,
+        "settle_date": msg.settle_date,
+        "digest": t.digest(msg),
+        "mode": msg.card_type[:16],
+        "trade_no": trade_no,
+        "expires_at": expires_at,
+        "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at),
+    }
+    async with core_transaction(ctx.sessions) as conn:
+        made = (await conn.execute(_SALE, params)).one()
+        if not made.enabled:
+            return _no(R.UNKNOWN_TERMINAL)
+        if not made.made:
+            row = await _by_key(conn, terminal, msg.batch_no, msg.trace_no)
+            return _no(R.SYSTEM_ERROR) if row is None else _sale_repeat(row, msg)
+    result = await confirm_payment(
+        ctx.sessions,
+        ctx.redis,
+        attempt_id=attempt_id,
+        channel_trade_no=trade_no,
+        amount=msg.amount,
+        paid_at=msg.occurred_at,
+        source=f"pos:{terminal.terminal_id}",
+        cutoff=ctx.cutoff,
+        bill_id=view.bill_id,
+        channel=CHANNEL,
+    )
+    if (
+        result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.ALREADY_CONFIRMED}
+        and result.receipt_kind == "PAYMENT"
+    ):
+        return _accepted(msg.batch_no, msg.trace_no, result.receipt_id, BillStatus.PAID)
+    if result.outcome == ConfirmOutcome.REJECTED_STATE:
+        return _no(R.REVERSED)  # a reversal came first and closed the attempt
+    if result.outcome == ConfirmOutcome.DUPLICATE_REFUNDING:
+        # Paid elsewhere between our check and the confirmation: recorded as a duplicate
+        # with its refund (as every channel's); the terminal is told the bill was paid.
+        return _no(R.ALREADY_PAID)
+    log.error("pos sale not confirmed", outcome=result.outcome)
+    return _no(R.SYSTEM_ERROR)
+
+
+# ------------------------------------------------------------------ reversal
+
+
+async def _terminal_enabled(conn: AsyncConnection, terminal: Terminal) -> None:
+    enabled = await conn.scalar(
+        text("SELECT enabled FROM pos_terminals WHERE id = :ref"), {"ref": terminal.ref}
+    )
+    if not enabled:
+        raise _Refused(_no(R.UNKNOWN_TERMINAL))
+
+
+_TOMBSTONE = text(
+    "INSERT INTO pos_transactions (id, terminal_ref, batch_no, trace_no, kind, status, amount,"
+    " payment_code, occurred_at, digest) VALUES (:id, :ref, :batch_no, :trace_no, 'SALE',"
+    " 'REVERSED', :amount, :payment_code, :occurred_at, :digest)"
+    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING id"
+)
+_LOCK_KEY = text(
+    "SELECT id, kind, status, amount, attempt_id, bill_id, batch_no FROM pos_transactions"
+    " WHERE terminal_ref = :ref AND batch_no = :batch_no AND trace_no = :trace_no FOR UPDATE"
+)
+_SETTLED = text("SELECT 1 FROM pos_batches WHERE terminal_ref = :ref AND batch_no = :batch_no")
+_SET_STATUS = text(
+    "UPDATE pos_transactions SET status = :status, updated_at = now() WHERE id = :id"
+)
+
+
+async def reversal(ctx: PaymentContext, terminal: Terminal, msg: t.Reversal) -> t.Answer:
+    codes: list[str] = []
+    async with core_transaction(ctx.sessions) as conn:
+        await _terminal_enabled(conn, terminal)
+        if await conn.scalar(_SETTLED, {"ref": terminal.ref, "batch_no": msg.batch_no}):
+            raise _Refused(_no(R.NOT_ALLOWED, "batch settled: refund instead"))
+        key = {"ref": terminal.ref, "batch_no": msg.batch_no, "trace_no": msg.trace_no}
+        made = await conn.scalar(
+            _TOMBSTONE,
+            key
+            | {
+                "id": uuid.uuid4(),
+                "amount": msg.amount,
+                "payment_code": msg.payment_code,
+                "occurred_at": msg.occurred_at,
+                "digest": t.digest(msg),
+            },
+        )
+        if made is not None:
+            log.info("pos reversal before its sale: tombstone", trace_no=msg.trace_no)
+            return _accepted(msg.batch_no, msg.trace_no)
+        row = (await conn.execute(_LOCK_KEY, key)).one()
+        if row.kind != "SALE":
+            raise _Refused(_no(R.NOT_ALLOWED, "only a sale can be reversed"))
+        if row.amount != msg.amount:
+            raise _Refused(_no(R.AMOUNT_DIFFERS))
+        if row.status == "REVERSED":
+            return _accepted(msg.batch_no, msg.trace_no)
+        if row.status != "ACCEPTED":
+            raise _Refused(_no(R.NOT_ALLOWED, "the sale was voided"))
+        undone = await undo_payment(
+            conn,
+            attempt_id=row.attempt_id,
+            reason="pos reversal",
+            actor=f"pos:{terminal.terminal_id}",
+        )
+        if undone is None or undone.outcome == Undone.TOO_LATE:
+            raise _Refused(_no(R.NOT_ALLOWED, "the sale can no longer be reversed"))
+        await conn.execute(_SET_STATUS, {"id": row.id, "status": "REVERSED"})
+        codes.append(undone.payment_code)
+    await _invalidate(ctx, codes)
+    return _accepted(msg.batch_no, msg.trace_no, bill_status=BillStatus.ISSUED)
+
+
+async def _invalidate(ctx: PaymentContext, codes: list[str]) -> None:
+    for code in codes:
+        await bills.invalidate(ctx.redis, code)
+
+
+# ------------------------------------------------------------------ void
+
+
+_ORIGINAL = text(
+    "SELECT x.id, x.kind, x.status, x.amount, x.attempt_id, x.bill_id, x.batch_no,"
+    " r.id AS receipt_id, r.amount AS receipt_amount, r.refunded_amount"
+    " FROM pos_transactions x LEFT JOIN receipts r ON r.attempt_id = x.attempt_id"
+    " WHERE x.terminal_ref = :ref AND x.batch_no = :batch_no AND x.trace_no = :trace_no"
+    " FOR UPDATE OF x"
+)
+_LINKED = text(
+    "INSERT INTO pos_transactions (id, terminal_ref, batch_no, trace_no, kind, status, amount,"
+    " bill_id, original_id, refund_id, rrn, operator, occurred_at, digest)"
+    " VALUES (:id, :ref, :batch_no, :trace_no, :kind, 'ACCEPTED', :amount, :bill_id,"
+    " :original_id, :refund_id, :rrn, :operator, :occurred_at, :digest)"
+)
+
+
+def _linked_repeat(row: Any, kind: str, message: t.Message) -> t.Answer:
+    if row.kind != kind or row.digest != t.digest(message):
+        return _no(R.CONFLICTING_REPEAT)
+    return _accepted(
+        getattr(message, "batch_no", ""), getattr(message, "trace_no", ""), None, row.bill_status
+    )
+
+
+async def void(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> t.Answer:
+    for _ in range(2):  # a second pass after losing a race to an identical void
+        try:
+            return await _void_once(ctx, terminal, msg)
+        except IntegrityError:
+            continue
+    return _no(R.SYSTEM_ERROR)
+
+
+async def _void_once(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> t.Answer:
+    codes: list[str] = []
+    async with core_transaction(ctx.sessions) as conn:
+        await _terminal_enabled(conn, terminal)
+        mine = await _by_key(conn, terminal, msg.batch_no, msg.trace_no)
+        if mine is not None:
+            return _linked_repeat(mine, "VOID", msg)
+        key = {"ref": terminal.ref, "batch_no": msg.batch_no, "trace_no": msg.original_trace_no}
+        original = (await conn.execute(_ORIGINAL, key)).first()
+        if original is None or original.kind != "SALE" or original.attempt_id is None:
+            raise _Refused(_no(R.ORIGINAL_NOT_FOUND))
+        if original.amount != msg.amount:
+            raise _Refused(_no(R.AMOUNT_DIFFERS))
+        if original.status != "ACCEPTED":
+            raise _Refused(_no(R.NOT_ALLOWED, f"the sale is {original.status.lower()}"))
+        if await conn.scalar(_SETTLED, {"ref": terminal.ref, "batch_no": msg.batch_no}):
+            raise _Refused(_no(R.NOT_ALLOWED, "batch settled: refund instead"))
+        undone = await undo_payment(
+            conn,
+            attempt_id=original.attempt_id,
+            reason="pos void",
+            actor=f"pos:{terminal.terminal_id}",
+        )
+        if undone is None or undone.outcome not in {Undone.UNDONE, Undone.NOT_PAID}:
+            raise _Refused(_no(R.NOT_ALLOWED, "the sale can no longer be voided"))
+        await conn.execute(_SET_STATUS, {"id": original.id, "status": "VOIDED"})
+        await conn.execute(
+            _LINKED,
+            {
+                "id": uuid.uuid4(),
+                "ref": terminal.ref,
+                "batch_no": msg.batch_no,
+                "trace_no": msg.trace_no,
+                "kind": "VOID",
+                "amount": msg.amount,
+                "bill_id": original.bill_id,
+                "original_id": original.id,
+                "refund_id": None,
+                "rrn": msg.rrn,
+                "operator": msg.operator,
+                "occurred_at": msg.occurred_at,
+                "digest": t.digest(msg),
+            },
+        )
+        codes.append(undone.payment_code)
+    await _invalidate(ctx, codes)
+    return _accepted(msg.batch_no, msg.trace_no, bill_status=BillStatus.ISSUED)
+
+
+# ------------------------------------------------------------------ refund
+
+
+async def refund(ctx: PaymentContext, terminal: Terminal, msg: t.Refund) -> t.Answer:
+    """退货: the acquirer gave (part of) a settled sale back; record it as a succeeded
+    channel refund with every consequence (payments.refunds.complete_refund)."""
+    actor = Actor("system", f"pos:{terminal.terminal_id}")
+    refund_id = uuid.uuid5(uuid.NAMESPACE_URL, f"pos:{terminal.ref}:{msg.batch_no}:{msg.trace_no}")
+    for _ in range(2):
+        try:
+            async with ctx.sessions() as s, s.begin():
+                conn = await s.connection()
+                await _terminal_enabled(conn, terminal)
+                mine = await _by_key(conn, terminal, msg.batch_no, msg.trace_no)
+                if mine is not None:
+                    return _linked_repeat(mine, "REFUND", msg)
+                key = {
+                    "ref": terminal.ref,
+                    "batch_no": msg.original_batch_no,
+                    "trace_no": msg.original_trace_no,
+                }
+                original = (await conn.execute(_ORIGINAL, key)).first()
+                if original is None or original.kind != "SALE" or original.receipt_id is None:
+                    raise _Refused(_no(R.ORIGINAL_NOT_FOUND))
+                if original.status != "ACCEPTED":
+                    raise _Refused(_no(R.NOT_ALLOWED, f"the sale is {original.status.lower()}"))
+                settled = {"ref": terminal.ref, "batch_no": msg.original_batch_no}
+                if not await conn.scalar(_SETTLED, settled):
+                    raise _Refused(_no(R.NOT_ALLOWED, "batch not settled: void instead"))
+                if msg.amount > original.receipt_amount - original.refunded_amount:
+                    raise _Refused(_no(R.AMOUNT_DIFFERS, "more than the sale has left"))
+                made = await refunds.request_refund(
+                    s,
+                    receipt_id=original.receipt_id,
+                    amount=msg.amount,
+                    reason="pos refund (退货)",
+                    actor=actor,
+                    refund_id=refund_id,
+                )
+                # The acquirer has sent the money already: nothing for the executor to send.
+                await conn.execute(
+                    text("DELETE FROM outbox WHERE key = :key AND processed_at IS NULL"),
+                    {"key": f"refund.execute:{made.id}"},
+                )
+                await refunds.mark_processing(s, made.id)
+                done = await refunds.complete_refund(
+                    s, made.id, succeeded=True, channel_refund_no=msg.rrn, when=msg.occurred_at
+                )
+                await conn.execute(
+                    _LINKED,
+                    {
+                        "id": uuid.uuid4(),
+                        "ref": terminal.ref,
+                        "batch_no": msg.batch_no,
+                        "trace_no": msg.trace_no,
+                        "kind": "REFUND",
+                        "amount": msg.amount,
+                        "bill_id": original.bill_id,
+                        "original_id": original.id,
+                        "refund_id": done.id,
+                        "rrn": msg.rrn,
+                        "operator": msg.operator,
+                        "occurred_at": msg.occurred_at,
+                        "digest": t.digest(msg),
+                    },
+                )
+                code = await conn.scalar(
+                    text("SELECT payment_code FROM bills WHERE id = :id"), {"id": original.bill_id}
+                )
+            await _invalidate(ctx, [str(code)])
+            return _accepted(msg.batch_no, msg.trace_no)
+        except IntegrityError:
+            continue
+    return _no(R.SYSTEM_ERROR)
+
+
+# ------------------------------------------------------------------ batch settlement
+
+
+_OURS = text(
+    "SELECT x.kind, x.trace_no, x.amount FROM pos_transactions x"  # noqa: S608 - constants only
+    " LEFT JOIN payment_attempts a ON a.id = x.attempt_id"
+    " WHERE x.terminal_ref = :ref AND x.batch_no = :batch_no AND ("
+    # A sale counts once it was approved, voided later or not; a reversed one never happened.
+    f" (x.kind = 'SALE' AND ((x.status = 'ACCEPTED' AND a.status = '{AttemptStatus.SUCCEEDED}')"
+    " OR x.status = 'VOIDED')) OR (x.kind <> 'SALE' AND x.status = 'ACCEPTED'))"
+)
+_STORED = text(
+    "SELECT status, terminal_totals, our_totals, differences, digest FROM pos_batches"
+    " WHERE terminal_ref = :ref AND batch_no = :batch_no"
+)
+_RECORD = text(
+    "INSERT INTO pos_batches (terminal_ref, batch_no, status, terminal_totals, our_totals,"
+    " differences, digest) VALUES (:ref, :batch_no, :status, CAST(:theirs AS jsonb),"
+    " CAST(:ours AS jsonb), CAST(:differences AS jsonb), :digest)"
+)
+
+
+def _totals_json(totals: Mapping[str, t.Total]) -> str:
+    return json.dumps({k: [v.count, v.amount] for k, v in totals.items()}, sort_keys=True)
+
+
+def _totals_from(doc: Mapping[str, Any]) -> dict[str, t.Total]:
+    return {k: t.Total(int(v[0]), int(v[1])) for k, v in doc.items()}
+
+
+def _report(batch_no: str, status: str, theirs: Any, ours: Any, differences: Any) -> t.Answer:
+    balanced = status == "BALANCED"
+    return t.Answer(
+        R.APPROVED if balanced else R.BATCH_MISMATCH,
+        t.BatchReport(
+            batch_no,
+            balanced,
+            _totals_from(ours),
+            _totals_from(theirs),
+            tuple(differences),
+        ),
+    )
+
+
+def compare(
+    ours: list[tuple[str, str, int]], theirs: t.Settle
+) -> tuple[dict[str, t.Total], list[dict[str, Any]]]:
+    """Our totals per kind, and each transaction only one side has or has with another
+    amount (in fen; None where a side lacks it)."""
+    totals = {kind: t.Total(0, 0) for kind in t.TOTAL_KINDS}
+    mine: dict[tuple[str, str], int] = {}
+    for kind, trace_no, amount in ours:
+        have = totals[kind]
+        totals[kind] = t.Total(have.count + 1, have.amount + amount)
+        mine[kind, trace_no] = amount
+    seen: dict[tuple[str, str], int] = {(d.kind, d.trace_no): d.amount for d in theirs.details}
+    differences = [
+        {
+            "kind": kind,
+            "trace_no": trace_no,
+            "terminal_amount": seen.get((kind, trace_no)),
+            "our_amount": mine.get((kind, trace_no)),
+        }
+        for kind, trace_no in sorted(set(mine) | set(seen))
+        if mine.get((kind, trace_no)) != seen.get((kind, trace_no))
+    ]
+    return totals, differences
+
+
+async def settle(ctx: PaymentContext, terminal: Terminal, msg: t.Settle) -> t.Answer:
+    digest = hashlib.sha256(
+        (_totals_json(msg.totals) + repr(sorted(msg.details, key=repr))).encode()
+    ).hexdigest()
+    key = {"ref": terminal.ref, "batch_no": msg.batch_no}
+    for _ in range(2):
+        try:
+            async with core_transaction(ctx.sessions) as conn:
+                await _terminal_enabled(conn, terminal)
+                stored = (await conn.execute(_STORED, key)).first()
+                if stored is not None:
+                    if stored.digest != digest:
+                        raise _Refused(_no(R.NOT_ALLOWED, "batch settled already"))
+                    return _report(
+                        msg.batch_no,
+                        stored.status,
+                        stored.terminal_totals,
+                        stored.our_totals,
+                        stored.differences,
+                    )
+                rows = (await conn.execute(_OURS, key)).all()
+                ours, differences = compare(
+                    [(r.kind, r.trace_no, int(r.amount)) for r in rows], msg
+                )
+                balanced = not differences and all(ours[k] == msg.totals[k] for k in t.TOTAL_KINDS)
+                status = "BALANCED" if balanced else "MISMATCHED"
+                await conn.execute(
+                    _RECORD,
+                    key
+                    | {
+                        "status": status,
+                        "theirs": _totals_json(msg.totals),
+                        "ours": _totals_json(ours),
+                        "differences": json.dumps(differences),
+                        "digest": digest,
+                    },
+                )
+            if not balanced:
+                log.warning("pos batch mismatch", batch_no=msg.batch_no, differing=len(differences))
+            return _report(
+                msg.batch_no,
+                status,
+                json.loads(_totals_json(msg.totals)),
+                json.loads(_totals_json(ours)),
+                differences,
+            )
+        except IntegrityError:
+            continue
+    return _no(R.SYSTEM_ERROR)
