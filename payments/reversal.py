@@ -25,6 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import ledger
+from billing import events as bill_events
+from billing.events import Sql
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from kernel.outbox import Topic
@@ -72,10 +74,19 @@ _ISSUED, _PAID = BillStatus.ISSUED.value, BillStatus.PAID.value
 _UNDO = text(
     "WITH r AS (UPDATE receipts SET kind = 'REVERSED' WHERE id = :receipt_id),"  # noqa: S608 - constants only
     f" b AS (UPDATE bills SET status = '{_ISSUED}', paid_amount = 0, paid_at = NULL,"
-    f" updated_at = now() WHERE id = :bill_id AND status = '{_PAID}'),"
-    " ev AS (INSERT INTO bill_events (bill_id, from_status, to_status, actor_type,"
-    f" actor_id, reason, detail) VALUES (:bill_id, '{_PAID}', '{_ISSUED}', 'system', :actor,"
-    " :reason, CAST(:detail AS jsonb))),"
+    f" updated_at = now() WHERE id = :bill_id AND status = '{_PAID}' RETURNING id),"
+    " ev AS ("
+    + bill_events.insert_sql(
+        "b",
+        bill_id=Sql("id"),
+        src=BillStatus.PAID,
+        dst=BillStatus.ISSUED,
+        actor_type="system",
+        actor_id=Sql(":actor"),
+        reason="payment taken back by the channel",
+        detail=Sql("CAST(:detail AS jsonb)"),
+    )
+    + "),"
     " au AS (INSERT INTO audit_log (actor_type, actor_id, action, object_type,"
     " object_id, detail) VALUES ('system', :actor, 'payment.reversed', 'bill',"
     " :bill_text, CAST(:detail AS jsonb)))"
@@ -120,7 +131,6 @@ async def undo_payment(
             "receipt_id": receipt.id,
             "bill_id": bill_id,
             "actor": actor[:64],
-            "reason": reason,
             "detail": json.dumps(detail, ensure_ascii=False),
             "bill_text": str(bill_id),
             "webhook": WEBHOOK_TOPIC.value,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,10 @@ from sqlalchemy import func, select
 
 from channels.pos import transforms as t
 from channels.pos.simulator import SimTerminal
+from enotes.models import ENote
+from enotes.service import run_issue_job
+from gateway.enotes import enote_context
+from gateway.settings import Settings
 from gateway.state import Resources
 from kernel.audit import Actor
 from payments.confirm import ConfirmOutcome, confirm_payment
@@ -35,7 +40,7 @@ def code(sent: dict[str, object]) -> str:
     return str(answer["code"])
 
 
-async def test_a_bill_paid_at_a_counter_terminal(pos: PosWorld) -> None:
+async def test_a_bill_paid_at_a_counter_terminal(pos: PosWorld, settings: Settings) -> None:
     bill = await pos.bill(12_345)
 
     asked = await pos.sim.inquiry(bill.payment_code)
@@ -53,19 +58,22 @@ async def test_a_bill_paid_at_a_counter_terminal(pos: PosWorld) -> None:
     assert state["receipts"] == {"PAYMENT": 1}
     assert (state["clearing"], state["revenue"]) == (12_345, -12_345)
     assert state["ledger_ok"]
+    while await run_issue_job(pos.res.sessions, enote_context(settings)):
+        pass
     async with pos.res.sessions() as s:
         receipt = await s.scalar(select(Receipt).where(Receipt.bill_id == bill.id))
         assert receipt is not None
-        assert receipt.channel == "pos"
+        assert (receipt.channel, receipt.pay_mode) == ("pos", "POS")
         assert receipt.channel_trade_no == f"{TERMINAL}000001{out['trace_no']}"
         assert str(receipt.id) == out["sale"]["answer"]["data"]["receipt_id"]
-        totals = await reports.totals(
-            s,
-            group_by="channel",
-            start=receipt.business_date,
-            end=receipt.business_date,
-        )
-    assert {"key": "pos", "count": 1, "amount": 12_345, "refunded": 0} in totals
+        note = await s.scalar(select(ENote).where(ENote.receipt_id == receipt.id))
+        assert note is not None
+        assert json.loads(note.content)["main"]["pay_mode"] == "POS刷卡"
+        day = receipt.business_date
+        by_mode = await reports.totals(s, group_by="pay_mode", start=day, end=day)
+        by_channel = await reports.totals(s, group_by="channel", start=day, end=day)
+    assert {"key": "POS", "count": 1, "amount": 12_345, "refunded": 0} in by_mode
+    assert {"key": "pos", "count": 1, "amount": 12_345, "refunded": 0} in by_channel
 
 
 async def test_repeats_answer_as_the_first_and_pay_once(pos: PosWorld) -> None:

@@ -2,7 +2,7 @@
 receipts and attempts learn REVERSED (a payment the channel took back before settlement)
 
 Revision ID: 0014
-Revises: 0009
+Revises: 0012
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0014"
-down_revision = "0009"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import payer as bills
 from billing.states import BillStatus
-from channels.base import InvalidNotification
+from channels.base import InvalidNotification, PayMode
 from channels.pos import transforms as t
 from channels.pos.adapter import NAME as CHANNEL
 from channels.pos.adapter import PosAdapter
@@ -338,6 +338,7 @@ async def sale(  # noqa: PLR0911 - one answer per case of the protocol
         cutoff=ctx.cutoff,
         bill_id=view.bill_id,
         channel=CHANNEL,
+        pay_mode=PayMode.POS,
     )
     if (
         result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.ALREADY_CONFIRMED}
