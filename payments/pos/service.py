@@ -41,7 +41,7 @@ import structlog
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing import payer as bills
 from billing.states import BillStatus
@@ -52,7 +52,13 @@ from channels.pos.adapter import PosAdapter
 from kernel.audit import Actor
 from kernel.clock import shanghai_today
 from payments import refunds
-from payments.confirm import ConfirmOutcome, confirm_payment, core_transaction
+from payments.confirm import (
+    CONFIRM_GATE,
+    ConfirmOutcome,
+    DriverStatement,
+    confirm_payment,
+    core_transaction,
+)
 from payments.context import PaymentContext
 from payments.pos.terminals import Credentials, credentials
 from payments.reversal import Undone, undo_payment
@@ -211,25 +217,55 @@ async def inquiry(ctx: PaymentContext, terminal: Terminal, msg: t.Inquiry) -> t.
 # ------------------------------------------------------------------ sale
 
 
-# One round trip: the transaction row under the terminal's key and the attempt it opens,
-# both or neither (a key taken already — a repeat, a tombstone — or a disabled terminal:
-# nothing). The attempt is inserted after the row that references it within the same
-# statement; the foreign key is checked at the statement's end.
-_SALE = text(
-    "WITH term AS (SELECT id FROM pos_terminals WHERE id = :ref AND enabled),"  # noqa: S608 - constants only
+_FIXED = ", ".join(f"'{c}'" for c in sorted(bills.FIXED_DEADLINE_CATEGORIES))
+# ONE statement in its own implicit transaction: the transaction row under the terminal's
+# key and the attempt it opens, both or neither. Neither when the terminal is disabled,
+# the key is taken (a repeat, a tombstone), or — unless the caller checked the bill itself
+# (`checked`) — the bill is not simply payable: ISSUED, of the terminal's agency, within a
+# hard deadline, and the amount its principal with no late fee possible (rule NONE, or not
+# past the due date). Then the general path decides in Python. The attempt is inserted
+# after the row that references it; the foreign key is checked at the statement's end.
+_SALE = DriverStatement.of(
+    "WITH term AS (SELECT id FROM pos_terminals WHERE id = CAST(:ref AS uuid) AND enabled),"  # noqa: S608 - constants only
+    " bill AS (SELECT b.id FROM bills b, term WHERE b.payment_code = CAST(:payment_code AS"
+    " varchar) AND b.agency_id = CAST(:agency AS uuid) AND (CAST(:checked AS boolean) OR ("
+    f" b.status = '{BillStatus.ISSUED}' AND b.principal_amount = CAST(:amount AS bigint)"
+    " AND (b.late_fee_rule = 'NONE' OR CAST(:today AS date) <= b.due_date)"
+    f" AND (b.category NOT IN ({_FIXED}) OR CAST(:occurred_at AS timestamptz)"
+    " <= b.expires_at)))),"
     " t AS (INSERT INTO pos_transactions (id, terminal_ref, batch_no, trace_no, kind, status,"
     " amount, payment_code, bill_id, attempt_id, rrn, card, card_type, acquirer, issuer,"
     " operator, occurred_at, settle_date, digest)"
-    " SELECT :id, term.id, :batch_no, :trace_no, 'SALE', 'ACCEPTED', :amount, :payment_code,"
-    " :bill_id, :attempt_id, :rrn, :card, :card_type, :acquirer, :issuer, :operator,"
-    " :occurred_at, :settle_date, :digest FROM term"
-    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING attempt_id),"
+    " SELECT CAST(:id AS uuid), term.id, CAST(:batch_no AS varchar),"
+    " CAST(:trace_no AS varchar), 'SALE', 'ACCEPTED', CAST(:amount AS bigint),"
+    " CAST(:payment_code AS varchar), bill.id, CAST(:attempt_id AS uuid),"
+    " CAST(:rrn AS varchar), CAST(:card AS varchar), CAST(:card_type AS varchar),"
+    " CAST(:acquirer AS varchar), CAST(:issuer AS varchar), CAST(:operator AS varchar),"
+    " CAST(:occurred_at AS timestamptz), CAST(:settle_date AS varchar),"
+    " CAST(:digest AS varchar) FROM term, bill"
+    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING attempt_id, bill_id),"
     " a AS (INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount,"
     " channel_trade_no, expires_at, next_check_at)"
-    f" SELECT t.attempt_id, :bill_id, '{CHANNEL}', :mode, '{AttemptStatus.PENDING}', :amount,"
-    " :trade_no, :expires_at, :next_check_at FROM t RETURNING id)"
-    " SELECT (SELECT count(*) FROM term) AS enabled, (SELECT count(*) FROM a) AS made"
+    f" SELECT t.attempt_id, t.bill_id, '{CHANNEL}', CAST(:mode AS varchar),"
+    f" '{AttemptStatus.PENDING}', CAST(:amount AS bigint), CAST(:trade_no AS varchar),"
+    " CAST(:expires_at AS timestamptz), CAST(:next_check_at AS timestamptz) FROM t"
+    " RETURNING id, bill_id)"
+    " SELECT (SELECT count(*) FROM term) AS enabled, (SELECT bill_id FROM a) AS bill_id"
 )
+
+
+async def _insert_sale(
+    ctx: PaymentContext, params: dict[str, Any]
+) -> tuple[bool, uuid.UUID | None]:
+    """`_SALE` on the driver connection: (terminal enabled, the bill paid by the new attempt
+    or None when nothing was written)."""
+    engine = ctx.sessions.kw.get("bind")
+    assert isinstance(engine, AsyncEngine)
+    async with CONFIRM_GATE.turn(), engine.connect() as conn:  # a turn, as every confirmation
+        driver = (await conn.get_raw_connection()).driver_connection
+        row = (await _SALE.fetch(driver, params))[0]
+    return bool(row["enabled"]), row["bill_id"]
+
 
 _BY_KEY = text(
     "SELECT x.id, x.kind, x.status, x.amount, x.digest, x.attempt_id, x.bill_id,"
@@ -273,38 +309,21 @@ def _accepted(
     )
 
 
-async def _refuse_unless_repeat(
-    ctx: PaymentContext, terminal: Terminal, msg: t.Sale, answer: t.Answer
-) -> t.Answer:
-    """A sale we would refuse may be the repeat of one we took: answer that instead."""
-    async with ctx.sessions() as s:
-        row = await _by_key(await s.connection(), terminal, msg.batch_no, msg.trace_no)
-    return answer if row is None else _sale_repeat(row, msg)
-
-
-async def sale(  # noqa: PLR0911 - one answer per case of the protocol
-    ctx: PaymentContext, terminal: Terminal, msg: t.Sale
-) -> t.Answer:
+async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> t.Answer:
     now = datetime.now(UTC)
-    try:
-        view = await _view(ctx, terminal, msg.payment_code)
-        _payable(view, msg.occurred_at)
-        due = bills.due_on(view, shanghai_today(msg.occurred_at), ctx.day_count)
-        if msg.amount != due.total:
-            raise _Refused(_no(R.AMOUNT_DIFFERS))
-    except _Refused as refused:
-        return await _refuse_unless_repeat(ctx, terminal, msg, refused.answer)
     attempt_id = uuid.uuid4()
     trade_no = t.trade_no(terminal.terminal_id, msg.batch_no, msg.trace_no)
     expires_at = now + timedelta(seconds=ctx.attempt_ttl_s)
-    params = {
+    params: dict[str, Any] = {
         "ref": terminal.ref,
+        "agency": terminal.agency_id,
+        "checked": False,
+        "today": shanghai_today(msg.occurred_at),
         "id": uuid.uuid4(),
         "batch_no": msg.batch_no,
         "trace_no": msg.trace_no,
         "amount": msg.amount,
         "payment_code": msg.payment_code,
-        "bill_id": view.bill_id,
         "attempt_id": attempt_id,
         "rrn": msg.rrn,
         "card": msg.card,
@@ -320,13 +339,14 @@ async def sale(  # noqa: PLR0911 - one answer per case of the protocol
         "expires_at": expires_at,
         "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at),
     }
-    async with core_transaction(ctx.sessions) as conn:
-        made = (await conn.execute(_SALE, params)).one()
-        if not made.enabled:
-            return _no(R.UNKNOWN_TERMINAL)
-        if not made.made:
-            row = await _by_key(conn, terminal, msg.batch_no, msg.trace_no)
-            return _no(R.SYSTEM_ERROR) if row is None else _sale_repeat(row, msg)
+    enabled, bill_id = await _insert_sale(ctx, params)
+    if not enabled:
+        return _no(R.UNKNOWN_TERMINAL)
+    if bill_id is None:
+        answer = await _sale_checked(ctx, terminal, msg, params)
+        if isinstance(answer, t.Answer):
+            return answer
+        bill_id = answer
     result = await confirm_payment(
         ctx.sessions,
         ctx.redis,
@@ -336,7 +356,7 @@ async def sale(  # noqa: PLR0911 - one answer per case of the protocol
         paid_at=msg.occurred_at,
         source=f"pos:{terminal.terminal_id}",
         cutoff=ctx.cutoff,
-        bill_id=view.bill_id,
+        bill_id=bill_id,
         channel=CHANNEL,
         pay_mode=PayMode.POS,
     )
@@ -353,6 +373,34 @@ async def sale(  # noqa: PLR0911 - one answer per case of the protocol
         return _no(R.ALREADY_PAID)
     log.error("pos sale not confirmed", outcome=result.outcome)
     return _no(R.SYSTEM_ERROR)
+
+
+async def _sale_checked(
+    ctx: PaymentContext, terminal: Terminal, msg: t.Sale, params: dict[str, Any]
+) -> t.Answer | uuid.UUID:
+    """The general path of a sale the one statement did not take: a repeat, or a bill the
+    SQL guards could not judge (a late fee, another agency, not payable...). The bill is
+    judged here by the payer view's rules; the answer, or the bill the sale may pay."""
+    async with ctx.sessions() as s:
+        row = await _by_key(await s.connection(), terminal, msg.batch_no, msg.trace_no)
+    if row is not None:
+        return _sale_repeat(row, msg)
+    try:
+        view = await _view(ctx, terminal, msg.payment_code)
+        _payable(view, msg.occurred_at)
+        due = bills.due_on(view, shanghai_today(msg.occurred_at), ctx.day_count)
+        if msg.amount != due.total:
+            raise _Refused(_no(R.AMOUNT_DIFFERS))
+    except _Refused as refused:
+        return refused.answer
+    enabled, bill_id = await _insert_sale(ctx, params | {"checked": True})
+    if not enabled:
+        return _no(R.UNKNOWN_TERMINAL)
+    if bill_id is None:  # lost a race to the same key: answer as a repeat
+        async with ctx.sessions() as s:
+            row = await _by_key(await s.connection(), terminal, msg.batch_no, msg.trace_no)
+        return _no(R.SYSTEM_ERROR) if row is None else _sale_repeat(row, msg)
+    return bill_id
 
 
 # ------------------------------------------------------------------ reversal

@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,6 +109,7 @@ async def register(
             "This merchant and terminal id are registered already.", code="terminal_exists"
         ) from None
     await session.refresh(terminal)
+    forget(merchant_id, terminal_id)
     audit.record(
         session,
         actor_type=actor.type,
@@ -143,6 +145,7 @@ async def set_enabled(
     """Disable (or re-enable) a terminal; the caller commits. From the commit on, its
     messages are refused."""
     terminal = await _find(session, merchant_id, terminal_id)
+    forget(merchant_id, terminal_id)
     if terminal.enabled != enabled:
         terminal.enabled = enabled
         audit.record(
@@ -163,6 +166,7 @@ async def rotate_key(
 ) -> Registered:
     """A fresh key for a terminal (the old one stops working at commit)."""
     terminal = await _find(session, merchant_id, terminal_id)
+    forget(merchant_id, terminal_id)
     key = secrets.token_hex(KEY_BYTES)
     terminal.key_enc = keyring().encrypt(key.encode(), aad=key_aad(terminal.id))
     audit.record(
@@ -201,12 +205,26 @@ _CREDENTIALS = text(
     "SELECT id, agency_id, key_enc, enabled FROM pos_terminals"
     " WHERE merchant_id = :merchant AND terminal_id = :terminal"
 )
+CACHE_TTL_S = 5.0
+"""How long a process reuses a terminal's looked-up key. Writes re-check `enabled` in the
+database, so a disabled terminal is refused at once; a rotated key stops working in other
+processes within this time (in this one at once)."""
+_cache: dict[tuple[str, str], tuple[float, Credentials]] = {}
+
+
+def forget(merchant_id: str, terminal_id: str) -> None:
+    """Drop this process's cached credentials of a terminal (after a change to it)."""
+    _cache.pop((merchant_id, terminal_id), None)
 
 
 async def credentials(
     sessions: async_sessionmaker[AsyncSession], merchant_id: str, terminal_id: str
 ) -> Credentials | None:
     """The registered terminal's key and state; None when no such terminal exists."""
+    now = time.monotonic()
+    hit = _cache.get((merchant_id, terminal_id))
+    if hit is not None and hit[0] > now:
+        return hit[1]
     async with sessions() as session:
         row = (
             await session.execute(_CREDENTIALS, {"merchant": merchant_id, "terminal": terminal_id})
@@ -214,4 +232,8 @@ async def credentials(
     if row is None:
         return None
     key = keyring().decrypt(bytes(row.key_enc), aad=key_aad(row.id))
-    return Credentials(row.id, row.agency_id, key, bool(row.enabled))
+    found = Credentials(row.id, row.agency_id, key, bool(row.enabled))
+    if len(_cache) > 10_000:  # a bound, not an eviction policy: terminals are few
+        _cache.clear()
+    _cache[merchant_id, terminal_id] = (now + CACHE_TTL_S, found)
+    return found
