@@ -38,7 +38,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -49,6 +48,7 @@ from channels.base import InvalidNotification, PayMode
 from channels.pos import transforms as t
 from channels.pos.adapter import NAME as CHANNEL
 from channels.pos.adapter import PosAdapter
+from kernel import nonces
 from kernel.audit import Actor
 from kernel.clock import shanghai_today
 from payments import refunds
@@ -134,22 +134,10 @@ async def handle(  # noqa: PLR0917 - the request's parts, as the route has them
 
 
 async def _nonce_fresh(ctx: PaymentContext, terminal_ref: uuid.UUID, nonce: str) -> bool:
-    """First use of the nonce within its window: Redis, else PostgreSQL (never "yes" blind:
-    a replayed sale must not pass while Redis is down)."""
-    key_id = f"pos:{terminal_ref.hex[:32]}"
-    try:
-        return bool(await ctx.redis.set(f"nonce:{key_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S))
-    except (RedisError, OSError) as exc:
-        log.warning("nonce store falling back to postgres", error=type(exc).__name__)
-    async with ctx.sessions() as s, s.begin():
-        row = await s.execute(
-            text(
-                "INSERT INTO auth_nonces (key_id, nonce, expires_at) VALUES (:k, :n, :e)"
-                " ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {"k": key_id, "n": nonce, "e": datetime.now(UTC) + timedelta(seconds=NONCE_TTL_S)},
-        )
-        return row.first() is not None
+    """First use of the nonce within its window, per terminal (kernel.nonces' policy)."""
+    return await nonces.first_use(
+        ctx.redis, ctx.sessions, f"pos:{terminal_ref.hex[:32]}", nonce, NONCE_TTL_S
+    )
 
 
 async def dispatch(  # noqa: PLR0911 - one branch per operation
