@@ -32,6 +32,12 @@ from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from kernel.outbox import Topic
 from payments.states import ATTEMPT, AttemptStatus
 
+__all__ = [
+    "UndoResult",
+    "Undone",
+    "undo_payment",
+]
+
 log = structlog.get_logger(__name__)
 
 

@@ -29,6 +29,11 @@ from channels.base import (
 from channels.money import fen_to_yuan
 from channels.pos import transforms as t
 
+__all__ = [
+    "NAME",
+    "PosAdapter",
+]
+
 NAME = "pos"
 
 

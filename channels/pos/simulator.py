@@ -32,6 +32,13 @@ from channels.base import InvalidNotification
 from channels.money import fen_to_yuan
 from channels.pos import transforms as t
 
+__all__ = [
+    "JournalLine",
+    "Sent",
+    "SimTerminal",
+    "TerminalState",
+]
+
 
 @dataclass
 class JournalLine:

@@ -32,6 +32,46 @@ from zoneinfo import ZoneInfo
 from channels.base import InvalidNotification
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = [
+    "CODES",
+    "CURRENCY_CNY",
+    "MAX_SKEW_S",
+    "MERCHANT",
+    "MESSAGES",
+    "SHANGHAI",
+    "TERMINAL",
+    "TOTAL_KINDS",
+    "Accepted",
+    "Answer",
+    "BatchReport",
+    "BillInfo",
+    "Detail",
+    "Identity",
+    "Inquiry",
+    "MalformedMessage",
+    "Message",
+    "Operation",
+    "Refund",
+    "Result",
+    "Reversal",
+    "Sale",
+    "Settle",
+    "Total",
+    "Void",
+    "answer_doc",
+    "canonical",
+    "claimed_identity",
+    "digest",
+    "format_time",
+    "mac",
+    "parse",
+    "parse_time",
+    "render",
+    "sign",
+    "trade_no",
+    "verify",
+]
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_SKEW_S = 300

@@ -24,6 +24,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base
 
+__all__ = [
+    "PosBatch",
+    "PosTerminal",
+    "PosTransaction",
+]
+
 
 class PosTerminal(Base):
     """A card terminal: the acquirer's merchant id (15) and terminal id (8), where it stands,

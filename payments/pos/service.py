@@ -64,6 +64,19 @@ from payments.pos.terminals import Credentials, credentials
 from payments.reversal import Undone, undo_payment
 from payments.states import AttemptStatus
 
+__all__ = [
+    "Terminal",
+    "compare",
+    "dispatch",
+    "handle",
+    "inquiry",
+    "refund",
+    "reversal",
+    "sale",
+    "settle",
+    "void",
+]
+
 log = structlog.get_logger(__name__)
 
 NONCE_TTL_S = 2 * t.MAX_SKEW_S

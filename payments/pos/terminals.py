@@ -26,6 +26,20 @@ from kernel.crypto import keyring
 from kernel.errors import Conflict, InvalidInput, NotFound
 from payments.pos.models import PosTerminal
 
+__all__ = [
+    "CACHE_TTL_S",
+    "Credentials",
+    "Registered",
+    "TerminalView",
+    "credentials",
+    "forget",
+    "key_aad",
+    "list_terminals",
+    "register",
+    "rotate_key",
+    "set_enabled",
+]
+
 log = structlog.get_logger(__name__)
 
 KEY_BYTES = 32
