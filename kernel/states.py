@@ -47,6 +47,11 @@ class StateMachine:
         return found
 
     @property
+    def live(self) -> frozenset[str]:
+        """The states that may still change (every state but the terminal ones)."""
+        return frozenset(self.states) - self.terminal
+
+    @property
     def states(self) -> tuple[str, ...]:
         """Every state the machine names, sorted."""
         named = {s for edge in self.edges for s in edge} | self.initial | self.terminal

@@ -70,7 +70,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 X = DiscrepancyStatus
-OPEN_STATES = tuple(sorted(set(DISCREPANCY.states) - DISCREPANCY.terminal))
+OPEN_STATES = tuple(sorted(DISCREPANCY.live))
 """A discrepancy still waiting for someone (HELD or OPEN); the others are closed for good."""
 _OPEN_SQL = sql_in(OPEN_STATES)
 

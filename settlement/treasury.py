@@ -68,7 +68,7 @@ from payments.models import Refund
 from payments.states import REFUND, RefundStatus
 from settlement.models import BatchedRefund, DepositBatch, DepositLine, Settlement, Treasury
 from settlement.split import split_fen
-from settlement.states import DEPOSIT_BATCH, DepositBatchStatus
+from settlement.states import DEPOSIT_BATCH, DISCREPANCY, DepositBatchStatus
 
 __all__ = [
     "STAGES",
@@ -96,18 +96,18 @@ WHERE r.business_date = :day AND r.status = 'CONFIRMED'
 # Claiming is the status change itself: the UPDATE locks each receipt, so a refund
 # requested at the same moment either commits first (its reservation is then excluded from
 # the net) or waits and finds the receipt SETTLED (a treasury refund).
-_CLAIM = """
+_CLAIM = f"""
 WITH claimed AS (
     UPDATE receipts r SET status = 'SETTLED'
     WHERE r.business_date = :day AND r.status = 'CONFIRMED' AND r.kind = 'PAYMENT'
       AND NOT EXISTS (SELECT 1 FROM discrepancies d WHERE d.receipt_id = r.id
-                      AND d.status IN ('HELD', 'OPEN'))
+                      AND d.status IN {sql_in(DISCREPANCY.live)})
       AND NOT EXISTS (SELECT 1 FROM refunds f WHERE f.receipt_id = r.id AND f.route = 'CHANNEL'
                       AND f.status IN ('REQUESTED', 'PROCESSING', 'UNKNOWN'))
     RETURNING r.id, r.amount - r.refunded_amount AS net)
 INSERT INTO settled_receipts (receipt_id, settlement_id, amount)
 SELECT id, :sid, net FROM claimed
-"""
+"""  # noqa: S608 - machine states only
 
 # Region × item totals of the claimed receipts; see the module docstring, step 3.
 _ALLOCATE = """

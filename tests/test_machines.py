@@ -30,7 +30,7 @@ _EDGE = re.compile(r"^    (\[\*\]|[A-Z_]+) --> (\[\*\]|[A-Z_]+)$")
 def test_sources_are_the_states_with_an_edge_into_the_target() -> None:
     assert BILL.sources(BillStatus.SETTLED) == {"PAID", "PARTIALLY_REFUNDED"}
     assert BILL.sources(BillStatus.PAID) == {"ISSUED"}
-    assert DISCREPANCY.sources("RESOLVED") == {"HELD", "OPEN"}
+    assert DISCREPANCY.sources("RESOLVED") == {"HELD", "OPEN"} == DISCREPANCY.live
     for machine in MACHINES.values():
         for target in {d for _, d in machine.edges}:
             assert machine.sources(target) == {s for s, d in machine.edges if d == target}
