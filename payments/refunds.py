@@ -3,7 +3,8 @@ channel, and the completion.
 
 - A refund reserves its amount on the receipt at request time (`receipts.refunded_amount`),
   so two concurrent requests can never refund more than was paid; a failed refund releases
-  its reservation. The receipt row is locked while the guard is checked.
+  its reservation. The receipt row is locked first (every entry point goes through
+  `request_refund`), and the reservation itself is a guarded UPDATE.
 - Route: before settlement (receipt CONFIRMED) the money goes back through the channel that
   took it (executed by the refund worker from the outbox, idempotent per refund id); after
   settlement (receipt SETTLED) it becomes a treasury refund (退库) line in the next deposit
@@ -92,18 +93,25 @@ async def request_refund(
         raise InvalidInput("refund amount must be positive", code="amount_not_positive")
     if not reason.strip():
         raise InvalidInput("a reason is required", code="reason_required")
+    # The receipt row is the one lock every door (agency API, finance API, CLI,
+    # reconciliation) takes first: requests on one receipt run one after another, and a
+    # repeat of an idempotency key finds the refund its first request committed. Refreshed
+    # from the locked row: an object this session read earlier must not answer for it.
+    receipt = await session.scalar(
+        select(Receipt)
+        .where(Receipt.id == receipt_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if receipt is None:
+        raise NotFound(f"no receipt {receipt_id}", code="receipt_not_found")
     if refund_id is not None:
-        existing = await session.get(Refund, refund_id)
+        existing = await session.get(Refund, refund_id, populate_existing=True)
         if existing is not None:
             if (existing.receipt_id, existing.amount) != (receipt_id, amount):
                 raise Conflict("refund id reused with another request", code="refund_id_reused")
             return existing
-    receipt = await session.scalar(
-        select(Receipt).where(Receipt.id == receipt_id).with_for_update()
-    )
-    if receipt is None:
-        raise NotFound(f"no receipt {receipt_id}", code="receipt_not_found")
-    bill = await session.get(Bill, receipt.bill_id, with_for_update=True)
+    bill = await session.get(Bill, receipt.bill_id, with_for_update=True, populate_existing=True)
     assert bill is not None
     if agency_id is not None and bill.agency_id != agency_id:
         raise NotFound(f"no receipt {receipt_id}", code="receipt_not_found")
@@ -116,14 +124,21 @@ async def request_refund(
         )
         if blocked is not None:
             raise InvalidInput(f"item {blocked} is not refundable", code="not_refundable")
-    available = receipt.amount - receipt.refunded_amount
-    if amount > available:
+    # The reservation is a guarded UPDATE: whatever this process believes, the database
+    # adds the amount only while it still fits in what was paid.
+    reserved = await session.scalar(
+        update(Receipt)
+        .where(Receipt.id == receipt.id, Receipt.refunded_amount + amount <= Receipt.amount)
+        .values(refunded_amount=Receipt.refunded_amount + amount)
+        .returning(Receipt.refunded_amount)
+    )
+    if reserved is None:
+        available = receipt.amount - receipt.refunded_amount
         raise InvalidInput(
             f"refund of {amount} fen exceeds the {available} fen available",
             code="exceeds_available",
             available=available,
         )
-    receipt.refunded_amount += amount
     refund = Refund(
         id=refund_id or uuid.uuid4(),
         receipt_id=receipt.id,
