@@ -15,13 +15,28 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "Ack",
+    "BadMessage",
+    "BadParameter",
+    "BillDue",
+    "BillQuery",
     "ChannelAdapter",
     "ChannelError",
     "ChannelRegistry",
+    "ConfirmPayment",
+    "ConfirmationReceipt",
     "CreatePayment",
     "CreatedPayment",
+    "Disposition",
+    "DueLine",
+    "InboundAnswer",
+    "InboundCall",
+    "InboundChannel",
+    "InboundMessage",
+    "InboundRegistry",
+    "InboundRequest",
     "InvalidNotification",
     "Notification",
+    "Outcome",
     "OutcomeUnknown",
     "PayMode",
     "PaymentStatus",
@@ -29,10 +44,14 @@ __all__ = [
     "RefundResult",
     "RefundState",
     "Rejected",
+    "ReverseConfirmation",
     "StatementKind",
     "StatementLine",
     "TradeState",
     "Unavailable",
+    "UnknownSender",
+    "UploadConfirmations",
+    "WireReply",
 ]
 
 # ------------------------------------------------------------------ failures
@@ -256,3 +275,264 @@ class ChannelRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._adapters
+
+
+# ------------------------------------------------------------------ channels that call us
+#
+# A bank, a kiosk or a card terminal starts the conversation. Its package parses and
+# verifies the wire message into one of the typed requests below (amounts in fen, times
+# timezone-aware) and renders our typed answer back with its own result codes and
+# signature; the channel-agnostic service (payments.inbound) sees nothing of the wire.
+# A new operation is a new InboundRequest subclass plus its handler in that service.
+
+
+class Outcome(StrEnum):
+    """Our answer to an inbound request; each channel maps it to its own result code."""
+
+    OK = "OK"
+    UNKNOWN_CODE = "UNKNOWN_CODE"
+    """No bill has this payment code (or the code is malformed)."""
+    CHECK_FAILED = "CHECK_FAILED"
+    """The payment code's check digit is wrong: a typo."""
+    ALREADY_PAID = "ALREADY_PAID"
+    EXPIRED = "EXPIRED"
+    """Past the bill's payment deadline."""
+    CANCELLED = "CANCELLED"
+    AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
+    """The amount is not the amount due (or not the order's)."""
+    UNKNOWN_ORDER = "UNKNOWN_ORDER"
+    """The order id named is not one we issued to this channel for this code."""
+    DUPLICATE = "DUPLICATE"
+    """The channel's reference was used before for another payment: a conflicting repeat."""
+    NOT_QUERIED = "NOT_QUERIED"
+    """A confirmation naming no prior query, where the channel requires one."""
+    NOT_CONFIRMED = "NOT_CONFIRMED"
+    """A reversal of a confirmation we never recorded."""
+    TOO_LATE = "TOO_LATE"
+    """A reversal after the day it could be made (the money must go back as a refund)."""
+    TRY_LATER = "TRY_LATER"
+    """We could not decide now (a store was unavailable): nothing written; send it again."""
+    BAD_REQUEST = "BAD_REQUEST"
+    """Verified, but not a well-formed request of this operation."""
+    BAD_PARAMETER = "BAD_PARAMETER"
+    """Verified and well-formed, but a field has a value outside its allowed set."""
+    UNKNOWN_SENDER = "UNKNOWN_SENDER"
+    """The device or terminal is not registered with the channel, or is disabled."""
+    FORGED = "FORGED"
+    """Unverifiable: bad or missing signature, wrong sender, stale or replayed. Nothing
+    is read from the message and nothing changes."""
+
+
+class Disposition(StrEnum):
+    """What became of money a channel confirmed."""
+
+    PAID = "PAID"
+    """It paid the bill."""
+    REFUND = "REFUND"
+    """The bill could not take it (paid meanwhile, cancelled, expired): a duplicate receipt
+    and an automatic refund through the channel."""
+
+
+class BadMessage(ChannelError):
+    """A verified message that is not a well-formed request: answered BAD_REQUEST."""
+
+
+class BadParameter(BadMessage):
+    """A well-formed request with a field outside its allowed values (an unknown pay mode):
+    answered BAD_PARAMETER."""
+
+
+class UnknownSender(InvalidNotification):
+    """The message names a device or terminal the channel does not know, or has disabled:
+    answered UNKNOWN_SENDER, nothing changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundCall:
+    """One request as it reached us, before anything is trusted."""
+
+    operation: str
+    """The last segment of `/v1/channels/{channel}/{operation}`."""
+    member: str | None
+    """The member of the channel the URL names, if any: `102` of `/v1/channels/bank/102/…`
+    (or of `/v1/channels/bank:102/…`)."""
+    path: str
+    """The request path as received (a channel may sign it)."""
+    headers: Mapping[str, str]
+    """Case-insensitive."""
+    body: bytes
+
+
+class InboundRequest:
+    """Base of the typed requests a channel's message parses into."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BillQuery(InboundRequest):
+    """Which bill has this payment code, and what is due on it today?"""
+
+    payment_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmPayment(InboundRequest):
+    """The channel took `amount` fen from the payer for this payment code."""
+
+    payment_code: str
+    reference: str
+    """The channel's own id of this payment (bank serial, device + sequence, terminal
+    trace): the idempotency key — a repeat with the same reference is the same payment."""
+    amount: int
+    paid_at: datetime
+    order_id: str | None = None
+    """Our order id from a prior BillQuery, when the channel echoes it."""
+    pay_mode: PayMode | None = None
+    """How the payer paid; None: the channel's own (PayMode.for_channel)."""
+    sequence: int | None = None
+    """A device's own sequence number, for channels that store and forward."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseConfirmation(InboundRequest):
+    """The channel undoes a confirmation it sent (冲正): the payment it named did not
+    happen after all."""
+
+    payment_code: str
+    reference: str
+    """The `reference` of the confirmation being reversed."""
+    amount: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadConfirmations(InboundRequest):
+    """Confirmations a channel stored while offline, sent later in one batch; each is
+    applied exactly once by the same rules as a single ConfirmPayment."""
+
+    items: tuple[ConfirmPayment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A verified message: who sent it and what it asks."""
+
+    channel: str
+    """The channel the money is recorded under (attempts, receipts), e.g. `bank:102`."""
+    request: InboundRequest
+    nonce: str | None = None
+    """Used once within the channel's window: a reuse is a replay, refused as FORGED."""
+    sender: str | None = None
+    """Who within the channel sent it (a kiosk's device id, a terminal id), verified."""
+
+
+@dataclass(frozen=True, slots=True)
+class DueLine:
+    name: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class BillDue:
+    """A bill as a channel shows it to the payer: what is due today."""
+
+    payment_code: str
+    order_id: str
+    """Our order for this channel; echoed in its confirmation."""
+    agency_name: str
+    payer_name: str
+    """Masked."""
+    amount: int
+    """Due today: principal plus late fee."""
+    principal: int
+    late_fee: int
+    due_date: date
+    pay_before: datetime
+    """When the order lapses."""
+    lines: tuple[DueLine, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmationReceipt:
+    """What became of one confirmation."""
+
+    order_id: str
+    reference: str
+    receipt_id: str | None
+    disposition: Disposition
+    sequence: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundAnswer:
+    """Our typed answer; the channel renders it in its own codes and signs it."""
+
+    outcome: Outcome
+    detail: str = ""
+    """A short English reason, safe to show the channel (no personal data)."""
+    bill: BillDue | None = None
+    receipt: ConfirmationReceipt | None = None
+    items: tuple[InboundAnswer, ...] = ()
+    """One answer per item of an upload, in the order sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireReply:
+    """An answer rendered for the wire."""
+
+    body: bytes
+    media_type: str = "application/json"
+    status_code: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class InboundChannel(Protocol):
+    """A channel that calls us, reached at `POST /v1/channels/{name}/{operation}`, or at
+    `POST /v1/channels/{name}/{member}/{operation}` when its members (banks) are named in
+    the URL."""
+
+    name: str
+    operations: frozenset[str]
+    """The wire operation names it accepts; any other is a 404."""
+
+    async def has_member(self, member: str) -> bool:
+        """Whether the URL's member (a bank code) is one this channel serves now; a channel
+        without members in its URLs answers False (a 404)."""
+        ...
+
+    async def parse(self, call: InboundCall) -> InboundMessage:
+        """Verify and decode. Raise UnknownSender for an unknown or disabled device,
+        InvalidNotification for anything else unverifiable (the answer is FORGED),
+        BadMessage for a verified but malformed request. Async so that an adapter may look
+        a device's key up."""
+        ...
+
+    async def render(
+        self, call: InboundCall, message: InboundMessage | None, answer: InboundAnswer
+    ) -> WireReply:
+        """Our answer in the channel's codes, signed as the channel expects; `message` is
+        None when the call did not parse (forged, unknown sender, malformed)."""
+        ...
+
+
+class InboundRegistry:
+    """Channel name → inbound adapter, filled once at start-up."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, InboundChannel] = {}
+
+    def register(self, channel: InboundChannel) -> None:
+        if channel.name in self._channels:
+            raise ValueError(f"inbound channel {channel.name!r} registered twice")
+        self._channels[channel.name] = channel
+
+    def find(self, name: str) -> InboundChannel | None:
+        return self._channels.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._channels)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._channels

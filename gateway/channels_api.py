@@ -1,23 +1,18 @@
-"""Endpoints channels call: the generic async notification, and the bank interface."""
+"""Endpoints channels call: the asynchronous notification of a channel we called, and the
+generic inbound route of a channel that calls us (a bank, a kiosk, a card terminal)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import structlog
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from channels.bank.adapter import BankAdapter, channel_name
-from channels.bank.transforms import ResultCode
-from channels.base import InvalidNotification
+from channels.base import InboundCall
 from gateway.state import Resources
 from kernel.errors import NotFound
-from payments import bank_inbound, notify
-
-log = structlog.get_logger(__name__)
+from payments import inbound, notify
 
 
 class NotifyController(Controller):
@@ -45,73 +40,65 @@ class NotifyController(Controller):
         return Response(b"fail", media_type="text/plain", status_code=400)
 
 
-class BankController(Controller):
-    """DOMAIN §5, bank-initiated: query a bill by payment code, confirm a payment."""
+class InboundController(Controller):
+    """`POST /v1/channels/{channel}/{operation}`: the channel's adapter (from the inbound
+    registry) parses, verifies and answers in its own wire format; payments.inbound decides.
 
-    path = "/v1/channels/bank/{bank_code:str}"
+    A channel whose members are named in the URL (one bank of several) is reached as
+    `/v1/channels/bank/102/{operation}` or, the same, `/v1/channels/bank:102/{operation}`;
+    the path as received is what the sender signs."""
+
+    path = "/v1/channels"
     tags = ["channels"]  # noqa: RUF012
 
-    @post("/query", summary="Bank queries a bill by payment code", status_code=200)
-    async def query(
+    @post(
+        "/{channel:str}/{operation:str}",
+        summary="A message from a channel that calls us",
+        status_code=200,
+    )
+    async def message(
         self,
-        bank_code: FromPath[str],
+        channel: FromPath[str],
+        operation: FromPath[str],
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
     ) -> Response[bytes]:
-        return await self._handle("query", bank_code, request, resources)
+        name, _, member = channel.partition(":")
+        return await _receive(name, member or None, operation, request, resources)
 
-    @post("/confirm", summary="Bank confirms a payment it took", status_code=200)
-    async def confirm(
+    @post(
+        "/{channel:str}/{member:str}/{operation:str}",
+        summary="A message from one member of a channel that calls us (e.g. one bank)",
+        status_code=200,
+    )
+    async def member_message(
         self,
-        bank_code: FromPath[str],
+        channel: FromPath[str],
+        member: FromPath[str],
+        operation: FromPath[str],
         request: Request[Any, Any, Any],
         resources: NamedDependency[Resources],
     ) -> Response[bytes]:
-        return await self._handle("confirm", bank_code, request, resources)
+        return await _receive(channel, member, operation, request, resources)
 
-    async def _handle(
-        self,
-        op: str,
-        bank_code: str,
-        request: Request[Any, Any, Any],
-        resources: NamedDependency[Resources],
-    ) -> Response[bytes]:
-        channel = channel_name(bank_code)
-        adapter = resources.channels.get(channel) if channel in resources.channels else None
-        if not isinstance(adapter, BankAdapter):
-            raise NotFound("This bank is not connected.", code="unknown_bank")
-        body = await request.body()
-        path = request.url.path
-        bound = log.bind(channel=channel, op=op)
-        answer: bank_inbound.BankAnswer
-        try:
-            nonce = adapter.verify_inbound("POST", path, request.headers, body)
-            if not await bank_inbound.nonce_fresh(
-                resources.redis, resources.sessions, bank_code, nonce
-            ):
-                raise InvalidNotification("nonce reused", code="nonce")
-        except InvalidNotification as exc:
-            bound.warning("bank message rejected", reason=exc.code)
-            answer = bank_inbound.BankAnswer(ResultCode.BAD_SIGNATURE, "signature check failed")
-        else:
-            try:
-                msg = json.loads(body)
-                if not isinstance(msg, dict):
-                    raise TypeError
-            except (ValueError, TypeError):
-                msg = None
-            ctx = resources.payment_context()
-            if msg is None:
-                answer = bank_inbound.BankAnswer(
-                    ResultCode.BAD_REQUEST, "body is not a JSON object"
-                )
-            elif op == "query":
-                answer = await bank_inbound.bank_query(
-                    ctx, channel, str(msg.get("payment_code", ""))
-                )
-            else:
-                answer = await bank_inbound.bank_confirm(ctx, channel, msg)
-        out = json.dumps(answer.doc(), separators=(",", ":"), ensure_ascii=False).encode()
-        headers = adapter.sign_response(path, out)
-        headers.pop("Content-Type", None)
-        return Response(out, media_type="application/json", status_code=200, headers=headers)
+
+async def _receive(
+    channel: str,
+    member: str | None,
+    operation: str,
+    request: Request[Any, Any, Any],
+    resources: Resources,
+) -> Response[bytes]:
+    adapter = resources.inbound.find(channel)
+    if adapter is None or (member is not None and not await adapter.has_member(member)):
+        raise NotFound("No such channel calls us.", code="unknown_channel")
+    if operation not in adapter.operations:
+        raise NotFound("This channel has no such operation.", code="unknown_operation")
+    call = InboundCall(operation, member, request.url.path, request.headers, await request.body())
+    reply = await inbound.receive(resources.payment_context(), adapter, call)
+    return Response(
+        reply.body,
+        media_type=reply.media_type,
+        status_code=reply.status_code,
+        headers=dict(reply.headers),
+    )

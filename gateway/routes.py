@@ -7,7 +7,7 @@ from litestar.types import ControllerRouterHandler
 from gateway.banks_api import BanksController
 from gateway.bills_api import BillsController
 from gateway.cashier import CashierController
-from gateway.channels_api import BankController, NotifyController
+from gateway.channels_api import InboundController, NotifyController
 from gateway.enotes import EnoteController, verify_page
 from gateway.finance import FinanceController
 from gateway.health import HealthController
@@ -26,7 +26,7 @@ ROUTES: list[ControllerRouterHandler] = [
     verify_page,
     PayController,
     NotifyController,
-    BankController,
+    InboundController,
     WebhooksController,
     CashierController,
     PosChannelController,

@@ -9,9 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.late_fee import DayCount
 from channels.bank.adapter import BankAdapter
+from channels.bank.inbound import BankInbound
 from channels.bank.registry import BankDirectory, BankEntry
 from channels.bank.signing import HmacSigning
-from channels.base import ChannelRegistry
+from channels.base import ChannelRegistry, InboundRegistry
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
 from kernel import crypto
@@ -54,6 +55,14 @@ class Resources:
         return BankDirectory(self.sessions, bootstrap)
 
     @cached_property
+    def inbound(self) -> InboundRegistry:
+        """The channels that call us, by the name in `/v1/channels/{channel}/{operation}`:
+        built once, on first use."""
+        registry = InboundRegistry()
+        registry.register(BankInbound(self.banks))
+        return registry
+
+    @cached_property
     def day_count(self) -> DayCount:
         """How overdue days are counted (the configured grace days), for every amount due."""
         return DayCount(self.settings.billing.late_fee_grace_days)
@@ -94,7 +103,7 @@ def build_channels(settings: Settings) -> ChannelRegistry:
         from channels.alipay.adapter import AlipayAdapter
 
         registry.register(AlipayAdapter(settings.alipay))
-    # Banks on the DOMAIN §5 interface: one channel per bank, `bank:<code>`.
+    # Banks (docs/channels/bank.md): one channel per bank, `bank:<code>`.
     for bank in settings.payments.banks:
         registry.register(
             BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)

@@ -21,12 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.models import Agency, Bill, RevenueItem
 from billing.payment_code import compose
+from channels.bank import inbound as bank_wire
+from channels.bank import transforms as t
 from channels.bank.adapter import BankAdapter
 from channels.bank.simulator import create_app as create_simulator
 from channels.base import ChannelRegistry
 from gateway.app import create_app
 from gateway.settings import BankSettings, Settings
 from gateway.state import Resources
+from payments import inbound
 from payments.context import PaymentContext
 from payments.models import PaymentAttempt
 from tests.factories import make_agency, make_bill, make_item
@@ -178,3 +181,9 @@ async def open_attempt(
         s.add(a)
         await s.commit()
         return a
+
+
+async def bank_confirm(ctx: PaymentContext, channel: str, msg: dict[str, Any]) -> t.BankAnswer:
+    """A verified bank confirmation body, answered as the bank would read it: the bank's
+    decoder, the channel-agnostic service and the bank's encoder (no HTTP, no signature)."""
+    return bank_wire.encode(await inbound.handle(ctx, channel, bank_wire.decode("confirm", msg)))

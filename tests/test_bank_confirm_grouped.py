@@ -18,10 +18,9 @@ from channels.money import fen_to_yuan
 from gateway.state import Resources
 from kernel.clock import shanghai_today
 from ledger.models import JournalLine
-from payments.bank_inbound import bank_confirm
 from payments.confirm import APPLY_GROUPS, Paying
 from payments.models import PaymentAttempt, Receipt
-from tests.payments_support import bill_for_test
+from tests.payments_support import bank_confirm, bill_for_test
 
 CHANNEL = "bank:102"
 

@@ -14,9 +14,8 @@ from channels.bank import transforms as t
 from channels.money import fen_to_yuan
 from gateway.state import Resources
 from kernel.models import AuditEntry, OutboxMessage
-from payments.bank_inbound import bank_confirm
 from payments.models import PaymentAttempt, Receipt, Refund
-from tests.payments_support import bill_for_test
+from tests.payments_support import bank_confirm, bill_for_test
 
 CHANNEL = "bank:102"
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from gateway.state import Resources
 from kernel import nonces
 from kernel.kv import KV
-from payments import bank_inbound
+from payments import inbound as bank_inbound
 
 
 @pytest.fixture

@@ -1,1 +1,2 @@
-"""The bank channel of DOMAIN §5: adapter (calls), transforms (pure), simulator (tests/demo)."""
+"""The bank channel (docs/channels/bank.md): adapter (our calls), inbound (its calls), transforms
+(pure), simulator (tests/demo)."""

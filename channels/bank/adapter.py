@@ -1,10 +1,10 @@
-"""The bank channel (DOMAIN §5): bank-initiated query/confirm, plus our calls to the bank.
+"""The bank channel (docs/channels/bank.md): our calls to the bank.
 
 A citizen pays at the bank by payment code; the bank calls us (query, then confirm) — those
-inbound messages are verified here (`verify_inbound`) and handled by
-`payments.bank_inbound`. We call the bank to query a payment, close an unconfirmed order,
-refund, and fetch the day-end statement. HTTP failures map to the three channel errors in
-`_call` only.
+messages are parsed, verified and answered by `channels.bank.inbound.BankInbound` and
+handled by the channel-agnostic `payments.inbound`. We call the bank to query a payment,
+close an unconfirmed order, refund, and fetch the day-end statement. HTTP failures map to
+the three channel errors in `_send` only.
 """
 
 from __future__ import annotations
@@ -34,16 +34,9 @@ from channels.base import (
 )
 from channels.money import fen_to_yuan, yuan_to_fen
 
-__all__ = [
-    "BankAdapter",
-    "channel_name",
-]
+__all__ = ["BankAdapter"]
 
 log = structlog.get_logger(__name__)
-
-
-def channel_name(bank_code: str) -> str:
-    return f"bank:{bank_code}"
 
 
 class BankAdapter:
@@ -59,7 +52,7 @@ class BankAdapter:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.bank_code = bank_code
-        self.name = channel_name(bank_code)
+        self.name = t.channel_name(bank_code)
         self._secret = secret
         self._base = httpx.URL(base_url)
         self._client = httpx.AsyncClient(
@@ -70,17 +63,6 @@ class BankAdapter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    # ------------------------------------------------------------------ inbound (bank → us)
-
-    def verify_inbound(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
-    ) -> str:
-        """Verify a bank-initiated request; return its nonce (the caller rejects reuse)."""
-        return t.verify(self._secret, self.bank_code, method, path, headers, body).nonce
-
-    def sign_response(self, path: str, body: bytes) -> dict[str, str]:
-        return t.sign(self._secret, "RESPONSE", path, body, self.bank_code)
 
     # ------------------------------------------------------------------ ChannelAdapter
 

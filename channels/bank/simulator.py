@@ -1,4 +1,4 @@
-"""A bank that speaks the DOMAIN §5 interface, for tests, benches and the demo.
+"""A bank that speaks the interface of docs/channels/bank.md, for tests, benches and the demo.
 
 A plain ASGI app (no framework: it must not share code paths with the service it tests).
 Each configured bank lives under `/banks/<code>/…` and answers our signed calls:

@@ -1,4 +1,4 @@
-"""Pure transforms of the bank interface (DOMAIN §5): signing, message shapes, status maps.
+"""Pure transforms of the bank interface (docs/channels/bank.md): signing, shapes, status maps.
 
 Signing (both directions, requests and responses) — HMAC-SHA256 with the bank's secret, or
 SM2 with SM3 with each side's own key (channels.bank.signing, chosen per bank), over the
@@ -22,8 +22,9 @@ import io
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from channels.bank.signing import Signing, as_signing
@@ -38,9 +39,11 @@ from channels.base import (
 from channels.money import yuan_to_fen
 
 __all__ = [
+    "BankAnswer",
     "ResultCode",
     "Verified",
     "canonical",
+    "channel_name",
     "format_time",
     "parse_statement",
     "parse_time",
@@ -76,12 +79,33 @@ class ResultCode:
     DUPLICATE_CONFIRMATION = "12001"
     AMOUNT_DIFFERS = "12004"
     NO_PRIOR_QUERY = "12005"
+    ALREADY_PAID = "11005"  # ours: absent from the list we mirror
+    NOT_CONFIRMED = "12006"  # ours: a reversal of a confirmation we never recorded
+    REVERSAL_TOO_LATE = "12007"  # ours: a reversal after its business day
     BAD_SIGNATURE = "19001"
     BAD_REQUEST = "19002"
+    TRY_LATER = "19003"  # ours: nothing written; send the same message again later
     # The bank's own answers to our calls.
     ORDER_NOT_FOUND = "13001"
     ORDER_PAID = "13002"
     REFUND_EXCEEDS = "13003"
+
+
+def channel_name(bank_code: str) -> str:
+    """The channel a bank's payments are recorded under."""
+    return f"bank:{bank_code}"
+
+
+@dataclass(frozen=True, slots=True)
+class BankAnswer:
+    """The bank's answer document: `{"code", "msg", "data"}`."""
+
+    code: str
+    msg: str
+    data: dict[str, Any] | None = field(default=None)
+
+    def doc(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.msg, "data": self.data}
 
 
 def canonical(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
