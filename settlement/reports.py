@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.errors import InvalidInput
+from payments.models import DayCheck
 from settlement.models import DepositBatch, Discrepancy, ReconRun
 from settlement.treasury import day_batches
 
@@ -68,6 +69,9 @@ async def day_summary(session: AsyncSession, day: date) -> dict[str, Any]:
         {"d": day},
     )
     batches = await day_batches(session, day)
+    checks = await session.scalars(
+        select(DayCheck).where(DayCheck.business_date == day).order_by(DayCheck.channel)
+    )
     return {
         "date": day.isoformat(),
         "channels": channels,
@@ -75,6 +79,17 @@ async def day_summary(session: AsyncSession, day: date) -> dict[str, Any]:
             {"channel": ch, "class": k, "status": st, "count": n} for ch, k, st, n in disc
         ],
         "batches": [batch_view(b) for b in batches],
+        # The channels' own day-end checks (payments.daycheck) and what differed.
+        "day_checks": [
+            {
+                "channel": c.channel,
+                "lines": c.line_count,
+                "total": c.total,
+                "mismatches": c.mismatches,
+                "received_at": c.received_at.isoformat(),
+            }
+            for c in checks
+        ],
     }
 
 
