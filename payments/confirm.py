@@ -822,7 +822,7 @@ _OPEN_AND_APPLY = DriverStatement.of(
 """A channel's payment by payment code with no attempt of ours yet (a bank's confirmation
 without a prior query): open its attempt, already SUCCEEDED, and pay the bill, as ONE
 statement like `_APPLY`. A payment whose guards did not hold has no row: the general path
-(payments.bank_inbound) decides it."""
+(payments.inbound) decides it."""
 
 
 @functools.cache

@@ -13,10 +13,9 @@ from billing.models import Bill
 from channels.bank import transforms as t
 from channels.money import fen_to_yuan
 from gateway.state import Resources
-from payments.bank_inbound import bank_confirm
 from payments.channel_reversal import Reversal, reverse_confirmation
 from payments.models import PaymentAttempt, Receipt
-from tests.payments_support import bill_for_test
+from tests.payments_support import bank_confirm, bill_for_test
 from tests.settle_helpers import ledger_verified  # noqa: F401 - fixture, used below
 
 pytestmark = pytest.mark.usefixtures("ledger_verified")

@@ -11,11 +11,10 @@ from channels.bank import transforms as t
 from channels.money import fen_to_yuan
 from gateway.state import Resources
 from kernel.clock import business_date
-from payments.bank_inbound import bank_confirm
 from payments.daycheck import CheckLine, DuplicateLine, Finding, Mismatch, check_day
 from payments.models import DayCheck, Receipt
 from settlement import reports
-from tests.payments_support import bill_for_test
+from tests.payments_support import bank_confirm, bill_for_test
 
 CHANNEL = "bank:102"
 
