@@ -491,8 +491,9 @@ async def issue_bill(
 class AgencyBill:
     """A bill as its owning agency sees it; `payer_id_number` is clear only when revealed.
 
-    `due_today` and `payable` are the payer's (billing.payer.due_on / refusal): the agency
-    is told exactly what a payer would be asked for, and whether it would be taken."""
+    `due_today` and `payable` are the payer's (billing.payer.due_shown / refusal): the
+    agency is told exactly what a payer would be asked for (or, once paid, what was paid),
+    and whether it would be taken."""
 
     bill: Bill
     lines: list[BillLine]
@@ -546,7 +547,7 @@ def _view(
         lines,
         pid,
         phone,
-        payer_view.due_on(bill, shanghai_today(now), day_count),
+        payer_view.due_shown(bill, shanghai_today(now), day_count),
         payer_view.refusal(bill, now) is None,
     )
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.states import BillStatus
+from kernel.clock import shanghai_today
 from kernel.kv import KV
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "DueFacts",
     "LineView",
     "PayableFacts",
+    "ShownFacts",
     "cache_key",
     "cached_view",
     "decode_cached",
     "due_on",
+    "due_shown",
     "invalidate",
     "load_and_cache",
     "load_view",
@@ -74,6 +77,8 @@ class BillView(msgspec.Struct, frozen=True):
     late_fee_rule: str
     """The rule the bill was issued under (every line shares it), not today's catalogue."""
     lines: tuple[LineView, ...]
+    paid_amount: int = 0
+    paid_at: datetime | None = None
 
 
 class DueFacts(Protocol):
@@ -93,6 +98,38 @@ def due_on(bill: DueFacts, day: date, day_count: DayCount | None = None) -> Amou
     return amount_due(
         bill.principal_amount, bill.due_date, day, rule=bill.late_fee_rule, day_count=day_count
     )
+
+
+WAS_PAID = frozenset(
+    {BillStatus.PAID, BillStatus.PARTIALLY_REFUNDED, BillStatus.SETTLED, BillStatus.REFUNDED}
+)
+"""States of a bill that was paid: what it shows is what was paid."""
+
+
+class ShownFacts(DueFacts, Protocol):
+    """What the amount a reader is shown needs: DueFacts, and how the bill was paid."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def paid_amount(self) -> int: ...
+    @property
+    def paid_at(self) -> datetime | None: ...
+
+
+def due_shown(bill: ShownFacts, day: date, day_count: DayCount | None = None) -> AmountDue:
+    """The amount a reader (payer, agency, notice, export) is shown on `day`.
+
+    A bill that was paid shows what was paid — the late fee it carried on the day of
+    payment — never a fee recomputed for today (an overdue fine paid on day 5 must not show
+    day 30's surcharge). Any other bill shows `due_on(day)`.
+    """
+    if bill.status in WAS_PAID and bill.paid_at is not None:
+        on_payment = due_on(bill, shanghai_today(bill.paid_at), day_count)
+        return AmountDue(
+            bill.principal_amount, on_payment.overdue_days, bill.paid_amount - bill.principal_amount
+        )
+    return due_on(bill, day, day_count)
 
 
 class PayableFacts(Protocol):
@@ -157,6 +194,8 @@ async def load_view(
         due_date=bill.due_date,
         expires_at=bill.expires_at,
         late_fee_rule=bill.late_fee_rule,
+        paid_amount=bill.paid_amount,
+        paid_at=bill.paid_at,
         lines=tuple(
             LineView(
                 item_code=line.item_code,

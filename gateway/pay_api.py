@@ -165,7 +165,7 @@ async def _summary_of(
             )
     if view is None:
         raise NotFound("No bill has this payment code.", code="bill_not_found")
-    due = bills.due_on(view, shanghai_today(now), resources.day_count)
+    due = bills.due_shown(view, shanghai_today(now), resources.day_count)
     refused = bills.refusal(view, now)
     summary = BillSummary(
         payment_code=view.payment_code,
