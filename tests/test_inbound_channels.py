@@ -31,14 +31,16 @@ from channels.base import (
     InvalidNotification,
     Outcome,
     PayMode,
+    ReverseConfirmation,
     UnknownSender,
     UploadConfirmations,
 )
 from gateway.state import Resources
 from kernel.models import OutboxMessage
+from ledger.models import JournalLine
 from payments import inbound
 from payments.models import PaymentAttempt, Receipt, Refund
-from tests.payments_support import BankWorld, bank_secret, bill_for_test
+from tests.payments_support import BankWorld, bank_secret, bill_for_test, valid_code
 
 CHANNEL = "bank:102"
 PATH = "/v1/channels/bank/102/confirm"
@@ -345,3 +347,88 @@ async def test_a_confirmation_of_another_channels_order_is_unknown(
 
     assert answer.outcome == Outcome.UNKNOWN_ORDER
     assert await _count(res, Receipt) == 0
+
+
+# ------------------------------------------------------------------ reversal
+
+
+async def _bill_state(res: Resources, bill_id: uuid.UUID) -> tuple[str, list[str], int]:
+    """(bill status, receipt kinds, the sum of every ledger line — always 0)."""
+    async with res.sessions() as s:
+        status = (await s.get_one(Bill, bill_id)).status
+        kinds = sorted(
+            (await s.scalars(select(Receipt.kind).where(Receipt.bill_id == bill_id))).all()
+        )
+        total = await s.scalar(select(func.coalesce(func.sum(JournalLine.amount), 0)))
+    return status, kinds, int(total or 0)
+
+
+async def test_a_reversal_the_same_day_takes_the_payment_back_once(res: Resources) -> None:
+    async with res.sessions() as s:
+        _, _, bill = await bill_for_test(s, amount=2_500)
+    ctx = res.payment_context()
+    paid = await inbound.handle(ctx, CHANNEL, _confirmation(bill.payment_code, "R-1", 2_500, 0))
+    assert paid.receipt is not None
+    assert paid.receipt.disposition == Disposition.PAID
+
+    undo = ReverseConfirmation(bill.payment_code, "R-1", 2_500, "teller's transaction failed")
+    first = await inbound.handle(ctx, CHANNEL, undo)
+    again = await inbound.handle(ctx, CHANNEL, undo)
+
+    assert (first.outcome, again.outcome) == (Outcome.OK, Outcome.OK)
+    assert await _bill_state(res, bill.id) == ("ISSUED", ["REVERSED"], 0)
+    # The bill can be paid again, by another payment.
+    other = await inbound.handle(ctx, CHANNEL, _confirmation(bill.payment_code, "R-2", 2_500, 0))
+    assert other.receipt is not None
+    assert other.receipt.disposition == Disposition.PAID
+
+
+async def test_a_reversal_ahead_of_its_confirmation_leaves_nothing_to_pay(res: Resources) -> None:
+    async with res.sessions() as s:
+        _, _, bill = await bill_for_test(s, amount=2_500)
+    ctx = res.payment_context()
+
+    undo = await inbound.handle(
+        ctx, CHANNEL, ReverseConfirmation(bill.payment_code, "R-EARLY", 2_500)
+    )
+    late = await inbound.handle(ctx, CHANNEL, _confirmation(bill.payment_code, "R-EARLY", 2_500, 0))
+
+    assert undo.outcome == Outcome.OK
+    assert late.outcome == Outcome.DUPLICATE
+    assert await _bill_state(res, bill.id) == ("ISSUED", [], 0)
+
+
+async def test_a_reversal_racing_its_confirmation_ends_unpaid(res: Resources) -> None:
+    ctx = res.payment_context()
+    for i in range(5):
+        async with res.sessions() as s:
+            _, _, bill = await bill_for_test(s, amount=1_000 + i)
+        ref = f"R-RACE-{i}"
+        await asyncio.gather(
+            inbound.handle(ctx, CHANNEL, _confirmation(bill.payment_code, ref, 1_000 + i, 0)),
+            inbound.handle(ctx, CHANNEL, ReverseConfirmation(bill.payment_code, ref, 1_000 + i)),
+        )
+        status, kinds, total = await _bill_state(res, bill.id)
+        assert (status, total) == ("ISSUED", 0)
+        assert kinds in ([], ["REVERSED"])
+
+
+async def test_a_reversal_that_names_another_payment_or_day_changes_nothing(
+    res: Resources,
+) -> None:
+    async with res.sessions() as s:
+        _, _, bill = await bill_for_test(s, amount=2_500)
+    ctx = res.payment_context()
+    await inbound.handle(ctx, CHANNEL, _confirmation(bill.payment_code, "R-X", 2_500, 0))
+
+    wrong = await inbound.handle(ctx, CHANNEL, ReverseConfirmation(bill.payment_code, "R-X", 2_499))
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    late = await inbound.handle(
+        ctx, CHANNEL, ReverseConfirmation(bill.payment_code, "R-X", 2_500), now=tomorrow
+    )
+    unknown = await inbound.handle(ctx, CHANNEL, ReverseConfirmation(valid_code(), "R-X", 2_500))
+
+    assert wrong.outcome == Outcome.NOT_CONFIRMED
+    assert late.outcome == Outcome.TOO_LATE
+    assert unknown.outcome == Outcome.UNKNOWN_CODE
+    assert (await _bill_state(res, bill.id))[:2] == ("PAID", ["PAYMENT"])
