@@ -11,12 +11,19 @@ from typing import Any
 from click.testing import CliRunner, Result
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 
+from billing.models import Bill
+from channels.money import yuan_to_fen
+from channels.pos.simulator import SimTerminal
 from gateway.cli import main
+from gateway.demo import seed
 from gateway.state import Resources
 from kernel.staff import create_staff
+from payments.pos import terminals
 from tests.payments_support import bill_for_test
 from tests.pos_support import PosWorld, pos
+from tests.servers import ServerThread
 
 __all__ = ["pos"]  # the fixture, used by name below
 
@@ -136,3 +143,32 @@ async def test_simulator_command_plays_a_terminal(pos: PosWorld, tmp_path: Path)
     out = await _invoke(*common, "void", doc["trace_no"])
     assert _printed(out)["answer"]["code"] == "00"
     assert (await pos.state(bill.id))["bill"] == "ISSUED"
+
+
+async def test_demo_seeds_a_terminal_whose_printed_key_pays_a_demo_bill(
+    res: Resources, gateway_server: ServerThread
+) -> None:
+    await seed(res)
+    lines = await seed(res)  # idempotent: one terminal, a fresh key printed each time
+    command = next(line for line in lines if "paygate simulator pos" in line).split()
+    key = command[command.index("--key") + 1]
+    async with res.sessions() as s:
+        assert len(await terminals.list_terminals(s)) == 1
+        bill = await s.scalar(
+            select(Bill).where(Bill.agency_bill_no == "DEMO-JJ-0001", Bill.status == "ISSUED")
+        )
+        assert bill is not None
+    sim = SimTerminal(
+        gateway_url=gateway_server.url,
+        merchant=command[command.index("--merchant") + 1],
+        terminal=command[command.index("--terminal") + 1],
+        key=key.encode(),
+    )
+    try:
+        asked = await sim.inquiry(bill.payment_code)
+        assert asked.answer is not None
+        amount = yuan_to_fen(asked.answer["data"]["amount"])
+        out = await sim.sale(bill.payment_code, amount)
+    finally:
+        await sim.aclose()
+    assert out["sale"]["answer"]["code"] == "00"
