@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -51,9 +52,9 @@ from channels.pos.adapter import PosAdapter
 from kernel import nonces
 from kernel.audit import Actor
 from kernel.clock import shanghai_today
+from kernel.group_commit import GroupCommit
 from payments import refunds
 from payments.confirm import (
-    CONFIRM_GATE,
     ConfirmOutcome,
     DriverStatement,
     confirm_payment,
@@ -219,53 +220,81 @@ async def inquiry(ctx: PaymentContext, terminal: Terminal, msg: t.Inquiry) -> t.
 
 
 _FIXED = ", ".join(f"'{c}'" for c in sorted(bills.FIXED_DEADLINE_CATEGORIES))
-# ONE statement in its own implicit transaction: the transaction row under the terminal's
-# key and the attempt it opens, both or neither. Neither when the terminal is disabled,
-# the key is taken (a repeat, a tombstone), or — unless the caller checked the bill itself
+# ONE statement in its own implicit transaction for a batch of sales (grouped like the
+# confirmations, kernel.group_commit): each sale's transaction row under the terminal's key
+# and the attempt it opens, both or neither. Neither when the terminal is disabled, the
+# key is taken (a repeat, a tombstone), or — unless the caller judged the bill itself
 # (`checked`) — the bill is not simply payable: ISSUED, of the terminal's agency, within a
 # hard deadline, and the amount its principal with no late fee possible (rule NONE, or not
-# past the due date). Then the general path decides in Python. The attempt is inserted
-# after the row that references it; the foreign key is checked at the statement's end.
-_SALE = DriverStatement.of(
-    "WITH term AS (SELECT id FROM pos_terminals WHERE id = CAST(:ref AS uuid) AND enabled),"  # noqa: S608 - constants only
-    " bill AS (SELECT b.id FROM bills b, term WHERE b.payment_code = CAST(:payment_code AS"
-    " varchar) AND b.agency_id = CAST(:agency AS uuid) AND (CAST(:checked AS boolean) OR ("
-    f" b.status = '{BillStatus.ISSUED}' AND b.principal_amount = CAST(:amount AS bigint)"
-    " AND (b.late_fee_rule = 'NONE' OR CAST(:today AS date) <= b.due_date)"
-    f" AND (b.category NOT IN ({_FIXED}) OR CAST(:occurred_at AS timestamptz)"
-    " <= b.expires_at)))),"
+# past the due date). Then the general path decides in Python. Attempts are inserted after
+# the rows that reference them; foreign keys are checked at the statement's end.
+_SALES = DriverStatement.of(
+    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid,"  # noqa: S608 - constants only
+    " ref uuid, agency uuid, checked boolean, today date, batch_no varchar, trace_no varchar,"
+    " amount bigint, payment_code varchar, attempt_id uuid, rrn varchar, card varchar,"
+    " card_type varchar, acquirer varchar, issuer varchar, operator varchar,"
+    " occurred_at timestamptz, settle_date varchar, digest varchar, mode varchar,"
+    " trade_no varchar, expires_at timestamptz, next_check_at timestamptz)),"
+    " term AS (SELECT i.id FROM i JOIN pos_terminals p ON p.id = i.ref AND p.enabled),"
+    " ok AS (SELECT i.*, b.id AS bill_id FROM i JOIN term ON term.id = i.id"
+    " JOIN bills b ON b.payment_code = i.payment_code AND b.agency_id = i.agency"
+    f" WHERE i.checked OR (b.status = '{BillStatus.ISSUED}' AND b.principal_amount = i.amount"
+    " AND (b.late_fee_rule = 'NONE' OR i.today <= b.due_date)"
+    f" AND (b.category NOT IN ({_FIXED}) OR i.occurred_at <= b.expires_at))),"
     " t AS (INSERT INTO pos_transactions (id, terminal_ref, batch_no, trace_no, kind, status,"
     " amount, payment_code, bill_id, attempt_id, rrn, card, card_type, acquirer, issuer,"
     " operator, occurred_at, settle_date, digest)"
-    " SELECT CAST(:id AS uuid), term.id, CAST(:batch_no AS varchar),"
-    " CAST(:trace_no AS varchar), 'SALE', 'ACCEPTED', CAST(:amount AS bigint),"
-    " CAST(:payment_code AS varchar), bill.id, CAST(:attempt_id AS uuid),"
-    " CAST(:rrn AS varchar), CAST(:card AS varchar), CAST(:card_type AS varchar),"
-    " CAST(:acquirer AS varchar), CAST(:issuer AS varchar), CAST(:operator AS varchar),"
-    " CAST(:occurred_at AS timestamptz), CAST(:settle_date AS varchar),"
-    " CAST(:digest AS varchar) FROM term, bill"
-    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING attempt_id, bill_id),"
+    " SELECT id, ref, batch_no, trace_no, 'SALE', 'ACCEPTED', amount, payment_code, bill_id,"
+    " attempt_id, rrn, card, card_type, acquirer, issuer, operator, occurred_at, settle_date,"
+    " digest FROM ok"
+    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING id),"
     " a AS (INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount,"
     " channel_trade_no, expires_at, next_check_at)"
-    f" SELECT t.attempt_id, t.bill_id, '{CHANNEL}', CAST(:mode AS varchar),"
-    f" '{AttemptStatus.PENDING}', CAST(:amount AS bigint), CAST(:trade_no AS varchar),"
-    " CAST(:expires_at AS timestamptz), CAST(:next_check_at AS timestamptz) FROM t"
+    f" SELECT ok.attempt_id, ok.bill_id, '{CHANNEL}', ok.mode, '{AttemptStatus.PENDING}',"
+    " ok.amount, ok.trade_no, ok.expires_at, ok.next_check_at FROM t JOIN ok ON ok.id = t.id"
     " RETURNING id, bill_id)"
-    " SELECT (SELECT count(*) FROM term) AS enabled, (SELECT bill_id FROM a) AS bill_id"
+    " SELECT i.id, term.id IS NOT NULL AS enabled, a.bill_id FROM i"
+    " LEFT JOIN term ON term.id = i.id LEFT JOIN a ON a.id = i.attempt_id"
+)
+
+
+async def _insert_batch(
+    batch: list[tuple[AsyncEngine, dict[str, Any]]],
+) -> list[tuple[bool, uuid.UUID | None]]:
+    """`_SALES` per engine of the batch (one, outside tests), on the driver connection.
+    A batch that fails as a whole wrote nothing: each sale is then judged on its own."""
+    out: dict[str, tuple[bool, uuid.UUID | None]] = {}
+    for engine in {id(e): e for e, _ in batch}.values():
+        items = [item for e, item in batch if e is engine]
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:
+                rows = await _SALES.fetch(driver, {"items": json.dumps(items)})
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+                continue
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+                # Dropped by the server: out of the pool. Each sale's general path looks
+                # its key up again (a commit whose answer was lost shows there).
+                await conn.invalidate(exc)
+                continue
+        out |= {str(r["id"]): (bool(r["enabled"]), r["bill_id"]) for r in rows}
+    return [out.get(item["id"], (True, None)) for _, item in batch]
+
+
+SALE_GROUPS: GroupCommit[tuple[AsyncEngine, dict[str, Any]], tuple[bool, uuid.UUID | None]] = (
+    GroupCommit(_insert_batch, lanes=4, max_batch=32, key=lambda item: item[1]["id"])
 )
 
 
 async def _insert_sale(
     ctx: PaymentContext, params: dict[str, Any]
 ) -> tuple[bool, uuid.UUID | None]:
-    """`_SALE` on the driver connection: (terminal enabled, the bill paid by the new attempt
-    or None when nothing was written)."""
+    """`_SALES` for one sale, grouped with the sales that arrive meanwhile: (terminal
+    enabled, the bill paid by the new attempt, or None when nothing was written)."""
     engine = ctx.sessions.kw.get("bind")
     assert isinstance(engine, AsyncEngine)
-    async with CONFIRM_GATE.turn(), engine.connect() as conn:  # a turn, as every confirmation
-        driver = (await conn.get_raw_connection()).driver_connection
-        row = (await _SALE.fetch(driver, params))[0]
-    return bool(row["enabled"]), row["bill_id"]
+    item = {k: v if isinstance(v, bool | int | None) else str(v) for k, v in params.items()}
+    return await SALE_GROUPS.submit((engine, item))
 
 
 _BY_KEY = text(
@@ -332,13 +361,13 @@ async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> t.Answer
         "acquirer": msg.acquirer,
         "issuer": msg.issuer,
         "operator": msg.operator,
-        "occurred_at": msg.occurred_at,
+        "occurred_at": msg.occurred_at.isoformat(),
         "settle_date": msg.settle_date,
         "digest": t.digest(msg),
         "mode": msg.card_type[:16],
         "trade_no": trade_no,
-        "expires_at": expires_at,
-        "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at),
+        "expires_at": expires_at.isoformat(),
+        "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at).isoformat(),
     }
     enabled, bill_id = await _insert_sale(ctx, params)
     if not enabled:
