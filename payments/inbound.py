@@ -21,8 +21,7 @@ Decisions (the national practice does not settle them):
   (paid, cancelled, expired, past a hard deadline) gets a DUPLICATE receipt and an automatic
   refund, answered OK with disposition REFUND.
 - A reversal (冲正) undoes a confirmation on the business day it was recorded, as if it
-  never happened; one that overtakes its confirmation leaves the reference REVERSED, so the
-  confirmation pays nothing when it arrives. Later, money goes back as a refund.
+  never happened (payments.channel_reversal); later, money goes back as a refund.
 - A forged, stale or replayed message is answered FORGED and changes nothing.
 """
 
@@ -35,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -67,6 +66,7 @@ from channels.base import (
 from kernel import nonces
 from kernel.clock import business_date, shanghai_today
 from kernel.kv import KV
+from payments.channel_reversal import Reversal, reverse_confirmation
 from payments.confirm import (
     BILL_COLUMNS,
     AttemptFacts,
@@ -83,8 +83,7 @@ from payments.confirm import (
     open_and_confirm,
 )
 from payments.context import PaymentContext
-from payments.models import PaymentAttempt, Receipt
-from payments.reversal import Undone, UndoResult, undo_payment
+from payments.models import PaymentAttempt
 from payments.states import AttemptStatus
 
 __all__ = [
@@ -328,8 +327,6 @@ def _answer(result: ConfirmResult, request: ConfirmPayment) -> InboundAnswer:
 
 _A = cast(Table, PaymentAttempt.__table__)
 _B = cast(Table, Bill.__table__)
-_R = cast(Table, Receipt.__table__)
-_NEW_ATTEMPT = insert(_A).values(status=AttemptStatus.PENDING)
 # Built once: a confirmation neither builds nor compiles SQL.
 _BY_REFERENCE = (
     select(_A.c.id, _A.c.bill_id, _A.c.amount, _B.c.payment_code)
@@ -540,84 +537,36 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per outcome of a confirmati
 
 # ------------------------------------------------------------------ reversal (冲正)
 
-_REVERSAL_FACTS = (
-    select(_A.c.id, _A.c.amount, _B.c.payment_code, _R.c.business_date)
-    .select_from(_A.join(_B, _B.c.id == _A.c.bill_id).outerjoin(_R, _R.c.attempt_id == _A.c.id))
-    .where(_A.c.channel == bindparam("p_channel"), _A.c.channel_trade_no == bindparam("p_serial"))
-)
-_BILL_BY_CODE = (
-    select(_B.c.id).where(_B.c.payment_code == bindparam("p_code")).with_for_update(of=_B)
-)
-_REVERSED = InboundAnswer(Outcome.OK, "reversed")
+_REVERSAL_ANSWERS = {
+    Reversal.REVERSED: InboundAnswer(Outcome.OK, "reversed"),
+    Reversal.NOT_CONFIRMED: InboundAnswer(Outcome.NOT_CONFIRMED, "no such confirmation"),
+    Reversal.AMOUNT_DIFFERS: InboundAnswer(
+        Outcome.AMOUNT_DIFFERS, "amount differs from the confirmation's"
+    ),
+    Reversal.TOO_LATE: InboundAnswer(Outcome.TOO_LATE, "past taking back: a refund is needed"),
+}
 
 
 async def reverse(
     ctx: PaymentContext, sent: Sent, request: ReverseConfirmation, now: datetime
 ) -> InboundAnswer:
-    """Undo a confirmation the channel sent, on the business day it was recorded: the
-    bill, its receipts and the ledger end as if it never happened (payments.reversal). A
-    reversal that overtakes its confirmation leaves the reference REVERSED, so the
-    confirmation, when it comes, pays nothing. Repeating a reversal changes nothing."""
+    """Undo a confirmation the channel sent, by its reference, by the rules of
+    payments.channel_reversal (the same business day; as if it never happened)."""
     problem = _code_problem(request.payment_code)
     if problem is not None:
         return problem
-    for _ in range(2):  # a second pass after losing a race on the reference
-        try:
-            async with core_transaction(ctx.sessions) as conn:
-                answer, undone = await _reverse_in(conn, ctx, sent, request, now)
-            break
-        except IntegrityError:
-            continue
-    else:
-        return InboundAnswer(Outcome.TRY_LATER, "reversal raced its confirmation")
-    if undone is not None and undone.outcome == Undone.UNDONE:
-        await bills.invalidate(ctx.redis, undone.payment_code)
-    return answer
-
-
-async def _reverse_in(
-    conn: AsyncConnection,
-    ctx: PaymentContext,
-    sent: Sent,
-    request: ReverseConfirmation,
-    now: datetime,
-) -> tuple[InboundAnswer, UndoResult | None]:
-    channel, params = sent.channel, {"p_channel": sent.channel, "p_serial": request.reference}
-    # The bill first, as every confirmation locks it, so a confirmation of this reference
-    # is either wholly before this reversal or wholly after it.
-    bill_id = await conn.scalar(_BILL_BY_CODE, {"p_code": request.payment_code})
-    if bill_id is None:
-        return InboundAnswer(Outcome.UNKNOWN_CODE, "unknown payment code"), None
-    known = (await conn.execute(_REVERSAL_FACTS, params)).first()
-    if known is None:
-        # Ahead of its confirmation: the reference is kept, REVERSED, for it to find.
-        attempt_id = uuid.uuid4()
-        await conn.execute(
-            _NEW_ATTEMPT,
-            {
-                "id": attempt_id,
-                "bill_id": bill_id,
-                "channel": channel,
-                "mode": (PayMode.for_channel(channel)).value,
-                "amount": request.amount,
-                "channel_trade_no": request.reference,
-                "expires_at": now,
-                "next_check_at": now,
-            },
-        )
-    elif known.payment_code != request.payment_code or known.amount != request.amount:
-        return InboundAnswer(Outcome.NOT_CONFIRMED, "no such confirmation"), None
-    elif known.business_date is not None and known.business_date != business_date(now, ctx.cutoff):
-        return InboundAnswer(Outcome.TOO_LATE, "past the business day of the payment"), None
-    else:
-        attempt_id = known.id
-    undone = await undo_payment(
-        conn, attempt_id=attempt_id, reason=request.reason or "reversal", actor=f"reverse:{channel}"
+    result = await reverse_confirmation(
+        ctx.sessions,
+        ctx.redis,
+        channel=sent.channel,
+        payment_code=request.payment_code,
+        reference=request.reference,
+        amount=request.amount,
+        reason=request.reason,
+        now=now,
+        cutoff=ctx.cutoff,
     )
-    assert undone is not None, "the attempt is locked in this transaction"
-    if undone.outcome == Undone.TOO_LATE:
-        return InboundAnswer(Outcome.TOO_LATE, "settled or refunded: a refund is needed"), undone
-    return _REVERSED, undone
+    return _REVERSAL_ANSWERS[result.outcome]
 
 
 # ------------------------------------------------------------------ upload (store and forward)
