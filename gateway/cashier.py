@@ -155,7 +155,10 @@ def _channel_label(name: str) -> str:
 def _buttons(resources: Resources, code: str, *, other: bool = False) -> str:
     forms = []
     for name in resources.channels.names():
-        modes: tuple[str, ...] = getattr(resources.channels.get(name), "modes", ()) or ("default",)
+        adapter = resources.channels.get(name)
+        if not getattr(adapter, "payer_facing", True):
+            continue  # a device channel (kiosk): the payer pays at the device, not here
+        modes: tuple[str, ...] = getattr(adapter, "modes", ()) or ("default",)
         for mode in modes:
             label = _channel_label(name)
             if mode in _MODE_LABELS:

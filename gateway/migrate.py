@@ -36,9 +36,10 @@ def target_metadata() -> MetaData:
     import payments.models
     import payments.pos.models
     import settlement.models
+    import terminals.models
     from kernel.db import Base
 
-    del billing, channels, enotes, kernel, ledger, payments, settlement
+    del billing, channels, enotes, kernel, ledger, payments, settlement, terminals
     return Base.metadata
 
 

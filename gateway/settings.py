@@ -275,6 +275,34 @@ def _parse_banks(raw: str) -> tuple[BankSettings, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class KioskSettings:
+    """Self-service kiosks: their acquirer (queries and refunds) and the key that signs our
+    answers to SM2 devices. The channel `kiosk` exists when the acquirer is configured."""
+
+    acquirer_url: str
+    """`PAYGATE_KIOSK_ACQUIRER_URL`, e.g. http://acquirer.example/kiosk-acquirer."""
+    acquirer_secret: bytes
+    """`PAYGATE_KIOSK_ACQUIRER_SECRET`: HMAC secret shared with the acquirer."""
+    sm2_key: str
+    """`PAYGATE_KIOSK_SM2_KEY`: the platform's SM2 private key (PEM text or a path); unset,
+    a demo key is generated under `PAYGATE_KIOSK_KEY_DIR` (refused in production)."""
+    key_dir: Path
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.acquirer_url)
+
+    @classmethod
+    def from_env(cls) -> KioskSettings:
+        return cls(
+            acquirer_url=_env("PAYGATE_KIOSK_ACQUIRER_URL").rstrip("/"),
+            acquirer_secret=_env("PAYGATE_KIOSK_ACQUIRER_SECRET").encode(),
+            sm2_key=_env("PAYGATE_KIOSK_SM2_KEY"),
+            key_dir=Path(_env("PAYGATE_KIOSK_KEY_DIR", "var/kiosk")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentSettings:
     attempt_ttl_s: int
     """How long a payment attempt stays open before the worker closes it."""
@@ -285,6 +313,7 @@ class PaymentSettings:
     lookup_rate_window_s: int
     summary_cache_ttl_s: int
     banks: tuple[BankSettings, ...] = ()
+    kiosk: KioskSettings = field(default_factory=KioskSettings.from_env)
 
     @classmethod
     def from_env(cls) -> PaymentSettings:
@@ -295,6 +324,7 @@ class PaymentSettings:
             lookup_rate_window_s=_env_int("PAYGATE_LOOKUP_RATE_WINDOW_S", 60),
             summary_cache_ttl_s=_env_int("PAYGATE_SUMMARY_CACHE_TTL_S", 300),
             banks=_parse_banks(_env("PAYGATE_BANKS")),
+            kiosk=KioskSettings.from_env(),
         )
 
 

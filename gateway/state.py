@@ -108,4 +108,18 @@ def build_channels(settings: Settings) -> ChannelRegistry:
         registry.register(
             BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)
         )
+    kiosk = settings.payments.kiosk
+    if kiosk.enabled:
+        from channels.kiosk.adapter import KioskAdapter
+        from enotes.signing import load_signer
+
+        if settings.is_production and not (kiosk.sm2_key and kiosk.acquirer_secret):
+            raise RuntimeError("PAYGATE_KIOSK_SM2_KEY and _ACQUIRER_SECRET must be set")
+        registry.register(
+            KioskAdapter(
+                acquirer_url=kiosk.acquirer_url,
+                acquirer_secret=kiosk.acquirer_secret,
+                platform_signer=load_signer(kiosk.sm2_key, kiosk.key_dir / "platform.pem", ""),
+            )
+        )
     return registry

@@ -27,7 +27,7 @@ from tests.payments_support import (  # noqa: F401 - fixtures for payment tests,
 ROOT = Path(__file__).resolve().parent.parent
 
 # Channel fixtures (simulators over real HTTP) live in their own modules.
-pytest_plugins = ["tests.alipay_support", "tests.alipay_e2e_support"]
+pytest_plugins = ["tests.alipay_support", "tests.alipay_e2e_support", "tests.kiosk_support"]
 
 
 @pytest.fixture(scope="session")

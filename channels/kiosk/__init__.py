@@ -1,0 +1,2 @@
+"""The self-service kiosk channel: transforms (pure: signing, messages, result codes),
+adapter (our calls to the kiosks' acquirer; answers signed), simulator (tests/demo)."""

@@ -1,0 +1,274 @@
+"""The kiosk channel: devices call us (verified and answered here), and we call the kiosks'
+acquirer to query a charge and to refund one.
+
+Kiosk messages are verified, parsed and answered by `transforms`; this adapter holds what
+needs configuration — the platform's SM2 key that signs answers to SM2 devices, and the
+acquirer's endpoint and secret. HTTP failures towards the acquirer map to the three channel
+errors in `_call` only.
+
+The acquirer knows a kiosk charge by our order id (the kiosk passes it as the merchant
+order number) and by its own reference; refunds go back through it, keyed by our refund id.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from datetime import date
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from channels.base import (
+    Ack,
+    CreatedPayment,
+    CreatePayment,
+    InvalidNotification,
+    Notification,
+    OutcomeUnknown,
+    PaymentStatus,
+    RefundRequest,
+    RefundResult,
+    RefundState,
+    Rejected,
+    StatementKind,
+    StatementLine,
+    TradeState,
+    Unavailable,
+)
+from channels.kiosk import transforms as t
+from channels.money import fen_to_yuan, yuan_to_fen
+
+log = structlog.get_logger(__name__)
+
+NAME = "kiosk"
+ACQUIRER_OK = "00"
+ACQUIRER_NOT_FOUND = "25"
+
+
+class AnswerSigner(Protocol):
+    """The platform's SM2 key (what answers to SM2 devices are signed with)."""
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+_TRADE_STATES = {
+    "SUCCESS": TradeState.SUCCEEDED,
+    "NOT_FOUND": TradeState.NOT_FOUND,
+    "REVERSED": TradeState.CLOSED,
+    "VOIDED": TradeState.CLOSED,
+}
+_REFUND_STATES = {
+    "SUCCESS": RefundState.SUCCEEDED,
+    "FAILED": RefundState.FAILED,
+    "NOT_FOUND": RefundState.NOT_FOUND,
+}
+
+
+def acquirer_headers(secret: bytes, operation: str, body: bytes) -> dict[str, str]:
+    """Our requests to the acquirer (and its answers, operation "RESPONSE:<op>"): the kiosk
+    canonical string with the platform as the device, HMAC under the acquirer's secret."""
+    ts, nonce = str(int(time.time())), secrets.token_hex(12)
+    message = t.canonical(operation, NAME, ts, nonce, body)
+    return {
+        "X-Kiosk-Device": NAME,
+        "X-Kiosk-Timestamp": ts,
+        "X-Kiosk-Nonce": nonce,
+        "X-Kiosk-Signature": t.hmac_sign(secret, message),
+        "Content-Type": "application/json",
+    }
+
+
+def acquirer_verify(secret: bytes, operation: str, headers: Mapping[str, str], body: bytes) -> bool:
+    try:
+        env = t.envelope(headers)
+    except InvalidNotification:
+        return False
+    return t.within_window(env) and t.verify(t.DeviceKey("HMAC", secret), operation, env, body)
+
+
+class KioskAdapter:
+    """All kiosks, one channel: `kiosk`."""
+
+    name = NAME
+    payer_facing = False
+    """A payer cannot start a kiosk payment from the cashier: the device opens it."""
+
+    def __init__(
+        self,
+        *,
+        acquirer_url: str,
+        acquirer_secret: bytes,
+        platform_signer: AnswerSigner,
+        timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base = httpx.URL(acquirer_url.rstrip("/") + "/")
+        self._secret = acquirer_secret
+        self._signer = platform_signer
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=2.0),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------------ inbound (kiosk → us)
+
+    @staticmethod
+    def envelope(headers: Mapping[str, str]) -> t.Envelope:
+        return t.envelope(headers)
+
+    @staticmethod
+    def verify(key: t.DeviceKey, operation: str, env: t.Envelope, body: bytes) -> bool:
+        return t.verify(key, operation, env, body)
+
+    @staticmethod
+    def parse(operation: str, body: bytes) -> t.Message:
+        return t.parse(operation, body)
+
+    def render(
+        self, operation: str, device_id: str, key: t.DeviceKey | None, answer: t.Answer
+    ) -> tuple[bytes, dict[str, str]]:
+        """The answer's body and signature headers (none when the device is unknown)."""
+        body = t.render(answer)
+        if key is None:
+            return body, {}
+        ts, nonce = str(int(time.time())), secrets.token_hex(12)
+        message = t.response_message(operation, device_id, ts, nonce, body)
+        if key.alg == "HMAC" and key.secret is not None:
+            sig = t.hmac_sign(key.secret, message)
+        else:
+            sig = base64.b64encode(self._signer.sign(message)).decode()
+        return body, {"X-Kiosk-Timestamp": ts, "X-Kiosk-Nonce": nonce, "X-Kiosk-Signature": sig}
+
+    # ------------------------------------------------------------------ ChannelAdapter
+
+    async def create_payment(self, req: CreatePayment) -> CreatedPayment:
+        del req
+        raise Rejected("kiosk payments are opened by the device", code="device_only")
+
+    async def query_payment(self, attempt_id: str) -> PaymentStatus:
+        try:
+            data = await self._call("query", {"order_id": attempt_id})
+        except Rejected as exc:
+            if exc.code == ACQUIRER_NOT_FOUND:
+                return PaymentStatus(attempt_id=attempt_id, state=TradeState.NOT_FOUND)
+            raise
+        amount, paid_at = data.get("amount"), data.get("paid_at")
+        return PaymentStatus(
+            attempt_id=attempt_id,
+            state=_TRADE_STATES.get(str(data.get("state", "")), TradeState.PENDING),
+            channel_trade_no=data.get("reference"),
+            amount=yuan_to_fen(amount) if amount else None,
+            paid_at=t.parse_time(paid_at) if paid_at else None,
+        )
+
+    async def close_payment(self, attempt_id: str) -> None:
+        """Nothing to close at the acquirer for an order it never charged; a charged one is
+        Rejected so the caller queries and confirms it."""
+        status = await self.query_payment(attempt_id)
+        if status.state in (TradeState.SUCCEEDED, TradeState.PENDING):
+            raise Rejected("the acquirer charged this order", code="charged")
+
+    async def refund(self, req: RefundRequest) -> RefundResult:
+        data = await self._call(
+            "refund",
+            {
+                "refund_id": req.refund_id,
+                "order_id": req.attempt_id,
+                "reference": req.channel_trade_no,
+                "amount": fen_to_yuan(req.amount),
+                "reason": req.reason,
+            },
+        )
+        return self._refund_result(req.refund_id, data)
+
+    async def query_refund(self, refund_id: str, attempt_id: str) -> RefundResult:
+        del attempt_id  # the acquirer finds a refund by its idempotency key
+        try:
+            data = await self._call("refund_query", {"refund_id": refund_id})
+        except Rejected as exc:
+            if exc.code == ACQUIRER_NOT_FOUND:
+                return RefundResult(refund_id=refund_id, state=RefundState.NOT_FOUND)
+            raise
+        return self._refund_result(refund_id, data)
+
+    def parse_notification(self, body: bytes, content_type: str) -> Notification:
+        del body, content_type
+        raise InvalidNotification(
+            "kiosk messages arrive on the kiosk operations", code="use_kiosk_endpoint"
+        )
+
+    def ack(self) -> Ack:
+        return Ack(body=b'{"code":"0000","msg":"ok"}', media_type="application/json")
+
+    async def fetch_statement(self, day: date) -> bytes:
+        resp = await self._send("statement", {"date": day.isoformat()})
+        return resp.content
+
+    def parse_statement(self, raw: bytes) -> Iterable[StatementLine]:
+        """The acquirer's day file: JSON lines of {reference, order_id, kind, amount, fee,
+        time, refund_id}."""
+        for line in raw.decode().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            kind = StatementKind.REFUND if row["kind"] == "REFUND" else StatementKind.PAYMENT
+            yield StatementLine(
+                channel_trade_no=row["reference"],
+                attempt_id=row["order_id"],
+                kind=kind,
+                amount=yuan_to_fen(row["amount"]),
+                fee=yuan_to_fen(row.get("fee") or "0.00"),
+                occurred_at=t.parse_time(row["time"]),
+                refund_id=row.get("refund_id") or None,
+            )
+
+    # ------------------------------------------------------------------ the one place for I/O
+
+    async def _send(self, operation: str, payload: dict[str, Any]) -> httpx.Response:
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        headers = acquirer_headers(self._secret, operation, body)
+        try:
+            resp = await self._client.post(
+                self._base.join(operation), content=body, headers=headers
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise Unavailable(f"kiosk acquirer unreachable: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # sent, no answer: it may have taken effect
+            raise OutcomeUnknown(f"kiosk acquirer: {type(exc).__name__}") from exc
+        if resp.status_code >= 500:
+            raise OutcomeUnknown(f"kiosk acquirer answered HTTP {resp.status_code}")
+        if not acquirer_verify(self._secret, f"RESPONSE:{operation}", resp.headers, resp.content):
+            # An answer we cannot trust tells us nothing about the outcome.
+            raise OutcomeUnknown("kiosk acquirer answer unverifiable")
+        return resp
+
+    async def _call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._send(operation, payload)
+        try:
+            doc = resp.json()
+        except ValueError as exc:
+            raise OutcomeUnknown("kiosk acquirer answered non-JSON") from exc
+        code = str(doc.get("code", ""))
+        if code != ACQUIRER_OK:
+            log.info("kiosk acquirer refused", code=code)
+            raise Rejected(str(doc.get("msg", "refused")), code=code)
+        return dict(doc.get("data") or {})
+
+    @staticmethod
+    def _refund_result(refund_id: str, data: Mapping[str, Any]) -> RefundResult:
+        at, amount = data.get("refunded_at"), data.get("amount")
+        return RefundResult(
+            refund_id=refund_id,
+            state=_REFUND_STATES.get(str(data.get("state", "")), RefundState.PROCESSING),
+            amount=yuan_to_fen(amount) if amount else None,
+            refunded_at=t.parse_time(at) if at else None,
+        )

@@ -1,0 +1,6 @@
+"""Devices in public halls that take payments and call us: self-service kiosks (自助终端).
+
+The registry of devices and their keys, the per-device sequence numbers with their gaps,
+heartbeats, and the kiosk's conversation (query, confirm, store-and-forward upload,
+reprint). It sits above `enotes` because a kiosk prints the e-note's verification QR.
+"""

@@ -1,0 +1,261 @@
+"""The kiosk registry: register, disable, rotate the key, list; heartbeats and offline.
+
+An HMAC device's secret is generated here, shown once to whoever registers or rotates it,
+and kept encrypted at rest (kernel.crypto, bound to the device id so a secret copied onto
+another row does not decrypt). An SM2 device's private key never leaves the device: we keep
+its public key.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.models import Agency
+from channels.kiosk.transforms import DEVICE_ID, DeviceKey, sm2_public_key
+from kernel import audit, crypto
+from kernel.audit import Actor
+from kernel.errors import Conflict, InvalidInput, NotFound
+from terminals.models import SIGN_ALGORITHMS, KioskDevice
+
+log = structlog.get_logger(__name__)
+
+_MERCHANT = re.compile(r"^[0-9A-Za-z]{15}$")
+_TERMINAL = re.compile(r"^[0-9A-Za-z]{8}$")
+_REGION = re.compile(r"^\d{6}$")
+
+
+def _aad(device_id: str) -> bytes:
+    return b"kiosk_devices.secret_enc:" + device_id.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    id: str
+    hall: str
+    location: str
+    region_code: str
+    agency_id: uuid.UUID | None
+    owner_hall: str | None
+    acquirer_merchant_id: str
+    acquirer_terminal_id: str
+    sign_alg: str
+    key_version: int
+    enabled: bool
+    heartbeat_window_s: int
+    last_heartbeat_at: datetime | None
+    last_seq: int
+    online: bool
+    """A heartbeat within the device's window."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A registration or rotation: the device, and the HMAC secret to load into it (shown
+    once, never again; None for SM2 devices)."""
+
+    device: DeviceView
+    secret: str | None
+
+
+def view(d: KioskDevice, now: datetime | None = None) -> DeviceView:
+    now = now or datetime.now(UTC)
+    online = d.last_heartbeat_at is not None and now - d.last_heartbeat_at <= timedelta(
+        seconds=d.heartbeat_window_s
+    )
+    return DeviceView(
+        id=d.id,
+        hall=d.hall,
+        location=d.location,
+        region_code=d.region_code,
+        agency_id=d.agency_id,
+        owner_hall=d.owner_hall,
+        acquirer_merchant_id=d.acquirer_merchant_id,
+        acquirer_terminal_id=d.acquirer_terminal_id,
+        sign_alg=d.sign_alg,
+        key_version=d.key_version,
+        enabled=d.enabled,
+        heartbeat_window_s=d.heartbeat_window_s,
+        last_heartbeat_at=d.last_heartbeat_at,
+        last_seq=d.last_seq,
+        online=online,
+    )
+
+
+def device_key(d: KioskDevice) -> DeviceKey:
+    """How the device signs (the HMAC secret decrypted)."""
+    if d.sign_alg == "HMAC":
+        assert d.secret_enc is not None
+        return DeviceKey("HMAC", secret=crypto.decrypt(d.secret_enc, aad=_aad(d.id)))
+    return DeviceKey("SM2", public_pem=d.public_key)
+
+
+def _key_material(
+    device_id: str, alg: str, public_key: str | None
+) -> tuple[bytes | None, str | None, str | None]:
+    """(encrypted secret, public key, secret to show) for a new key."""
+    if alg not in SIGN_ALGORITHMS:
+        raise InvalidInput("sign_alg is HMAC or SM2", code="sign_alg_unknown")
+    if alg == "HMAC":
+        if public_key:
+            raise InvalidInput("an HMAC device takes no public key", code="public_key_unexpected")
+        secret = secrets.token_hex(32)
+        return crypto.encrypt(secret.encode(), aad=_aad(device_id)), None, secret
+    if not public_key:
+        raise InvalidInput("an SM2 device needs its public key (PEM)", code="public_key_required")
+    try:
+        sm2_public_key(public_key)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="public_key_invalid") from exc
+    return None, public_key.strip() + "\n", None
+
+
+async def register(
+    session: AsyncSession,
+    *,
+    device_id: str,
+    hall: str,
+    region_code: str,
+    acquirer_merchant_id: str,
+    acquirer_terminal_id: str,
+    sign_alg: str = "HMAC",
+    public_key: str | None = None,
+    location: str = "",
+    agency_id: uuid.UUID | None = None,
+    owner_hall: str | None = None,
+    heartbeat_window_s: int = 300,
+    actor: Actor,
+) -> Issued:
+    if not DEVICE_ID.match(device_id):
+        raise InvalidInput(
+            "device id: 1-32 letters, digits or '-', starting with a letter or digit",
+            code="device_id_invalid",
+        )
+    if not hall.strip() or len(hall) > 128 or len(location) > 256:
+        raise InvalidInput("hall is required (at most 128 characters)", code="hall_invalid")
+    if not _REGION.match(region_code):
+        raise InvalidInput("region code is 6 digits", code="region_invalid")
+    if not _MERCHANT.match(acquirer_merchant_id) or not _TERMINAL.match(acquirer_terminal_id):
+        raise InvalidInput(
+            "acquirer merchant id is 15 characters, terminal id 8", code="acquirer_ids_invalid"
+        )
+    if (agency_id is None) == (not owner_hall):
+        raise InvalidInput(
+            "a device is owned by an agency or by a service hall (exactly one)",
+            code="owner_invalid",
+        )
+    if not 10 <= heartbeat_window_s <= 86_400:
+        raise InvalidInput("heartbeat window is 10 s to 1 day", code="window_invalid")
+    if agency_id is not None and await session.get(Agency, agency_id) is None:
+        raise NotFound(f"no agency {agency_id}", code="agency_not_found")
+    if await session.get(KioskDevice, device_id) is not None:
+        raise Conflict(f"device {device_id} is registered already", code="device_exists")
+    secret_enc, pem, secret = _key_material(device_id, sign_alg, public_key)
+    device = KioskDevice(
+        id=device_id,
+        hall=hall.strip(),
+        location=location.strip(),
+        region_code=region_code,
+        agency_id=agency_id,
+        owner_hall=owner_hall.strip() if owner_hall else None,
+        acquirer_merchant_id=acquirer_merchant_id,
+        acquirer_terminal_id=acquirer_terminal_id,
+        sign_alg=sign_alg,
+        secret_enc=secret_enc,
+        public_key=pem,
+        key_version=1,
+        enabled=True,
+        heartbeat_window_s=heartbeat_window_s,
+        last_seq=0,
+    )
+    session.add(device)
+    await session.flush()
+    _audit(session, actor, "kiosk.registered", device_id, hall=device.hall, sign_alg=sign_alg)
+    log.info("kiosk registered", device_id=device_id, sign_alg=sign_alg)
+    return Issued(view(device), secret)
+
+
+def _audit(
+    session: AsyncSession, actor: Actor, action: str, device_id: str, **detail: object
+) -> None:
+    audit.record(
+        session,
+        actor_type=actor.type,
+        actor_id=actor.id,
+        action=action,
+        object_type="kiosk",
+        object_id=device_id,
+        detail=dict(detail),
+    )
+
+
+async def _locked(session: AsyncSession, device_id: str) -> KioskDevice:
+    device = await session.scalar(
+        select(KioskDevice).where(KioskDevice.id == device_id).with_for_update()
+    )
+    if device is None:
+        raise NotFound(f"no kiosk {device_id}", code="kiosk_not_found")
+    return device
+
+
+async def set_enabled(
+    session: AsyncSession, device_id: str, *, enabled: bool, actor: Actor
+) -> DeviceView:
+    device = await _locked(session, device_id)
+    if device.enabled != enabled:
+        device.enabled = enabled
+        _audit(session, actor, "kiosk.enabled" if enabled else "kiosk.disabled", device_id)
+    await session.flush()
+    return view(device)
+
+
+async def rotate(
+    session: AsyncSession,
+    device_id: str,
+    *,
+    actor: Actor,
+    sign_alg: str | None = None,
+    public_key: str | None = None,
+) -> Issued:
+    """A new key, effective at once: the old one verifies nothing from now on."""
+    device = await _locked(session, device_id)
+    alg = sign_alg or device.sign_alg
+    secret_enc, pem, secret = _key_material(device_id, alg, public_key)
+    device.sign_alg, device.secret_enc, device.public_key = alg, secret_enc, pem
+    device.key_version += 1
+    await session.flush()
+    _audit(
+        session, actor, "kiosk.key_rotated", device_id, sign_alg=alg, key_version=device.key_version
+    )
+    log.info("kiosk key rotated", device_id=device_id, key_version=device.key_version)
+    return Issued(view(device), secret)
+
+
+async def list_devices(session: AsyncSession, *, offline_only: bool = False) -> list[DeviceView]:
+    now = datetime.now(UTC)
+    devices = [
+        view(d, now) for d in await session.scalars(select(KioskDevice).order_by(KioskDevice.id))
+    ]
+    if offline_only:
+        return [d for d in devices if d.enabled and not d.online]
+    return devices
+
+
+async def get_device(session: AsyncSession, device_id: str) -> DeviceView:
+    device = await session.get(KioskDevice, device_id)
+    if device is None:
+        raise NotFound(f"no kiosk {device_id}", code="kiosk_not_found")
+    return view(device)
+
+
+async def touch_heartbeat(session: AsyncSession, device_id: str, now: datetime) -> None:
+    await session.execute(
+        update(KioskDevice).where(KioskDevice.id == device_id).values(last_heartbeat_at=now)
+    )
