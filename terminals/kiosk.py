@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import payer as bills
-from billing.models import Bill, BillLine
+from billing.models import Bill
 from billing.payment_code import LENGTH, is_valid
 from billing.states import BillStatus
 from channels.base import InvalidNotification
@@ -80,7 +80,6 @@ REUSE_MARGIN = timedelta(minutes=5)
 _D = cast(Table, KioskDevice.__table__)
 _A = cast(Table, PaymentAttempt.__table__)
 _B = cast(Table, Bill.__table__)
-_L = cast(Table, BillLine.__table__)
 
 _DEVICE = select(_D.c.id, _D.c.enabled, _D.c.sign_alg, _D.c.secret_enc, _D.c.public_key).where(
     _D.c.id == bindparam("p_device")
@@ -445,10 +444,9 @@ _BY_REF = (
     .where(_A.c.channel == CHANNEL, _A.c.channel_trade_no == bindparam("p_ref"))
 )
 _BILL_LOCKED = (
-    select(*BILL_COLUMNS, _B.c.due_date, _L.c.amount.label("line_amount"), _B.c.late_fee_rule)
-    .select_from(_B.outerjoin(_L, _L.c.bill_id == _B.c.id))
+    select(*BILL_COLUMNS, _B.c.due_date, _B.c.late_fee_rule)
     .where(_B.c.payment_code == bindparam("p_code"))
-    .with_for_update(of=_B)
+    .with_for_update()
 )
 
 
@@ -490,14 +488,11 @@ async def _by_code_in(
         return await apply_confirmation(
             conn, attempt_id=known.id, bill_id=known.bill_id, **confirm_args
         )
-    rows = (await conn.execute(_BILL_LOCKED, {"p_code": c.payment_code})).all()
-    if not rows:
+    row = (await conn.execute(_BILL_LOCKED, {"p_code": c.payment_code})).first()
+    if row is None:
         return t.Outcome.UNKNOWN_CODE
-    bill = bill_facts(rows[0])
-    lines = [(r.late_fee_rule, r.line_amount) for r in rows if r.line_amount is not None]
-    due = bills.due_from(
-        bill.principal_amount, rows[0].due_date, lines, shanghai_today(c.paid_at), ctx.day_count
-    )
+    bill = bill_facts(row)
+    due = bills.due_on(row, shanghai_today(c.paid_at), ctx.day_count)
     if bill.status == BillStatus.ISSUED and c.amount != due.total:
         return t.Outcome.AMOUNT_DIFFERS
     attempt_id = uuid.uuid4()
