@@ -438,3 +438,42 @@ async def test_an_attempt_of_a_kiosk_is_not_offered_to_payers(
     assert up["uploads"][0]["data"]["results"][0]["disposition"] == "PAID"
     async with res.sessions() as s:
         assert await s.scalar(select(func.count()).select_from(Receipt)) == 1
+
+
+async def test_the_registry_over_the_admin_api(client: Any, res: Resources) -> None:
+    from kernel.staff import create_staff
+
+    async with res.sessions() as s:
+        _, finance = await create_staff(s, name="qian", role="finance")
+        _, auditor = await create_staff(s, name="sun", role="auditor")
+        await s.commit()
+    fin = {"Authorization": f"Bearer {finance}"}
+    aud = {"Authorization": f"Bearer {auditor}"}
+    body = {
+        "device_id": "K-API-1",
+        "hall": "政务服务中心",
+        "region_code": "330100",
+        "acquirer_merchant_id": "898330170110001",
+        "acquirer_terminal_id": "K0000002",
+        "owner_hall": "政务服务中心",
+    }
+    assert (await client.post("/v1/kiosks", json=body)).status_code == 401
+    assert (await client.post("/v1/kiosks", json=body, headers=aud)).status_code == 403
+    made = await client.post("/v1/kiosks", json=body, headers=fin)
+    assert made.status_code == 201
+    assert len(made.json()["secret"]) == 64
+    again = await client.post("/v1/kiosks", json=body, headers=fin)
+    assert (again.status_code, again.json()["code"]) == (409, "device_exists")
+    bad = await client.post(
+        "/v1/kiosks", json=body | {"device_id": "K-2", "sign_alg": "SM2"}, headers=fin
+    )
+    assert (bad.status_code, bad.json()["code"]) == (422, "public_key_required")
+    listed = await client.get("/v1/kiosks?offline=true", headers=aud)
+    assert [d["id"] for d in listed.json()] == ["K-API-1"]
+    off = await client.post("/v1/kiosks/K-API-1/disable", headers=fin)
+    assert off.json()["enabled"] is False
+    rotated = await client.post("/v1/kiosks/K-API-1/rotate", json={}, headers=fin)
+    assert (rotated.json()["device"]["key_version"], len(rotated.json()["secret"])) == (2, 64)
+    assert rotated.json()["secret"] != made.json()["secret"]
+    assert (await client.get("/v1/kiosks/gaps", headers=aud)).json() == []
+    assert (await client.get("/v1/kiosks/K-NONE", headers=aud)).status_code == 404

@@ -249,6 +249,28 @@ def simulator_bank(host: str, port: int) -> None:
     )
 
 
+@simulator.command("kiosk")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8102, show_default=True)
+def simulator_kiosk(host: str, port: int) -> None:
+    """Run simulated kiosks and their acquirer (the acquirer's HMAC secret from
+    PAYGATE_KIOSK_ACQUIRER_SECRET; point paygate's PAYGATE_KIOSK_ACQUIRER_URL at
+    http://HOST:PORT/acquirer). Devices are loaded through POST /control/devices."""
+    import uvicorn
+
+    click.secho(f"kiosk simulator on http://{host}:{port}", fg="green", bold=True)
+    click.echo(f"  export PAYGATE_KIOSK_ACQUIRER_URL=http://{host}:{port}/acquirer")
+    uvicorn.run(
+        "channels.kiosk.simulator:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+    )
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("scenarios", nargs=-1)
 @click.option("--quick", is_flag=True, help="Short runs, for a smoke test.")
