@@ -45,7 +45,7 @@ from billing import payer as bills
 from billing.models import Bill
 from billing.payment_code import LENGTH, is_valid
 from billing.states import BillStatus
-from channels.base import InvalidNotification
+from channels.base import InvalidNotification, PayMode
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import NAME as CHANNEL
 from channels.kiosk.adapter import KioskAdapter
@@ -403,6 +403,7 @@ async def _apply(
             source=SOURCE,
             cutoff=ctx.cutoff,
             channel=CHANNEL,
+            pay_mode=PayMode.KIOSK,
         )
         if result.outcome in {ConfirmOutcome.REJECTED_STATE, ConfirmOutcome.UNKNOWN_ATTEMPT}:
             # The order was paid by another charge (or is not a kiosk order): this charge is
@@ -480,6 +481,7 @@ async def _by_code_in(
         "paid_at": c.paid_at,
         "source": SOURCE,
         "cutoff": ctx.cutoff,
+        "pay_mode": PayMode.KIOSK,
     }
     known = (await conn.execute(_BY_REF, {"p_ref": c.acquirer_ref})).first()
     if known is not None:

@@ -3,6 +3,7 @@ charge through the simulated acquirer, which our refunds reach."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -82,17 +83,19 @@ async def test_a_bill_paid_at_a_kiosk(
     async with res.sessions() as s:
         receipt = await s.scalar(select(Receipt))
         assert receipt is not None
-        assert (receipt.channel, receipt.channel_trade_no, receipt.kind, receipt.amount) == (
-            "kiosk",
-            out["acquirer_ref"],
-            "PAYMENT",
-            12_345,
-        )
+        assert (
+            receipt.channel,
+            receipt.pay_mode,
+            receipt.channel_trade_no,
+            receipt.kind,
+            receipt.amount,
+        ) == ("kiosk", "KIOSK", out["acquirer_ref"], "PAYMENT", 12_345)
         assert (await s.get_one(Bill, bill.id)).status == "PAID"
-        totals = await reports.totals(
-            s, group_by="channel", start=receipt.business_date, end=receipt.business_date
-        )
-    assert [(r["key"], r["count"], r["amount"]) for r in totals] == [("kiosk", 1, 12_345)]
+        day = receipt.business_date
+        by_mode = await reports.totals(s, group_by="pay_mode", start=day, end=day)
+        by_channel = await reports.totals(s, group_by="channel_pay_mode", start=day, end=day)
+    assert [(r["key"], r["count"], r["amount"]) for r in by_mode] == [("KIOSK", 1, 12_345)]
+    assert [r["key"] for r in by_channel] == ["kiosk/KIOSK"]
 
     # The e-note is issued by the worker; the reprint (补打) then carries its QR.
     assert await run_issue_job(res.sessions, enote_context(settings)) == 1
@@ -103,10 +106,10 @@ async def test_a_bill_paid_at_a_kiosk(
     assert again["qr"]["kind"] == "ENOTE"
     assert again["qr"]["content"].startswith(f"{public}/enotes/verify?")
     async with res.engine.connect() as conn:
-        pay_mode = (
+        content = (
             await conn.execute(text("SELECT content FROM enotes WHERE kind = 'BLUE'"))
         ).scalar_one()
-    assert "自助终端".encode() in pay_mode
+    assert json.loads(content)["main"]["pay_mode"] == "自助终端"
     # A number the device never used has no receipt to print.
     assert (await kiosk_world.reprint(dev, 99))["code"] == t.ResultCode.UNKNOWN_SEQ
 
@@ -184,7 +187,10 @@ async def test_fifty_stored_confirmations_uploaded_out_of_order_and_twice(
         duplicate = await s.scalar(select(Receipt).where(Receipt.kind == "DUPLICATE"))
         assert duplicate is not None
         assert duplicate.bill_id == paid_elsewhere.id
-        assert duplicate.channel_trade_no == taken[6]["acquirer_ref"]
+        assert (duplicate.channel_trade_no, duplicate.pay_mode) == (
+            taken[6]["acquirer_ref"],
+            "KIOSK",
+        )
     seven = [r for r in results if r["seq"] == 7]
     assert {r["disposition"] for r in seven} == {"REFUND"}
 
@@ -276,8 +282,6 @@ async def _send(
     secret: str | None,
     headers: dict[str, str] | None = None,
 ) -> Any:
-    import json
-
     import httpx
 
     body = json.dumps(payload).encode()
