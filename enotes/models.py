@@ -32,6 +32,11 @@ NOTE_KINDS = ("BLUE", "RED")
 """BLUE: an ordinary note; RED: a red-letter note (红字票据) cancelling a BLUE one."""
 NOTE_STATUSES = ("VALID", "RED_LETTERED")
 
+__all__ = [
+    "ENote",
+    "ENoteCounter",
+]
+
 
 class ENoteCounter(Base):
     __tablename__ = "enote_counters"

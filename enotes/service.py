@@ -71,6 +71,7 @@ __all__ = [
     "run_red_job",
     "verify",
     "verify_note",
+    "verify_url",
 ]
 
 log = structlog.get_logger(__name__)

@@ -25,6 +25,19 @@ from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
 from terminals.models import SIGN_ALGORITHMS, KioskDevice
 
+__all__ = [
+    "DeviceView",
+    "Issued",
+    "device_key",
+    "get_device",
+    "list_devices",
+    "register",
+    "rotate",
+    "set_enabled",
+    "touch_heartbeat",
+    "view",
+]
+
 log = structlog.get_logger(__name__)
 
 _MERCHANT = re.compile(r"^[0-9A-Za-z]{15}$")

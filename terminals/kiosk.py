@@ -35,9 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import RedisError
 from sqlalchemy import Table, bindparam, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -49,9 +47,8 @@ from channels.base import InvalidNotification, PayMode
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import NAME as CHANNEL
 from channels.kiosk.adapter import KioskAdapter
-from kernel import crypto
+from kernel import crypto, nonces
 from kernel.clock import shanghai_today
-from kernel.nonces import AuthNonce
 from payments.confirm import (
     BILL_COLUMNS,
     AttemptFacts,
@@ -69,6 +66,19 @@ from payments.models import PaymentAttempt
 from payments.states import AttemptStatus
 from terminals.models import KioskDevice
 from terminals.slip import slip
+
+__all__ = [
+    "Device",
+    "GapRange",
+    "confirm",
+    "handle",
+    "heartbeat",
+    "missing_ranges",
+    "open_gaps",
+    "query",
+    "record",
+    "reprint",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -150,25 +160,8 @@ def _key(row: Any) -> t.DeviceKey:
 
 
 async def _nonce_fresh(ctx: PaymentContext, device_id: str, nonce: str) -> bool:
-    """First use of the nonce? Redis first; PostgreSQL (auth_nonces) when Redis is down, so
-    losing Redis never lets a replay through."""
-    try:
-        fresh = await ctx.redis.set(f"nonce:kiosk:{device_id}:{nonce}", 1, nx=True, ex=NONCE_TTL_S)
-        return bool(fresh)
-    except (RedisError, OSError) as exc:
-        log.warning("nonce store falling back to postgres", error=type(exc).__name__)
-    async with ctx.sessions() as s, s.begin():
-        got = await s.scalar(
-            pg_insert(AuthNonce)
-            .values(
-                key_id=f"kiosk:{device_id}",
-                nonce=nonce,
-                expires_at=datetime.now(UTC) + timedelta(seconds=NONCE_TTL_S),
-            )
-            .on_conflict_do_nothing()
-            .returning(AuthNonce.nonce)
-        )
-    return got is not None
+    """First use of the nonce (the one nonce store: Redis, PostgreSQL while it is down)."""
+    return await nonces.first_use(ctx.redis, ctx.sessions, f"kiosk:{device_id}", nonce, NONCE_TTL_S)
 
 
 async def _dispatch(  # noqa: PLR0911 - one answer per operation and refusal

@@ -29,6 +29,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base
 
+__all__ = [
+    "SIGN_ALGORITHMS",
+    "KioskConfirmation",
+    "KioskDevice",
+    "KioskGap",
+]
+
 SIGN_ALGORITHMS = ("HMAC", "SM2")
 
 

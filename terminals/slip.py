@@ -22,6 +22,10 @@ from enotes.service import verify_url
 from kernel.capitals import rmb_capitals
 from payments.models import Receipt
 
+__all__ = [
+    "slip",
+]
+
 _R = cast(Table, Receipt.__table__)
 _B = cast(Table, Bill.__table__)
 _AG = cast(Table, Agency.__table__)

@@ -9,7 +9,17 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOMS = ("kernel", "channels", "billing", "ledger", "payments", "enotes", "settlement", "gateway")
+ROOMS = (
+    "kernel",
+    "channels",
+    "billing",
+    "ledger",
+    "payments",
+    "enotes",
+    "terminals",
+    "settlement",
+    "gateway",
+)
 
 
 def _name(path: Path) -> str:

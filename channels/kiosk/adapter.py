@@ -43,6 +43,13 @@ from channels.base import (
 from channels.kiosk import transforms as t
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = [
+    "NAME",
+    "KioskAdapter",
+    "acquirer_headers",
+    "acquirer_verify",
+]
+
 log = structlog.get_logger(__name__)
 
 NAME = "kiosk"

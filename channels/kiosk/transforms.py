@@ -45,6 +45,49 @@ from tongsuopy.crypto.exceptions import InternalError, InvalidSignature
 from channels.base import InvalidNotification
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = [
+    "CODES",
+    "DEVICE_ID",
+    "MAX_SEQ_JUMP",
+    "MAX_SKEW_S",
+    "MAX_UPLOAD",
+    "OPERATIONS",
+    "Answer",
+    "BadMessage",
+    "BillAnswer",
+    "Confirm",
+    "ConfirmAnswer",
+    "DeviceKey",
+    "Envelope",
+    "Heartbeat",
+    "HeartbeatAnswer",
+    "Message",
+    "Outcome",
+    "Query",
+    "Reprint",
+    "ResultCode",
+    "Slip",
+    "Upload",
+    "UploadAnswer",
+    "canonical",
+    "envelope",
+    "format_time",
+    "hmac_sign",
+    "parse",
+    "parse_confirm",
+    "parse_time",
+    "render",
+    "request_headers",
+    "response_message",
+    "sm2_keypair",
+    "sm2_public_key",
+    "sm2_sign",
+    "sm2_verify",
+    "verify",
+    "verify_response",
+    "within_window",
+]
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_SKEW_S = 300

@@ -1,7 +1,9 @@
 """kiosks: the device registry, each device's confirmations by sequence number, its gaps
 
+(Numbered 0013 when it was written; it follows 0014, which reached main first.)
+
 Revision ID: 0013
-Revises: 0012
+Revises: 0014
 Create Date: 2026-12-06
 """
 
@@ -11,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0012"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
