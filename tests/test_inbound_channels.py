@@ -80,7 +80,7 @@ def _confirm_doc(code: str, serial: str, amount: str, order_id: str | None = Non
 @pytest.mark.parametrize(
     ("path", "code"),
     [
-        ("/v1/channels/kiosk/confirm", "unknown_channel"),
+        ("/v1/channels/carrier-pigeon/confirm", "unknown_channel"),
         ("/v1/channels/bank/999/confirm", "unknown_channel"),
         ("/v1/channels/bank:999/query", "unknown_channel"),
         ("/v1/channels/bank/102/refund", "unknown_operation"),
