@@ -11,19 +11,29 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "BATCH_KINDS",
     "Ack",
     "BadMessage",
     "BadParameter",
+    "BatchCheck",
+    "BatchLine",
+    "BatchSettlement",
     "BillDue",
     "BillQuery",
+    "CardInquiry",
+    "CardRefund",
+    "CardReversal",
+    "CardSale",
+    "CardVoid",
     "ChannelAdapter",
     "ChannelError",
     "ChannelRegistry",
     "ConfirmPayment",
     "ConfirmationReceipt",
+    "CountTotal",
     "CreatePayment",
     "CreatedPayment",
     "Disposition",
@@ -321,6 +331,11 @@ class Outcome(StrEnum):
     FORGED = "FORGED"
     """Unverifiable: bad or missing signature, wrong sender, stale or replayed. Nothing
     is read from the message and nothing changes."""
+    REVERSED = "REVERSED"
+    """The payment named was reversed already (its reversal came first): refused."""
+    NOT_ALLOWED = "NOT_ALLOWED"
+    """Not allowed in the state the named transaction is in (a card void after its batch
+    was settled, a card refund before; a bill of another agency)."""
 
 
 class Disposition(StrEnum):
@@ -414,6 +429,118 @@ class UploadConfirmations(InboundRequest):
     items: tuple[ConfirmPayment, ...]
 
 
+# Card terminals (MIS-POS): every transaction is keyed as the terminal keys it, by its
+# batch and trace (voucher) number.
+
+
+@dataclass(frozen=True, slots=True)
+class CardInquiry(InboundRequest):
+    """A counter terminal asks what is due on a bill (no order is opened)."""
+
+    payment_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardSale(InboundRequest):
+    """The acquirer approved a card payment of `amount` fen for this payment code."""
+
+    payment_code: str
+    amount: int
+    batch_no: str
+    trace_no: str
+    rrn: str
+    """Retrieval reference number (检索参考号)."""
+    card: str
+    """Masked: first six and last four digits."""
+    card_type: str
+    acquirer: str
+    issuer: str
+    occurred_at: datetime
+    settle_date: str
+    """The acquirer's settlement date, MMDD."""
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardReversal(InboundRequest):
+    """冲正: cancel the sale with this batch and trace number (the terminal had no answer),
+    whether it reached us or not."""
+
+    batch_no: str
+    trace_no: str
+    amount: int
+    payment_code: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CardVoid(InboundRequest):
+    """撤销: cancel a sale of the same, unsettled batch; the void has its own trace number."""
+
+    batch_no: str
+    trace_no: str
+    original_trace_no: str
+    amount: int
+    rrn: str
+    occurred_at: datetime
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardRefund(InboundRequest):
+    """退货: the acquirer gave (part of) a sale of a settled batch back to the card."""
+
+    batch_no: str
+    trace_no: str
+    original_batch_no: str
+    original_trace_no: str
+    amount: int
+    rrn: str
+    occurred_at: datetime
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountTotal:
+    count: int
+    amount: int
+    """Fen."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    kind: str
+    """SALE, VOID or REFUND."""
+    trace_no: str
+    amount: int
+
+
+BATCH_KINDS = ("SALE", "VOID", "REFUND")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettlement(InboundRequest):
+    """批结算: a terminal's counts and totals per kind (BATCH_KINDS) for a batch, and its
+    lines, to compare with ours."""
+
+    batch_no: str
+    totals: Mapping[str, CountTotal]
+    details: tuple[BatchLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCheck:
+    """A settled batch compared: both sides' totals per kind and every transaction only one
+    side has, or has with another amount (`terminal_amount` / `our_amount` None where a
+    side lacks it)."""
+
+    batch_no: str
+    balanced: bool
+    ours: Mapping[str, CountTotal]
+    theirs: Mapping[str, CountTotal]
+    differences: tuple[Mapping[str, Any], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A verified message: who sent it and what it asks."""
@@ -475,6 +602,8 @@ class InboundAnswer:
     receipt: ConfirmationReceipt | None = None
     items: tuple[InboundAnswer, ...] = ()
     """One answer per item of an upload, in the order sent."""
+    batch: BatchCheck | None = None
+    """A batch settlement's comparison."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,6 @@
-"""Card terminals (MIS-POS): the terminals' endpoint and the staff's terminal registry.
+"""Card terminals (MIS-POS): the staff's terminal registry. (The terminals' own messages
+come through the inbound seam, `POST /v1/channels/pos/{operation}`, gateway.channels_api.)
 
-- `POST /v1/channels/pos/{operation}`: a terminal's signed message (docs/channels/pos.md);
-  always HTTP 200 with the protocol's result code in the body.
 - `/v1/admin/pos/...`: register, disable, enable, rotate and list terminals; settled
   batches (mismatches with the transactions that differ). ADMIN staff only for writes,
   FINANCE and AUDITOR may read.
@@ -14,45 +13,20 @@ from dataclasses import asdict
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.pos.adapter import PosAdapter
 from gateway.staff_auth import principal, requires_role
-from gateway.state import Resources
 from kernel.audit import Actor
 from kernel.staff import StaffRole
-from payments.pos import service, terminals
+from payments.pos import terminals
 from payments.pos.models import PosBatch, PosTerminal
 
-ADAPTER = PosAdapter()
 WRITE = requires_role(StaffRole.ADMIN)
 READ = requires_role(StaffRole.FINANCE, StaffRole.AUDITOR)
-
-
-class PosChannelController(Controller):
-    path = "/v1/channels/pos"
-    tags = ["channels"]  # noqa: RUF012
-
-    @post("/{operation:str}", summary="A card terminal's signed message", status_code=200)
-    async def message(
-        self,
-        operation: FromPath[str],
-        request: Request[Any, Any, Any],
-        resources: NamedDependency[Resources],
-    ) -> Response[bytes]:
-        body, headers = await service.handle(
-            resources.payment_context(),
-            ADAPTER,
-            operation,
-            request.url.path,
-            request.headers,
-            await request.body(),
-        )
-        return Response(body, media_type="application/json", status_code=200, headers=headers)
 
 
 class TerminalBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -14,7 +14,7 @@ from gateway.health import HealthController
 from gateway.kiosk_api import KioskAdminController, KioskDeviceController
 from gateway.pages import index
 from gateway.pay_api import PayController
-from gateway.pos_api import PosAdminController, PosChannelController
+from gateway.pos_api import PosAdminController
 from gateway.webhooks_api import WebhooksController
 
 ROUTES: list[ControllerRouterHandler] = [
@@ -32,6 +32,5 @@ ROUTES: list[ControllerRouterHandler] = [
     KioskAdminController,
     WebhooksController,
     CashierController,
-    PosChannelController,
     PosAdminController,
 ]

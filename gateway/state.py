@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -13,12 +14,14 @@ from channels.bank.inbound import BankInbound
 from channels.bank.registry import BankDirectory, BankEntry
 from channels.bank.signing import HmacSigning
 from channels.base import ChannelRegistry, InboundRegistry
+from channels.pos.inbound import PosInbound
 from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
 from kernel import crypto
 from kernel.kv import KV
 from payments.confirm import APPLY_GROUPS, CONFIRM_GATE
 from payments.context import PaymentContext
+from payments.pos import terminals
 
 __all__ = [
     "Resources",
@@ -60,6 +63,7 @@ class Resources:
         built once, on first use."""
         registry = InboundRegistry()
         registry.register(BankInbound(self.banks))
+        registry.register(PosInbound(functools.partial(terminals.credentials, self.sessions)))
         return registry
 
     @cached_property

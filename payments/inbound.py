@@ -45,8 +45,14 @@ from billing.states import BillStatus
 from channels.base import (
     BadMessage,
     BadParameter,
+    BatchSettlement,
     BillDue,
     BillQuery,
+    CardInquiry,
+    CardRefund,
+    CardReversal,
+    CardSale,
+    CardVoid,
     ConfirmationReceipt,
     ConfirmPayment,
     Disposition,
@@ -84,6 +90,7 @@ from payments.confirm import (
 )
 from payments.context import PaymentContext
 from payments.models import PaymentAttempt
+from payments.pos import service as pos
 from payments.states import AttemptStatus
 
 __all__ = [
@@ -589,5 +596,12 @@ _HANDLERS: dict[type[InboundRequest], _Handler] = {
     ConfirmPayment: confirm,
     ReverseConfirmation: reverse,
     UploadConfirmations: upload,
+    # Card terminals (MIS-POS): keyed by batch and trace number (payments.pos.service).
+    CardInquiry: pos.handler(pos.inquiry),
+    CardSale: pos.handler(pos.sale),
+    CardReversal: pos.handler(pos.reversal),
+    CardVoid: pos.handler(pos.void),
+    CardRefund: pos.handler(pos.refund),
+    BatchSettlement: pos.handler(pos.settle),
 }
 """One handler per typed request; a new operation adds its request type and a line here."""

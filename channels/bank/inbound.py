@@ -57,6 +57,9 @@ RESULT_CODES: Mapping[Outcome, str] = {
     # A bank is known by its URL: a message for an unknown one never reaches an adapter.
     Outcome.UNKNOWN_SENDER: t.ResultCode.BAD_SIGNATURE,
     Outcome.FORGED: t.ResultCode.BAD_SIGNATURE,
+    # Card terminal outcomes; a bank's messages never lead to them.
+    Outcome.REVERSED: t.ResultCode.DUPLICATE_CONFIRMATION,
+    Outcome.NOT_ALLOWED: t.ResultCode.BAD_REQUEST,
 }
 """Every outcome has its code (a test checks the map is total)."""
 

@@ -24,15 +24,30 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from channels.base import InvalidNotification
+from channels.base import (
+    BATCH_KINDS,
+    BatchLine,
+    BatchSettlement,
+    CardInquiry,
+    CardRefund,
+    CardReversal,
+    CardSale,
+    CardVoid,
+    CountTotal,
+    InboundAnswer,
+    InboundRequest,
+    InvalidNotification,
+    Outcome,
+)
 from channels.money import fen_to_yuan, yuan_to_fen
 
 __all__ = [
+    "BATCH_MISMATCH",
     "CODES",
     "CURRENCY_CNY",
     "MAX_SKEW_S",
@@ -41,10 +56,6 @@ __all__ = [
     "SHANGHAI",
     "TERMINAL",
     "TOTAL_KINDS",
-    "Accepted",
-    "Answer",
-    "BatchReport",
-    "BillInfo",
     "Detail",
     "Identity",
     "Inquiry",
@@ -52,7 +63,6 @@ __all__ = [
     "Message",
     "Operation",
     "Refund",
-    "Result",
     "Reversal",
     "Sale",
     "Settle",
@@ -61,6 +71,7 @@ __all__ = [
     "answer_doc",
     "canonical",
     "claimed_identity",
+    "code_of",
     "digest",
     "format_time",
     "mac",
@@ -102,58 +113,47 @@ class Operation(StrEnum):
     SETTLE = "settle"
 
 
-class Result(StrEnum):
-    """Our typed answer; `CODES` gives each its code on the wire."""
-
-    APPROVED = "APPROVED"
-    UNKNOWN_TERMINAL = "UNKNOWN_TERMINAL"
-    NOT_ALLOWED = "NOT_ALLOWED"
-    AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
-    ORIGINAL_NOT_FOUND = "ORIGINAL_NOT_FOUND"
-    FORMAT_ERROR = "FORMAT_ERROR"
-    BILL_NOT_PAYABLE = "BILL_NOT_PAYABLE"
-    CONFLICTING_REPEAT = "CONFLICTING_REPEAT"
-    BATCH_MISMATCH = "BATCH_MISMATCH"
-    SYSTEM_ERROR = "SYSTEM_ERROR"
-    BAD_SIGNATURE = "BAD_SIGNATURE"
-    UNKNOWN_CODE = "UNKNOWN_CODE"
-    ALREADY_PAID = "ALREADY_PAID"
-    REVERSED = "REVERSED"
-
-
-CODES: Mapping[Result, str] = {
-    Result.APPROVED: "00",
-    Result.UNKNOWN_TERMINAL: "03",
-    Result.NOT_ALLOWED: "12",
-    Result.AMOUNT_DIFFERS: "13",
-    Result.ORIGINAL_NOT_FOUND: "25",
-    Result.FORMAT_ERROR: "30",
-    Result.BILL_NOT_PAYABLE: "57",
-    Result.CONFLICTING_REPEAT: "94",
-    Result.BATCH_MISMATCH: "95",
-    Result.SYSTEM_ERROR: "96",
-    Result.BAD_SIGNATURE: "A0",
-    Result.UNKNOWN_CODE: "B1",
-    Result.ALREADY_PAID: "B2",
-    Result.REVERSED: "B3",
+CODES: Mapping[Outcome, str] = {
+    Outcome.OK: "00",
+    Outcome.UNKNOWN_SENDER: "03",
+    Outcome.NOT_ALLOWED: "12",
+    Outcome.TOO_LATE: "12",
+    Outcome.AMOUNT_DIFFERS: "13",
+    Outcome.NOT_CONFIRMED: "25",
+    Outcome.BAD_REQUEST: "30",
+    Outcome.BAD_PARAMETER: "30",
+    Outcome.NOT_QUERIED: "30",
+    Outcome.EXPIRED: "57",
+    Outcome.CANCELLED: "57",
+    Outcome.DUPLICATE: "94",
+    Outcome.TRY_LATER: "96",
+    Outcome.FORGED: "A0",
+    Outcome.UNKNOWN_CODE: "B1",
+    Outcome.CHECK_FAILED: "B1",
+    Outcome.UNKNOWN_ORDER: "B1",
+    Outcome.ALREADY_PAID: "B2",
+    Outcome.REVERSED: "B3",
 }
-MESSAGES: Mapping[Result, str] = {
-    Result.APPROVED: "approved",
-    Result.UNKNOWN_TERMINAL: "unknown or disabled terminal",
-    Result.NOT_ALLOWED: "transaction not allowed now",
-    Result.AMOUNT_DIFFERS: "amount differs",
-    Result.ORIGINAL_NOT_FOUND: "original transaction not found",
-    Result.FORMAT_ERROR: "format error",
-    Result.BILL_NOT_PAYABLE: "bill cannot be paid",
-    Result.CONFLICTING_REPEAT: "trace number already used for another transaction",
-    Result.BATCH_MISMATCH: "batch totals differ",
-    Result.SYSTEM_ERROR: "system error, reverse and retry",
-    Result.BAD_SIGNATURE: "signature check failed",
-    Result.UNKNOWN_CODE: "unknown payment code",
-    Result.ALREADY_PAID: "bill already paid",
-    Result.REVERSED: "transaction already reversed",
+"""Every outcome's code on the wire (the protocol's own, docs/channels/pos.md)."""
+BATCH_MISMATCH = "95"
+"""A settled batch whose totals differ (an OK settlement with `balanced` false)."""
+MESSAGES: Mapping[str, str] = {
+    "00": "approved",
+    "03": "unknown or disabled terminal",
+    "12": "transaction not allowed now",
+    "13": "amount differs",
+    "25": "original transaction not found",
+    "30": "format error",
+    "57": "bill cannot be paid",
+    "94": "trace number already used for another transaction",
+    "95": "batch totals differ",
+    "96": "system error, reverse and retry",
+    "A0": "signature check failed",
+    "B1": "unknown payment code",
+    "B2": "bill already paid",
+    "B3": "transaction already reversed",
 }
-"""Our wording of each result; terminals branch on the code."""
+"""Our wording of each code; terminals branch on the code."""
 
 
 # ------------------------------------------------------------------ signing
@@ -242,95 +242,20 @@ def verify(
 
 
 class MalformedMessage(ValueError):
-    """A message that does not have the protocol's shape: FORMAT_ERROR, nothing written."""
+    """A message that does not have the protocol's shape: answered 30, nothing written."""
 
 
-@dataclass(frozen=True, slots=True)
-class Inquiry:
-    payment_code: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sale:
-    payment_code: str
-    amount: int
-    batch_no: str
-    trace_no: str
-    rrn: str
-    card: str
-    card_type: str
-    acquirer: str
-    issuer: str
-    occurred_at: datetime
-    settle_date: str
-    operator: str
-
-
-@dataclass(frozen=True, slots=True)
-class Reversal:
-    """Cancels the sale with this batch and trace number (the terminal had no answer)."""
-
-    batch_no: str
-    trace_no: str
-    amount: int
-    payment_code: str
-    occurred_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Void:
-    """撤销: cancels a sale of the same, unsettled batch; has its own trace number."""
-
-    batch_no: str
-    trace_no: str
-    original_trace_no: str
-    amount: int
-    rrn: str
-    occurred_at: datetime
-    operator: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refund:
-    """退货: gives back (part of) a sale of a settled batch; the acquirer returns the money."""
-
-    batch_no: str
-    trace_no: str
-    original_batch_no: str
-    original_trace_no: str
-    amount: int
-    rrn: str
-    occurred_at: datetime
-    operator: str
-
-
-@dataclass(frozen=True, slots=True)
-class Total:
-    count: int
-    amount: int
-
-
-@dataclass(frozen=True, slots=True)
-class Detail:
-    kind: str
-    """SALE, VOID or REFUND."""
-    trace_no: str
-    amount: int
-
-
-TOTAL_KINDS = ("SALE", "VOID", "REFUND")
-
-
-@dataclass(frozen=True, slots=True)
-class Settle:
-    """批结算: the terminal's counts and totals per kind for one batch, and its lines."""
-
-    batch_no: str
-    totals: Mapping[str, Total]
-    details: tuple[Detail, ...]
-
-
-Message = Inquiry | Sale | Reversal | Void | Refund | Settle
+# The protocol's messages are these typed requests of channels.base (amounts in fen).
+Inquiry = CardInquiry
+Sale = CardSale
+Reversal = CardReversal
+Void = CardVoid
+Refund = CardRefund
+Total = CountTotal
+Detail = BatchLine
+Settle = BatchSettlement
+TOTAL_KINDS = BATCH_KINDS
+Message = CardInquiry | CardSale | CardReversal | CardVoid | CardRefund | BatchSettlement
 
 
 def _text(doc: Mapping[str, Any], name: str, shape: re.Pattern[str] | None = None) -> str:
@@ -459,99 +384,12 @@ def digest(message: Message) -> str:
     return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
 
 
-# ------------------------------------------------------------------ typed answers
+# ------------------------------------------------------------------ answers
 
 
-@dataclass(frozen=True, slots=True)
-class BillInfo:
-    """An inquiry's answer: what the counter clerk shows before swiping the card."""
-
-    payment_code: str
-    agency_name: str
-    payer_name: str
-    """Masked."""
-    amount: int
-    principal: int
-    late_fee: int
-    due_date: date
-    items: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A sale, void, refund or reversal taken (or a repeat of one)."""
-
-    batch_no: str
-    trace_no: str
-    receipt_id: str | None = None
-    bill_status: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    batch_no: str
-    balanced: bool
-    ours: Mapping[str, Total]
-    theirs: Mapping[str, Total]
-    differences: tuple[Mapping[str, Any], ...]
-    """Each: kind, trace_no, terminal_amount (None: only ours has it), our_amount."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    result: Result
-    detail: BillInfo | Accepted | BatchReport | None = None
-    message: str | None = None
-
-
-def _totals_doc(totals: Mapping[str, Total]) -> dict[str, Any]:
+def _totals_doc(totals: Mapping[str, CountTotal]) -> dict[str, Any]:
     return {
         k.lower(): {"count": t.count, "amount": fen_to_yuan(t.amount)} for k, t in totals.items()
-    }
-
-
-def answer_doc(answer: Answer) -> dict[str, Any]:
-    """Our typed answer in the protocol's words (yuan strings, result codes)."""
-    data: dict[str, Any] | None = None
-    d = answer.detail
-    if isinstance(d, BillInfo):
-        data = {
-            "payment_code": d.payment_code,
-            "agency_name": d.agency_name,
-            "payer_name": d.payer_name,
-            "amount": fen_to_yuan(d.amount),
-            "principal": fen_to_yuan(d.principal),
-            "late_fee": fen_to_yuan(d.late_fee),
-            "due_date": d.due_date.isoformat(),
-            "items": [{"name": n, "amount": fen_to_yuan(a)} for n, a in d.items],
-        }
-    elif isinstance(d, Accepted):
-        data = {
-            "batch_no": d.batch_no,
-            "trace_no": d.trace_no,
-            "receipt_id": d.receipt_id,
-            "bill_status": d.bill_status,
-        }
-    elif isinstance(d, BatchReport):
-        data = {
-            "batch_no": d.batch_no,
-            "balanced": d.balanced,
-            "host_totals": _totals_doc(d.ours),
-            "terminal_totals": _totals_doc(d.theirs),
-            "differences": [
-                {
-                    "kind": x["kind"],
-                    "trace_no": x["trace_no"],
-                    "terminal_amount": _yuan_or_none(x.get("terminal_amount")),
-                    "host_amount": _yuan_or_none(x.get("our_amount")),
-                }
-                for x in d.differences
-            ],
-        }
-    return {
-        "code": CODES[answer.result],
-        "msg": answer.message or MESSAGES[answer.result],
-        "data": data,
     }
 
 
@@ -559,8 +397,59 @@ def _yuan_or_none(fen: int | None) -> str | None:
     return None if fen is None else fen_to_yuan(fen)
 
 
-def render(answer: Answer) -> bytes:
-    return json.dumps(answer_doc(answer), separators=(",", ":"), ensure_ascii=False).encode()
+def code_of(answer: InboundAnswer) -> str:
+    if answer.outcome == Outcome.OK and answer.batch is not None and not answer.batch.balanced:
+        return BATCH_MISMATCH
+    return CODES[answer.outcome]
+
+
+def answer_doc(answer: InboundAnswer, request: InboundRequest | None) -> dict[str, Any]:
+    """Our typed answer in the protocol's words (yuan strings, result codes)."""
+    code = code_of(answer)
+    data: dict[str, Any] | None = None
+    if answer.bill is not None:
+        b = answer.bill
+        data = {
+            "payment_code": b.payment_code,
+            "agency_name": b.agency_name,
+            "payer_name": b.payer_name,
+            "amount": fen_to_yuan(b.amount),
+            "principal": fen_to_yuan(b.principal),
+            "late_fee": fen_to_yuan(b.late_fee),
+            "due_date": b.due_date.isoformat(),
+            "items": [{"name": li.name, "amount": fen_to_yuan(li.amount)} for li in b.lines],
+        }
+    elif answer.batch is not None:
+        c = answer.batch
+        data = {
+            "batch_no": c.batch_no,
+            "balanced": c.balanced,
+            "host_totals": _totals_doc(c.ours),
+            "terminal_totals": _totals_doc(c.theirs),
+            "differences": [
+                {
+                    "kind": x["kind"],
+                    "trace_no": x["trace_no"],
+                    "terminal_amount": _yuan_or_none(x.get("terminal_amount")),
+                    "host_amount": _yuan_or_none(x.get("our_amount")),
+                }
+                for x in c.differences
+            ],
+        }
+    elif code == "00" and isinstance(request, CardSale | CardReversal | CardVoid | CardRefund):
+        after = {CardSale: "PAID", CardReversal: "ISSUED", CardVoid: "ISSUED"}
+        data = {
+            "batch_no": request.batch_no,
+            "trace_no": request.trace_no,
+            "receipt_id": answer.receipt.receipt_id if answer.receipt else None,
+            "bill_status": after.get(type(request)),
+        }
+    return {"code": code, "msg": answer.detail or MESSAGES[code], "data": data}
+
+
+def render(answer: InboundAnswer, request: InboundRequest | None) -> bytes:
+    doc = answer_doc(answer, request)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def format_time(when: datetime) -> str:

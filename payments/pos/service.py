@@ -32,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -45,11 +45,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing import payer as bills
 from billing.states import BillStatus
-from channels.base import InvalidNotification, PayMode
+from channels.base import (
+    BatchCheck,
+    BillDue,
+    ConfirmationReceipt,
+    CountTotal,
+    Disposition,
+    DueLine,
+    InboundAnswer,
+    Outcome,
+    PayMode,
+)
 from channels.pos import transforms as t
-from channels.pos.adapter import NAME as CHANNEL
-from channels.pos.adapter import PosAdapter
-from kernel import nonces
+from channels.pos.inbound import NAME as CHANNEL
 from kernel.audit import Actor
 from kernel.clock import shanghai_today
 from kernel.group_commit import GroupCommit
@@ -61,15 +69,17 @@ from payments.confirm import (
     core_transaction,
 )
 from payments.context import PaymentContext
-from payments.pos.terminals import Credentials, credentials
+from payments.pos.terminals import credentials
 from payments.reversal import Undone, undo_payment
 from payments.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from payments.inbound import Sent
 
 __all__ = [
     "Terminal",
     "compare",
-    "dispatch",
-    "handle",
+    "handler",
     "inquiry",
     "refund",
     "reversal",
@@ -80,8 +90,21 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-NONCE_TTL_S = 2 * t.MAX_SKEW_S
-R = t.Result
+
+class R:
+    """The answers this service gives, in our Outcome vocabulary (the terminal's codes are
+    channels.pos.transforms')."""
+
+    APPROVED = Outcome.OK
+    UNKNOWN_TERMINAL = Outcome.UNKNOWN_SENDER
+    NOT_ALLOWED = Outcome.NOT_ALLOWED
+    AMOUNT_DIFFERS = Outcome.AMOUNT_DIFFERS
+    ORIGINAL_NOT_FOUND = Outcome.NOT_CONFIRMED
+    CONFLICTING_REPEAT = Outcome.DUPLICATE
+    SYSTEM_ERROR = Outcome.TRY_LATER
+    UNKNOWN_CODE = Outcome.UNKNOWN_CODE
+    ALREADY_PAID = Outcome.ALREADY_PAID
+    REVERSED = Outcome.REVERSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,81 +120,41 @@ class Terminal:
 class _Refused(Exception):
     """Roll the transaction back and answer this."""
 
-    def __init__(self, answer: t.Answer) -> None:
-        super().__init__(answer.result)
+    def __init__(self, answer: InboundAnswer) -> None:
+        super().__init__(answer.outcome)
         self.answer = answer
 
 
-def _no(result: t.Result, message: str | None = None) -> t.Answer:
-    return t.Answer(result, message=message)
+def _no(outcome: Outcome, detail: str = "") -> InboundAnswer:
+    return InboundAnswer(outcome, detail)
 
 
-# ------------------------------------------------------------------ the endpoint's work
+# ------------------------------------------------------------------ from the inbound seam
 
 
-async def handle(  # noqa: PLR0917 - the request's parts, as the route has them
-    ctx: PaymentContext,
-    adapter: PosAdapter,
-    operation: str,
-    path: str,
-    headers: Mapping[str, str],
-    body: bytes,
-) -> tuple[bytes, dict[str, str]]:
-    """One terminal message → the signed answer (body, headers). Never raises for the
-    terminal's mistakes: each is a result code."""
-    who: t.Identity | None = None
-    creds: Credentials | None = None
-    try:
-        op = adapter.operation(operation)
-        who = adapter.identify(headers)
-        creds = await credentials(ctx.sessions, who.merchant, who.terminal)
-        if creds is None:
-            answer = _no(R.UNKNOWN_TERMINAL)
-            creds = None
-        else:
-            nonce = adapter.verify(creds.key, path, headers, body)
-            if not creds.enabled:
-                answer = _no(R.UNKNOWN_TERMINAL)
-            elif not await _nonce_fresh(ctx, creds.ref, nonce):
-                raise InvalidNotification("nonce reused", code="replay")
-            else:
-                terminal = Terminal(creds.ref, who.merchant, who.terminal, creds.agency_id)
-                structlog.contextvars.bind_contextvars(pos_terminal=who.terminal)
-                answer = await dispatch(ctx, terminal, adapter.parse(op, body))
-    except InvalidNotification as exc:
-        log.warning("pos message refused", reason=exc.code)
-        answer = _no(R.BAD_SIGNATURE)
-    except t.MalformedMessage as exc:
-        answer = _no(R.FORMAT_ERROR, str(exc))
-    log.info("pos message answered", operation=operation, result=answer.result)
-    return adapter.render(answer, key=creds.key if creds else None, path=path, who=who)
+Operation = Callable[[PaymentContext, Terminal, Any], Awaitable[InboundAnswer]]
 
 
-async def _nonce_fresh(ctx: PaymentContext, terminal_ref: uuid.UUID, nonce: str) -> bool:
-    """First use of the nonce within its window, per terminal (kernel.nonces' policy)."""
-    return await nonces.first_use(
-        ctx.redis, ctx.sessions, f"pos:{terminal_ref.hex[:32]}", nonce, NONCE_TTL_S
-    )
+def handler(
+    operation: Operation,
+) -> Callable[[PaymentContext, Sent, Any, datetime], Awaitable[InboundAnswer]]:
+    """An operation as payments.inbound calls it: the verified sender (`merchant:terminal`)
+    becomes the registered terminal; a terminal gone meanwhile is an unknown sender."""
 
+    async def run(ctx: PaymentContext, sent: Sent, request: Any, now: datetime) -> InboundAnswer:
+        del now  # a terminal's message carries its own time
+        merchant, _, terminal_id = (sent.sender or "").partition(":")
+        found = await credentials(ctx.sessions, merchant, terminal_id)
+        if found is None:
+            return _no(R.UNKNOWN_TERMINAL)
+        terminal = Terminal(found.ref, merchant, terminal_id, found.agency_id)
+        structlog.contextvars.bind_contextvars(pos_terminal=terminal_id)
+        try:
+            return await operation(ctx, terminal, request)
+        except _Refused as refused:
+            return refused.answer
 
-async def dispatch(  # noqa: PLR0911 - one branch per operation
-    ctx: PaymentContext, terminal: Terminal, msg: t.Message
-) -> t.Answer:
-    """A verified terminal's typed message → our typed answer."""
-    try:
-        if isinstance(msg, t.Inquiry):
-            return await inquiry(ctx, terminal, msg)
-        if isinstance(msg, t.Sale):
-            return await sale(ctx, terminal, msg)
-        if isinstance(msg, t.Reversal):
-            return await reversal(ctx, terminal, msg)
-        if isinstance(msg, t.Void):
-            return await void(ctx, terminal, msg)
-        if isinstance(msg, t.Refund):
-            return await refund(ctx, terminal, msg)
-        return await settle(ctx, terminal, msg)
-    except _Refused as refused:
-        return refused.answer
+    return run
 
 
 # ------------------------------------------------------------------ inquiry
@@ -193,25 +176,29 @@ def _payable(view: bills.BillView, now: datetime) -> None:
         return
     if refused[0] == "bill_not_payable":  # paid already (or settled, refunded)
         raise _Refused(_no(R.ALREADY_PAID))
-    raise _Refused(_no(R.BILL_NOT_PAYABLE, refused[1]))
+    if refused[0] == "bill_cancelled":
+        raise _Refused(_no(Outcome.CANCELLED, refused[1]))
+    raise _Refused(_no(Outcome.EXPIRED, refused[1]))
 
 
-async def inquiry(ctx: PaymentContext, terminal: Terminal, msg: t.Inquiry) -> t.Answer:
+async def inquiry(ctx: PaymentContext, terminal: Terminal, msg: t.Inquiry) -> InboundAnswer:
     now = datetime.now(UTC)
     view = await _view(ctx, terminal, msg.payment_code)
     _payable(view, now)
     due = bills.due_on(view, shanghai_today(now), ctx.day_count)
-    return t.Answer(
+    return InboundAnswer(
         R.APPROVED,
-        t.BillInfo(
+        bill=BillDue(
             payment_code=view.payment_code,
+            order_id="",  # a terminal's sale names no order: its batch and trace do
             agency_name=view.agency_name,
             payer_name=bills.mask_name(view.payer_name),
             amount=due.total,
             principal=due.principal,
             late_fee=due.late_fee,
             due_date=view.due_date,
-            items=tuple((li.name, li.amount) for li in view.lines),
+            pay_before=view.expires_at,
+            lines=tuple(DueLine(li.name, li.amount) for li in view.lines),
         ),
     )
 
@@ -312,7 +299,7 @@ async def _by_key(conn: AsyncConnection, terminal: Terminal, batch_no: str, trac
     return (await conn.execute(_BY_KEY, params)).first()
 
 
-def _sale_repeat(row: Any, msg: t.Sale) -> t.Answer:
+def _sale_repeat(row: Any, msg: t.Sale) -> InboundAnswer:
     """The answer to a sale whose key is taken already."""
     if row.kind == "SALE" and row.status == "REVERSED":
         return _no(R.REVERSED)  # a tombstone carries the reversal's digest, not the sale's
@@ -321,25 +308,20 @@ def _sale_repeat(row: Any, msg: t.Sale) -> t.Answer:
     if row.attempt_status == AttemptStatus.REVERSED:
         return _no(R.REVERSED)
     if row.attempt_status == AttemptStatus.SUCCEEDED and row.receipt_kind == "PAYMENT":
-        return _accepted(msg.batch_no, msg.trace_no, row.receipt_id, row.bill_status)
+        return _accepted(msg.batch_no, msg.trace_no, row.receipt_id)
     # Still in flight (the first is being confirmed) or left unconfirmed: say "try later"
     # by the system-error code; the terminal reverses.
     return _no(R.SYSTEM_ERROR, "sale in progress")
 
 
-def _accepted(
-    batch_no: str,
-    trace_no: str,
-    receipt_id: uuid.UUID | None = None,
-    bill_status: str | None = None,
-) -> t.Answer:
-    return t.Answer(
-        R.APPROVED,
-        t.Accepted(batch_no, trace_no, str(receipt_id) if receipt_id else None, bill_status),
-    )
+def _accepted(batch_no: str, trace_no: str, receipt_id: uuid.UUID | None = None) -> InboundAnswer:
+    if receipt_id is None:
+        return InboundAnswer(R.APPROVED)
+    receipt = ConfirmationReceipt("", f"{batch_no}{trace_no}", str(receipt_id), Disposition.PAID)
+    return InboundAnswer(R.APPROVED, receipt=receipt)
 
 
-async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> t.Answer:
+async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> InboundAnswer:
     now = datetime.now(UTC)
     attempt_id = uuid.uuid4()
     trade_no = t.trade_no(terminal.terminal_id, msg.batch_no, msg.trace_no)
@@ -374,7 +356,7 @@ async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> t.Answer
         return _no(R.UNKNOWN_TERMINAL)
     if bill_id is None:
         answer = await _sale_checked(ctx, terminal, msg, params)
-        if isinstance(answer, t.Answer):
+        if isinstance(answer, InboundAnswer):
             return answer
         bill_id = answer
     result = await confirm_payment(
@@ -394,7 +376,7 @@ async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> t.Answer
         result.outcome in {ConfirmOutcome.APPLIED, ConfirmOutcome.ALREADY_CONFIRMED}
         and result.receipt_kind == "PAYMENT"
     ):
-        return _accepted(msg.batch_no, msg.trace_no, result.receipt_id, BillStatus.PAID)
+        return _accepted(msg.batch_no, msg.trace_no, result.receipt_id)
     if result.outcome == ConfirmOutcome.REJECTED_STATE:
         return _no(R.REVERSED)  # a reversal came first and closed the attempt
     if result.outcome == ConfirmOutcome.DUPLICATE_REFUNDING:
@@ -407,7 +389,7 @@ async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> t.Answer
 
 async def _sale_checked(
     ctx: PaymentContext, terminal: Terminal, msg: t.Sale, params: dict[str, Any]
-) -> t.Answer | uuid.UUID:
+) -> InboundAnswer | uuid.UUID:
     """The general path of a sale the one statement did not take: a repeat, or a bill the
     SQL guards could not judge (a late fee, another agency, not payable...). The bill is
     judged here by the payer view's rules; the answer, or the bill the sale may pay."""
@@ -460,7 +442,7 @@ _SET_STATUS = text(
 )
 
 
-async def reversal(ctx: PaymentContext, terminal: Terminal, msg: t.Reversal) -> t.Answer:
+async def reversal(ctx: PaymentContext, terminal: Terminal, msg: t.Reversal) -> InboundAnswer:
     codes: list[str] = []
     async with core_transaction(ctx.sessions) as conn:
         await _terminal_enabled(conn, terminal)
@@ -501,7 +483,7 @@ async def reversal(ctx: PaymentContext, terminal: Terminal, msg: t.Reversal) -> 
         await conn.execute(_SET_STATUS, {"id": row.id, "status": "REVERSED"})
         codes.append(undone.payment_code)
     await _invalidate(ctx, codes)
-    return _accepted(msg.batch_no, msg.trace_no, bill_status=BillStatus.ISSUED)
+    return _accepted(msg.batch_no, msg.trace_no)
 
 
 async def _invalidate(ctx: PaymentContext, codes: list[str]) -> None:
@@ -527,15 +509,13 @@ _LINKED = text(
 )
 
 
-def _linked_repeat(row: Any, kind: str, message: t.Message) -> t.Answer:
+def _linked_repeat(row: Any, kind: str, message: t.Message) -> InboundAnswer:
     if row.kind != kind or row.digest != t.digest(message):
         return _no(R.CONFLICTING_REPEAT)
-    return _accepted(
-        getattr(message, "batch_no", ""), getattr(message, "trace_no", ""), None, row.bill_status
-    )
+    return _accepted(getattr(message, "batch_no", ""), getattr(message, "trace_no", ""))
 
 
-async def void(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> t.Answer:
+async def void(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> InboundAnswer:
     for _ in range(2):  # a second pass after losing a race to an identical void
         try:
             return await _void_once(ctx, terminal, msg)
@@ -544,7 +524,7 @@ async def void(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> t.Answer
     return _no(R.SYSTEM_ERROR)
 
 
-async def _void_once(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> t.Answer:
+async def _void_once(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> InboundAnswer:
     codes: list[str] = []
     async with core_transaction(ctx.sessions) as conn:
         await _terminal_enabled(conn, terminal)
@@ -590,13 +570,13 @@ async def _void_once(ctx: PaymentContext, terminal: Terminal, msg: t.Void) -> t.
         )
         codes.append(undone.payment_code)
     await _invalidate(ctx, codes)
-    return _accepted(msg.batch_no, msg.trace_no, bill_status=BillStatus.ISSUED)
+    return _accepted(msg.batch_no, msg.trace_no)
 
 
 # ------------------------------------------------------------------ refund
 
 
-async def refund(ctx: PaymentContext, terminal: Terminal, msg: t.Refund) -> t.Answer:
+async def refund(ctx: PaymentContext, terminal: Terminal, msg: t.Refund) -> InboundAnswer:
     """退货: the acquirer gave (part of) a settled sale back; record it as a succeeded
     channel refund with every consequence (payments.refunds.complete_refund)."""
     actor = Actor("system", f"pos:{terminal.terminal_id}")
@@ -691,38 +671,37 @@ _RECORD = text(
 )
 
 
-def _totals_json(totals: Mapping[str, t.Total]) -> str:
+def _totals_json(totals: Mapping[str, CountTotal]) -> str:
     return json.dumps({k: [v.count, v.amount] for k, v in totals.items()}, sort_keys=True)
 
 
-def _totals_from(doc: Mapping[str, Any]) -> dict[str, t.Total]:
-    return {k: t.Total(int(v[0]), int(v[1])) for k, v in doc.items()}
+def _totals_from(doc: Mapping[str, Any]) -> dict[str, CountTotal]:
+    return {k: CountTotal(int(v[0]), int(v[1])) for k, v in doc.items()}
 
 
-def _report(batch_no: str, status: str, theirs: Any, ours: Any, differences: Any) -> t.Answer:
-    balanced = status == "BALANCED"
-    return t.Answer(
-        R.APPROVED if balanced else R.BATCH_MISMATCH,
-        t.BatchReport(
-            batch_no,
-            balanced,
-            _totals_from(ours),
-            _totals_from(theirs),
-            tuple(differences),
-        ),
+def _report(batch_no: str, status: str, theirs: Any, ours: Any, differences: Any) -> InboundAnswer:
+    """OK either way: the batch is settled; a mismatch is `balanced` false (its own code
+    on the wire) with the differing transactions."""
+    check = BatchCheck(
+        batch_no,
+        status == "BALANCED",
+        _totals_from(ours),
+        _totals_from(theirs),
+        tuple(differences),
     )
+    return InboundAnswer(R.APPROVED, batch=check)
 
 
 def compare(
     ours: list[tuple[str, str, int]], theirs: t.Settle
-) -> tuple[dict[str, t.Total], list[dict[str, Any]]]:
+) -> tuple[dict[str, CountTotal], list[dict[str, Any]]]:
     """Our totals per kind, and each transaction only one side has or has with another
     amount (in fen; None where a side lacks it)."""
-    totals = {kind: t.Total(0, 0) for kind in t.TOTAL_KINDS}
+    totals = {kind: CountTotal(0, 0) for kind in t.TOTAL_KINDS}
     mine: dict[tuple[str, str], int] = {}
     for kind, trace_no, amount in ours:
         have = totals[kind]
-        totals[kind] = t.Total(have.count + 1, have.amount + amount)
+        totals[kind] = CountTotal(have.count + 1, have.amount + amount)
         mine[kind, trace_no] = amount
     seen: dict[tuple[str, str], int] = {(d.kind, d.trace_no): d.amount for d in theirs.details}
     differences = [
@@ -738,7 +717,7 @@ def compare(
     return totals, differences
 
 
-async def settle(ctx: PaymentContext, terminal: Terminal, msg: t.Settle) -> t.Answer:
+async def settle(ctx: PaymentContext, terminal: Terminal, msg: t.Settle) -> InboundAnswer:
     digest = hashlib.sha256(
         (_totals_json(msg.totals) + repr(sorted(msg.details, key=repr))).encode()
     ).hexdigest()
