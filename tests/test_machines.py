@@ -160,3 +160,13 @@ def test_bill_events_are_written_only_by_billing_events() -> None:
             if _WRITES_BILL_EVENTS.search(text):
                 writers.append(str(path.relative_to(ROOT)))
     assert writers == ["billing/events.py"]
+
+
+def test_docs_states_md_is_what_paygate_states_prints() -> None:
+    """docs/states.md shows the machines as they are: regenerate it with
+    `paygate states --markdown` (below its introduction) when a machine changes."""
+    from gateway.cli.states import render
+
+    doc = (ROOT / "docs" / "states.md").read_text(encoding="utf-8")
+    diagrams = doc[doc.index("```mermaid") :]
+    assert diagrams.rstrip("\n") == render((), markdown=True)
