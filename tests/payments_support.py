@@ -97,14 +97,14 @@ def gateway_server(bank_settings: Settings) -> Iterator[ServerThread]:
 @pytest.fixture(scope="session")
 async def bank_channels(bank_settings: Settings) -> AsyncIterator[ChannelRegistry]:
     registry = ChannelRegistry()
-    for bank in bank_settings.payments.banks:
-        registry.register(
-            BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)
-        )
+    adapters = [
+        BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)
+        for bank in bank_settings.payments.banks
+    ]
+    for adapter in adapters:
+        registry.register(adapter)
     yield registry
-    for name in registry.names():
-        adapter = registry.get(name)
-        assert isinstance(adapter, BankAdapter)
+    for adapter in adapters:
         await adapter.aclose()
 
 
