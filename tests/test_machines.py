@@ -4,23 +4,37 @@ one writer of bill events."""
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from billing import events as bill_events
+from billing.bills import BillingConfig, Line, NewBill, Payer, cancel_bill, issue_bills
 from billing.events import Sql
+from billing.models import Bill, BillEvent
 from billing.states import BILL, BillStatus
 from enotes.states import ENOTE
 from gateway.cli import main
 from gateway.cli.states import MACHINES
+from gateway.state import Resources
+from kernel.audit import Actor
+from kernel.clock import shanghai_today
 from kernel.errors import IllegalTransition
 from kernel.states import sql_in
+from payments import refunds
+from payments.confirm import ConfirmOutcome, confirm_payment
+from payments.models import Receipt
 from payments.states import ATTEMPT, REFUND
 from settlement.states import DEPOSIT_BATCH, DISCREPANCY
+from tests.factories import make_agency, make_item
+from tests.payments_support import open_attempt
 
 ROOT = Path(__file__).resolve().parent.parent
 _WRITES_BILL_EVENTS = re.compile(r"INSERT\s+INTO\s+bill_events|(?<!class )BillEvent\(", re.I)
@@ -170,3 +184,83 @@ def test_docs_states_md_is_what_paygate_states_prints() -> None:
     doc = (ROOT / "docs" / "states.md").read_text(encoding="utf-8")
     diagrams = doc[doc.index("```mermaid") :]
     assert diagrams.rstrip("\n") == render((), markdown=True)
+
+
+async def test_each_bills_history_chains_from_creation_to_its_status(res: Resources) -> None:
+    """Issued set-based, paid by the one-statement confirmation, refunded in full (Python),
+    another cancelled (transition): every event is an edge of BILL, each starts where the
+    previous ended, and the last ends at the bill's status."""
+    now = datetime.now(UTC)
+    async with res.sessions() as s:
+        item = await make_item(s, code=f"ITEM-{secrets.token_hex(3)}")
+        agency = await make_agency(s, items=[item])
+        await s.commit()
+        issued = await issue_bills(
+            s,
+            agency.id,
+            [
+                NewBill(
+                    agency_bill_no=f"H-{n}",
+                    payer=Payer("PERSON", "张三"),
+                    lines=(Line(item.code, 1, 5_000),),
+                    due_date=shanghai_today(now) + timedelta(days=5),
+                    expires_at=now + timedelta(days=10),
+                )
+                for n in (1, 2)
+            ],
+            config=BillingConfig(serial_key=res.settings.billing.serial_key),
+            actor=Actor("agency", "key-1"),
+        )
+        await s.commit()
+        paid_id, cancelled_id = (r.bill_id for r in issued)
+        assert paid_id is not None
+        assert cancelled_id is not None
+        bill = await s.get_one(Bill, paid_id)
+    attempt = await open_attempt(res.sessions, bill, channel="bank:102")
+    paid = await confirm_payment(
+        res.sessions,
+        res.redis,
+        attempt_id=attempt.id,
+        channel_trade_no="T-1",
+        amount=5_000,
+        paid_at=now,
+        source="test",
+        bill_id=paid_id,
+        channel="bank:102",
+    )
+    assert paid.outcome == ConfirmOutcome.APPLIED
+    async with res.sessions() as s:
+        receipt = await s.scalar(select(Receipt).where(Receipt.bill_id == paid_id))
+        assert receipt is not None
+        refund = await refunds.request_refund(
+            s, receipt_id=receipt.id, amount=5_000, reason="paid twice", actor=Actor("finance", "w")
+        )
+        await refunds.mark_processing(s, refund.id)
+        await refunds.complete_refund(s, refund.id, succeeded=True)
+        await cancel_bill(s, agency.id, cancelled_id, actor=Actor("agency", "key-1"))
+        await s.commit()
+
+    async with res.sessions() as s:
+        events = (
+            await s.execute(
+                select(BillEvent.bill_id, BillEvent.from_status, BillEvent.to_status).order_by(
+                    BillEvent.id
+                )
+            )
+        ).all()
+        statuses = dict((await s.execute(select(Bill.id, Bill.status))).all())  # type: ignore[arg-type]
+    paths: dict[uuid.UUID, list[str]] = {}
+    for bill_id, src, dst in events:
+        path = paths.setdefault(bill_id, [])
+        if src is None:
+            assert not path
+            assert dst in BILL.initial
+        else:
+            assert path[-1:] == [src], (path, src, dst)
+            assert BILL.allowed(src, dst), (path, src, dst)
+        path.append(dst)
+    assert paths == {
+        paid_id: ["ISSUED", "PAID", "REFUNDED"],
+        cancelled_id: ["ISSUED", "CANCELLED"],
+    }
+    assert {b: p[-1] for b, p in paths.items()} == statuses
