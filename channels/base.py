@@ -31,13 +31,17 @@ __all__ = [
     "ChannelAdapter",
     "ChannelError",
     "ChannelRegistry",
+    "CheckedPayment",
     "ConfirmPayment",
     "ConfirmationReceipt",
     "CountTotal",
     "CreatePayment",
     "CreatedPayment",
+    "DayEndCheck",
     "Disposition",
     "DueLine",
+    "Finding",
+    "FindingKind",
     "InboundAnswer",
     "InboundCall",
     "InboundChannel",
@@ -60,6 +64,7 @@ __all__ = [
     "TradeState",
     "Unavailable",
     "UnknownSender",
+    "UnsupportedVersion",
     "UploadConfirmations",
     "WireReply",
 ]
@@ -325,6 +330,12 @@ class Outcome(StrEnum):
     BAD_REQUEST = "BAD_REQUEST"
     """Verified, but not a well-formed request of this operation."""
     BAD_PARAMETER = "BAD_PARAMETER"
+    UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+    """A message of a protocol version we do not speak."""
+    SENT_TWICE = "SENT_TWICE"
+    """A day-end check for a day already checked: refused, nothing changes."""
+    CHECK_DIFFERS = "CHECK_DIFFERS"
+    """A day-end check that differs from the day's confirmations (see `findings`)."""
     """Verified and well-formed, but a field has a value outside its allowed set."""
     UNKNOWN_SENDER = "UNKNOWN_SENDER"
     """The device or terminal is not registered with the channel, or is disabled."""
@@ -346,6 +357,8 @@ class Disposition(StrEnum):
     REFUND = "REFUND"
     """The bill could not take it (paid meanwhile, cancelled, expired): a duplicate receipt
     and an automatic refund through the channel."""
+    REVERSED = "REVERSED"
+    """The channel reversed it (冲正): taken back as if it had never been paid."""
 
 
 class BadMessage(ChannelError):
@@ -355,6 +368,10 @@ class BadMessage(ChannelError):
 class BadParameter(BadMessage):
     """A well-formed request with a field outside its allowed values (an unknown pay mode):
     answered BAD_PARAMETER."""
+
+
+class UnsupportedVersion(BadMessage):
+    """A message of a protocol version we do not speak: answered UNSUPPORTED_VERSION."""
 
 
 class UnknownSender(InvalidNotification):
@@ -419,6 +436,44 @@ class ReverseConfirmation(InboundRequest):
     """The `reference` of the confirmation being reversed."""
     amount: int
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedPayment:
+    """One line of a channel's day-end check: a payment it believes it confirmed."""
+
+    reference: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class DayEndCheck(InboundRequest):
+    """The channel's list of every payment it confirmed on a business day (日终对账),
+    compared with the confirmations it sent during the day."""
+
+    business_date: date
+    lines: tuple[CheckedPayment, ...]
+    raw: bytes = b""
+    """The message body, kept with the check as received."""
+
+
+class FindingKind(StrEnum):
+    AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
+    """Both sides have the payment, with other amounts."""
+    MISSING_AT_DAY_END = "MISSING_AT_DAY_END"
+    """Confirmed to us during the day, absent from the day-end list."""
+    MISSING_INTRADAY = "MISSING_INTRADAY"
+    """On the day-end list, never confirmed to us during the day."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of a day-end check that differs."""
+
+    reference: str
+    kind: FindingKind
+    ours: int | None
+    theirs: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +659,8 @@ class InboundAnswer:
     """One answer per item of an upload, in the order sent."""
     batch: BatchCheck | None = None
     """A batch settlement's comparison."""
+    findings: tuple[Finding, ...] = ()
+    """What differed in a day-end check."""
 
 
 @dataclass(frozen=True, slots=True)

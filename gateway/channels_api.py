@@ -90,8 +90,10 @@ async def _receive(
     resources: Resources,
 ) -> Response[bytes]:
     adapter = resources.inbound.find(channel)
-    if adapter is None or (member is not None and not await adapter.has_member(member)):
+    if adapter is None:
         raise NotFound("No such channel calls us.", code="unknown_channel")
+    # A member the channel does not know (a bank not registered, or disabled) is refused
+    # by its adapter in the channel's own code, not by us in ours: the bank reads its codes.
     if operation not in adapter.operations:
         raise NotFound("This channel has no such operation.", code="unknown_operation")
     call = InboundCall(operation, member, request.url.path, request.headers, await request.body())

@@ -16,46 +16,24 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from enum import StrEnum
 
 import structlog
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT, VARCHAR, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from channels.base import CheckedPayment, Finding, FindingKind
 from payments.models import DayCheck
 
+__all__ = ["DayCheckResult", "DuplicateLine", "check_day"]
+
 log = structlog.get_logger(__name__)
-
-
-class Finding(StrEnum):
-    AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
-    """Both have it, with other amounts."""
-    MISSING_AT_DAY_END = "MISSING_AT_DAY_END"
-    """Confirmed to us during the day, absent from the day-end list."""
-    MISSING_INTRADAY = "MISSING_INTRADAY"
-    """On the day-end list, never confirmed to us during the day."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckLine:
-    reference: str
-    """The channel's own reference of the payment (a bank serial)."""
-    amount: int
-
-
-@dataclass(frozen=True, slots=True)
-class Mismatch:
-    reference: str
-    finding: Finding
-    ours: int | None
-    theirs: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class DayCheckResult:
     sent_twice: bool
-    mismatches: tuple[Mismatch, ...] = ()
+    mismatches: tuple[Finding, ...] = ()
     lines: int = 0
     total: int = 0
 
@@ -83,12 +61,12 @@ _COMPARE = text(
 """Set-based: the channel's list and the day's receipts in one full join."""
 
 
-def _finding(ours: int | None, theirs: int | None) -> Finding:
+def _kind(ours: int | None, theirs: int | None) -> FindingKind:
     if ours is None:
-        return Finding.MISSING_INTRADAY
+        return FindingKind.MISSING_INTRADAY
     if theirs is None:
-        return Finding.MISSING_AT_DAY_END
-    return Finding.AMOUNT_DIFFERS
+        return FindingKind.MISSING_AT_DAY_END
+    return FindingKind.AMOUNT_DIFFERS
 
 
 async def check_day(
@@ -96,7 +74,7 @@ async def check_day(
     *,
     channel: str,
     day: date,
-    lines: Sequence[CheckLine],
+    lines: Sequence[CheckedPayment],
     raw: bytes,
 ) -> DayCheckResult:
     """Compare and record the channel's day-end list (`raw`: its bytes, for the record)."""
@@ -117,9 +95,7 @@ async def check_day(
                 },
             )
         ).all()
-        mismatches = tuple(
-            Mismatch(r.ref, _finding(r.ours, r.theirs), r.ours, r.theirs) for r in rows
-        )
+        mismatches = tuple(Finding(r.ref, _kind(r.ours, r.theirs), r.ours, r.theirs) for r in rows)
         recorded = await s.scalar(
             insert(DayCheck)
             .values(
@@ -131,7 +107,7 @@ async def check_day(
                 mismatches=[
                     {
                         "reference": m.reference,
-                        "finding": m.finding,
+                        "finding": m.kind,
                         "ours": m.ours,
                         "theirs": m.theirs,
                     }

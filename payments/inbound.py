@@ -55,6 +55,7 @@ from channels.base import (
     CardVoid,
     ConfirmationReceipt,
     ConfirmPayment,
+    DayEndCheck,
     Disposition,
     DueLine,
     InboundAnswer,
@@ -66,12 +67,14 @@ from channels.base import (
     PayMode,
     ReverseConfirmation,
     UnknownSender,
+    UnsupportedVersion,
     UploadConfirmations,
     WireReply,
 )
 from kernel import nonces
 from kernel.clock import business_date, shanghai_today
 from kernel.kv import KV
+from payments import daycheck
 from payments.channel_reversal import Reversal, reverse_confirmation
 from payments.confirm import (
     BILL_COLUMNS,
@@ -96,11 +99,13 @@ from payments.states import AttemptStatus
 __all__ = [
     "MAX_UPLOAD",
     "Sent",
+    "check_day",
     "confirm",
     "handle",
     "nonce_fresh",
     "query_bill",
     "receive",
+    "reverse",
     "upload",
 ]
 
@@ -115,7 +120,9 @@ MAX_UPLOAD = 500
 # ------------------------------------------------------------------ the conversation
 
 
-async def receive(ctx: PaymentContext, inbound: InboundChannel, call: InboundCall) -> WireReply:
+async def receive(  # noqa: PLR0911 - one answer per kind of unusable message
+    ctx: PaymentContext, inbound: InboundChannel, call: InboundCall
+) -> WireReply:
     """Parse and verify, accept the nonce once, answer, render: one inbound message."""
     bound = log.bind(channel=inbound.name, op=call.operation)
     try:
@@ -128,6 +135,11 @@ async def receive(ctx: PaymentContext, inbound: InboundChannel, call: InboundCal
     except InvalidNotification as exc:
         bound.warning("inbound message unverifiable", reason=exc.code)
         return await inbound.render(call, None, _FORGED)
+    except UnsupportedVersion as exc:
+        bound.info("inbound message of an unsupported version", reason=exc.code)
+        return await inbound.render(
+            call, None, InboundAnswer(Outcome.UNSUPPORTED_VERSION, str(exc))
+        )
     except BadParameter as exc:
         bound.info("inbound message with a bad parameter", reason=exc.code)
         return await inbound.render(call, None, InboundAnswer(Outcome.BAD_PARAMETER, str(exc)))
@@ -590,12 +602,40 @@ async def upload(
     return InboundAnswer(Outcome.OK, items=tuple(answers))
 
 
+# ------------------------------------------------------------------ day-end check (日终对账)
+
+
+async def check_day(
+    ctx: PaymentContext, sent: Sent, request: DayEndCheck, now: datetime
+) -> InboundAnswer:
+    """The channel's day-end list against its intraday confirmations (payments.daycheck)."""
+    del now
+    try:
+        result = await daycheck.check_day(
+            ctx.sessions,
+            channel=sent.channel,
+            day=request.business_date,
+            lines=request.lines,
+            raw=request.raw,
+        )
+    except daycheck.DuplicateLine as exc:
+        return InboundAnswer(Outcome.BAD_PARAMETER, str(exc))
+    if result.sent_twice:
+        return InboundAnswer(Outcome.SENT_TWICE, "day-end check sent twice")
+    if result.mismatches:
+        return InboundAnswer(
+            Outcome.CHECK_DIFFERS, "day-end check differs", findings=result.mismatches
+        )
+    return InboundAnswer(Outcome.OK)
+
+
 _Handler = Callable[[PaymentContext, Sent, Any, datetime], Awaitable[InboundAnswer]]
 _HANDLERS: dict[type[InboundRequest], _Handler] = {
     BillQuery: query_bill,
     ConfirmPayment: confirm,
     ReverseConfirmation: reverse,
     UploadConfirmations: upload,
+    DayEndCheck: check_day,
     # Card terminals (MIS-POS): keyed by batch and trace number (payments.pos.service).
     CardInquiry: pos.handler(pos.inquiry),
     CardSale: pos.handler(pos.sale),

@@ -8,10 +8,13 @@ import pytest
 from sqlalchemy import func, select
 
 from channels.bank import transforms as t
+from channels.base import CheckedPayment as CheckLine
+from channels.base import Finding as Mismatch
+from channels.base import FindingKind as Finding
 from channels.money import fen_to_yuan
 from gateway.state import Resources
 from kernel.clock import business_date
-from payments.daycheck import CheckLine, DuplicateLine, Finding, Mismatch, check_day
+from payments.daycheck import DuplicateLine, check_day
 from payments.models import DayCheck, Receipt
 from settlement import reports
 from tests.payments_support import bank_confirm, bill_for_test

@@ -81,8 +81,6 @@ def _confirm_doc(code: str, serial: str, amount: str, order_id: str | None = Non
     ("path", "code"),
     [
         ("/v1/channels/carrier-pigeon/confirm", "unknown_channel"),
-        ("/v1/channels/bank/999/confirm", "unknown_channel"),
-        ("/v1/channels/bank:999/query", "unknown_channel"),
         ("/v1/channels/bank/102/refund", "unknown_operation"),
         ("/v1/channels/bank:102/settle", "unknown_operation"),
     ],
@@ -98,6 +96,21 @@ async def test_unknown_channel_or_operation_is_a_problem_404_and_writes_nothing(
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] == code
+    assert await _nothing_written(res)
+
+
+@pytest.mark.parametrize("path", ["/v1/channels/bank/999/confirm", "/v1/channels/bank:999/query"])
+async def test_an_unknown_bank_is_refused_in_the_banks_code_and_writes_nothing(
+    res: Resources, world: BankWorld, path: str
+) -> None:
+    async with res.sessions() as s:
+        _, _, bill = await bill_for_test(s)
+
+    r = await _post(world, path, _confirm_doc(bill.payment_code, "S-404", "200.00"))
+
+    assert r.status_code == 200
+    assert r.json()["code"] == t.ResultCode.UNKNOWN_BANK
+    assert "x-bank-signature" not in r.headers  # no key to sign with
     assert await _nothing_written(res)
 
 

@@ -1,7 +1,8 @@
 """The banks' half of the inbound seam: their wire messages to our typed requests, our
 typed answers to their result codes, signed.
 
-A bank calls `POST /v1/channels/bank/<code>/<operation>` (query, confirm). Everything of
+A bank calls `POST /v1/channels/bank/<code>/<operation>` (query, confirm, reverse,
+daycheck). Everything of
 its wire — field names, yuan strings, Beijing-time text, result codes, signatures — is read
 and written here and in `transforms`; the payment service sees only `channels.base` values.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
+from datetime import date
 from typing import Any, Protocol
 
 from channels.bank import transforms as t
@@ -20,21 +22,28 @@ from channels.base import (
     BadParameter,
     BillDue,
     BillQuery,
+    CheckedPayment,
     ConfirmationReceipt,
     ConfirmPayment,
+    DayEndCheck,
+    Finding,
+    FindingKind,
     InboundAnswer,
     InboundCall,
     InboundMessage,
     InboundRequest,
     Outcome,
+    ReverseConfirmation,
     UnknownSender,
+    UnsupportedVersion,
     WireReply,
 )
 from channels.money import fen_to_yuan, yuan_to_fen
 
 __all__ = ["OPERATIONS", "RESULT_CODES", "BankInbound", "Banks", "decode", "encode"]
 
-OPERATIONS = frozenset({"query", "confirm"})
+OPERATIONS = frozenset({"query", "confirm", "reverse", "daycheck"})
+MAX_CHECK_LINES = 100_000
 
 RESULT_CODES: Mapping[Outcome, str] = {
     Outcome.OK: t.ResultCode.OK,
@@ -54,8 +63,11 @@ RESULT_CODES: Mapping[Outcome, str] = {
     Outcome.TRY_LATER: t.ResultCode.TRY_LATER,
     Outcome.BAD_REQUEST: t.ResultCode.BAD_REQUEST,
     Outcome.BAD_PARAMETER: t.ResultCode.PARAMETER_ERROR,
-    # A bank is known by its URL: a message for an unknown one never reaches an adapter.
-    Outcome.UNKNOWN_SENDER: t.ResultCode.BAD_SIGNATURE,
+    Outcome.UNSUPPORTED_VERSION: t.ResultCode.VERSION_ERROR,
+    Outcome.SENT_TWICE: t.ResultCode.CHECK_SENT_TWICE,
+    # The answer names the code of each finding; the first (lowest) code leads.
+    Outcome.CHECK_DIFFERS: t.ResultCode.CHECK_AMOUNT_DIFFERS,
+    Outcome.UNKNOWN_SENDER: t.ResultCode.UNKNOWN_BANK,
     Outcome.FORGED: t.ResultCode.BAD_SIGNATURE,
     # Card terminal outcomes; a bank's messages never lead to them.
     Outcome.REVERSED: t.ResultCode.DUPLICATE_CONFIRMATION,
@@ -64,13 +76,60 @@ RESULT_CODES: Mapping[Outcome, str] = {
 """Every outcome has its code (a test checks the map is total)."""
 
 
-def decode(operation: str, msg: Mapping[str, Any]) -> InboundRequest:
-    """A verified message body (a JSON object) as our typed request; BadMessage if malformed."""
+FINDING_CODES: Mapping[FindingKind, str] = {
+    FindingKind.AMOUNT_DIFFERS: t.ResultCode.CHECK_AMOUNT_DIFFERS,
+    FindingKind.MISSING_AT_DAY_END: t.ResultCode.CHECK_MISSING_AT_DAY_END,
+    FindingKind.MISSING_INTRADAY: t.ResultCode.CHECK_MISSING_INTRADAY,
+}
+
+
+def decode(operation: str, msg: Mapping[str, Any], raw: bytes = b"") -> InboundRequest:
+    """A verified message body (a JSON object) as our typed request; BadMessage if malformed,
+    UnsupportedVersion for a `version` we do not speak."""
+    version = msg.get("version", "1.0")
+    if version not in t.VERSIONS:
+        raise UnsupportedVersion(f"version {version!r} not supported", code="version")
     if operation == "query":
         return BillQuery(payment_code=str(msg.get("payment_code", "")))
     if operation == "confirm":
         return _confirm(msg)
+    if operation == "reverse":
+        return _reverse(msg)
+    if operation == "daycheck":
+        return _daycheck(msg, raw)
     raise BadMessage(f"no bank operation {operation!r}", code="operation")
+
+
+def _reverse(msg: Mapping[str, Any]) -> ReverseConfirmation:
+    try:
+        request = ReverseConfirmation(
+            payment_code=str(msg["payment_code"]),
+            reference=str(msg["bank_serial"]),
+            amount=yuan_to_fen(str(msg["amount"])),
+            reason=str(msg.get("reason") or "")[:200],
+        )
+    except (KeyError, ValueError) as exc:
+        raise BadMessage("malformed reversal", code="reversal") from exc
+    if not request.reference or len(request.reference) > 64 or request.amount <= 0:
+        raise BadMessage("malformed reversal", code="reversal")
+    return request
+
+
+def _daycheck(msg: Mapping[str, Any], raw: bytes) -> DayEndCheck:
+    try:
+        day = date.fromisoformat(str(msg["date"]))
+        payments = msg["payments"]
+        if not isinstance(payments, list) or len(payments) > MAX_CHECK_LINES:
+            raise TypeError
+        lines = tuple(
+            CheckedPayment(str(p["bank_serial"]), yuan_to_fen(str(p["amount"]))) for p in payments
+        )
+        count, total = int(msg["count"]), yuan_to_fen(str(msg["total"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadMessage("malformed day-end check", code="daycheck") from exc
+    if count != len(lines) or total != sum(line.amount for line in lines):
+        raise BadParameter("count or total is not the lines'", code="daycheck_totals")
+    return DayEndCheck(business_date=day, lines=lines, raw=raw)
 
 
 def _confirm(msg: Mapping[str, Any]) -> ConfirmPayment:
@@ -96,6 +155,12 @@ def _confirm(msg: Mapping[str, Any]) -> ConfirmPayment:
 def encode(answer: InboundAnswer) -> t.BankAnswer:
     """Our answer as the bank's document (before signing)."""
     code = RESULT_CODES[answer.outcome]
+    if answer.findings:
+        return t.BankAnswer(
+            min(FINDING_CODES[f.kind] for f in answer.findings),
+            answer.detail or "day-end check differs",
+            {"mismatches": [_finding_doc(f) for f in answer.findings]},
+        )
     if answer.outcome != Outcome.OK:
         return t.BankAnswer(code, answer.detail or answer.outcome.lower())
     data: dict[str, Any] | None = None
@@ -118,6 +183,15 @@ def _bill_doc(bill: BillDue) -> dict[str, Any]:
         "due_date": bill.due_date.isoformat(),
         "pay_before": t.format_time(bill.pay_before),
         "items": [{"name": li.name, "amount": fen_to_yuan(li.amount)} for li in bill.lines],
+    }
+
+
+def _finding_doc(finding: Finding) -> dict[str, Any]:
+    return {
+        "bank_serial": finding.reference,
+        "code": FINDING_CODES[finding.kind],
+        "our_amount": None if finding.ours is None else fen_to_yuan(finding.ours),
+        "bank_amount": None if finding.theirs is None else fen_to_yuan(finding.theirs),
     }
 
 
@@ -170,7 +244,7 @@ class BankInbound:
         if not isinstance(msg, dict):
             raise BadMessage("body is not a JSON object", code="json")
         return InboundMessage(
-            t.channel_name(entry.code), decode(call.operation, msg), nonce=verified.nonce
+            t.channel_name(entry.code), decode(call.operation, msg, call.body), nonce=verified.nonce
         )
 
     async def render(

@@ -11,14 +11,28 @@ Each configured bank lives under `/banks/<code>/…` and answers our signed call
 
 Control API (unsigned, for the test or the demo playing a customer at the bank):
 
-    POST /control/<code>/pay  {"payment_code", "gateway_url", "drop_confirm", "duplicates",
-                               "bad_signature", "amount_delta", "skip_query", "as_bank"}
+    POST /control/<code>/pay  {"payment_code", "gateway_url", "pay_mode", "drop_confirm",
+                               "lose_answer", "duplicates", "bad_signature", "amount_delta",
+                               "skip_query", "as_bank", "version"}
         The bank queries the gateway, takes the money, then confirms (signed) — unless
         `drop_confirm` (a lost confirmation the gateway must find by querying us).
+        `pay_mode`: app (default), web, counter, ecny. `lose_answer`: the confirmation
+        reaches the gateway but its answer is lost (the bank learns nothing).
+        `duplicates`: send it n more times. `bad_signature`: forged. `version`: sent as is.
+    POST /control/<code>/reverse  {"gateway_url", "bank_serial", "amount_delta", "reason"}
+        The teller's transaction failed after confirming: reverse (冲正) it.
+    POST /control/<code>/daycheck {"gateway_url", "date", "only", "drop", "extra",
+                                   "amount_delta", "twice"}
+        The day-end account check (日终对账): every confirmed order of the day (or `only`
+        these serials), with the test's changes — `drop` these serials, add `extra` lines,
+        change amounts by `amount_delta` {serial: fen}; `twice` sends it a second time.
     GET  /control/<code>/state → orders and refunds this bank holds.
 
-Run: `uvicorn --factory channels.bank.simulator:create_app` with
-`PAYGATE_BANK_SIM="102=<secret>,103=<secret>"`.
+Each bank signs as registered with us: HMAC-SHA256 with the shared secret, or SM2 with
+SM3 with its own private key, verifying our answers with our public key for it.
+
+Run: `paygate simulator bank` with `PAYGATE_BANK_SIM="102=<secret>,105=sm2:<bank private
+key hex>:<our public key hex>"`.
 """
 
 from __future__ import annotations
@@ -34,8 +48,10 @@ from typing import Any
 import httpx
 
 from channels.bank import transforms as t
+from channels.bank.signing import HmacSigning, Signing, Sm2Signing, as_signing
 from channels.base import InvalidNotification
 from channels.money import fen_to_yuan, yuan_to_fen
+from kernel.sm2 import PrivateKey, PublicKey
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -50,6 +66,7 @@ class Order:
     state: str = "WAITING"
     bank_serial: str | None = None
     paid_at: str | None = None
+    pay_mode: str | None = None
 
 
 @dataclass
@@ -65,7 +82,7 @@ class SimRefund:
 @dataclass
 class Bank:
     code: str
-    secret: bytes
+    signing: Signing
     orders: dict[str, Order] = field(default_factory=dict)
     by_serial: dict[str, Order] = field(default_factory=dict)
     refunds: dict[str, SimRefund] = field(default_factory=dict)
@@ -77,8 +94,8 @@ def _json(doc: Any) -> bytes:
 
 
 class BankSimulator:
-    def __init__(self, banks: dict[str, bytes]) -> None:
-        self.banks = {code: Bank(code, secret) for code, secret in banks.items()}
+    def __init__(self, banks: dict[str, bytes | Signing]) -> None:
+        self.banks = {code: Bank(code, as_signing(key)) for code, key in banks.items()}
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -136,10 +153,10 @@ class BankSimulator:
     ) -> tuple[int, bytes, dict[str, str]]:
         def answer(code: str, msg: str, data: Any = None) -> tuple[int, bytes, dict[str, str]]:
             out = _json({"code": code, "msg": msg, "data": data})
-            return 200, out, t.sign(bank.secret, "RESPONSE", path, out, bank.code)
+            return 200, out, t.sign(bank.signing, "RESPONSE", path, out, bank.code)
 
         try:
-            verified = t.verify(bank.secret, bank.code, "POST", path, headers, body)
+            verified = t.verify(bank.signing, bank.code, "POST", path, headers, body)
         except InvalidNotification as exc:
             return answer(t.ResultCode.BAD_SIGNATURE, str(exc))
         if verified.nonce in bank.seen_nonces:
@@ -171,7 +188,7 @@ class BankSimulator:
         if rest == "/statements":
             day = date.fromisoformat(req["date"])
             csv = t.statement_csv(self._statement_rows(bank, day))
-            hdrs = t.sign(bank.secret, "RESPONSE", path, csv, bank.code)
+            hdrs = t.sign(bank.signing, "RESPONSE", path, csv, bank.code)
             hdrs["Content-Type"] = "text/csv; charset=utf-8"
             return 200, csv, hdrs
         return answer(t.ResultCode.BAD_REQUEST, "unknown operation")
@@ -213,6 +230,7 @@ class BankSimulator:
             "state": order.state,
             "amount": fen_to_yuan(order.amount),
             "paid_at": order.paid_at,
+            "pay_mode": order.pay_mode,
         }
 
     @staticmethod
@@ -225,7 +243,14 @@ class BankSimulator:
         }
 
     @staticmethod
-    def _statement_rows(bank: Bank, day: date) -> list[dict[str, str]]:
+    def _paid_on(bank: Bank, day: date) -> list[Order]:
+        return [
+            o
+            for o in bank.orders.values()
+            if o.state == "SUCCESS" and o.paid_at and t.parse_time(o.paid_at).date() == day
+        ]
+
+    def _statement_rows(self, bank: Bank, day: date) -> list[dict[str, str]]:
         rows = [
             {
                 "bank_serial": o.bank_serial or "",
@@ -235,8 +260,7 @@ class BankSimulator:
                 "fee": "0.00",
                 "time": o.paid_at or "",
             }
-            for o in bank.orders.values()
-            if o.state == "SUCCESS" and o.paid_at and t.parse_time(o.paid_at).date() == day
+            for o in self._paid_on(bank, day)
         ]
         rows += [
             {
@@ -271,6 +295,10 @@ class BankSimulator:
             )
         if rest == "/pay" and method == "POST":
             return 200, _json(await self.customer_pays(bank, json.loads(body))), {}
+        if rest == "/reverse" and method == "POST":
+            return 200, _json(await self.teller_reverses(bank, json.loads(body))), {}
+        if rest == "/daycheck" and method == "POST":
+            return 200, _json(await self.day_end_check(bank, json.loads(body))), {}
         return 404, b'{"error":"not found"}', {}
 
     async def _to_gateway(
@@ -282,19 +310,22 @@ class BankSimulator:
         *,
         bad_signature: bool = False,
         as_bank: str | None = None,
+        lose_answer: bool = False,
     ) -> dict[str, Any]:
         code = as_bank or bank.code
         path = f"/v1/channels/bank/{code}/{op}"
         body = _json(payload)
-        secret = secrets.token_bytes(32) if bad_signature else bank.secret
-        headers = t.sign(secret, "POST", path, body, code)
+        key = HmacSigning(secrets.token_bytes(32)) if bad_signature else bank.signing
+        headers = t.sign(key, "POST", path, body, code)
         resp = await self.client.post(gateway_url.rstrip("/") + path, content=body, headers=headers)
+        if lose_answer:  # it reached the gateway; the answer never reached the bank
+            return {"lost": True}
         doc: dict[str, Any] = resp.json()
         doc["http_status"] = resp.status_code
         if resp.status_code == 200:
             # A bank trusts only answers signed by the platform with the shared secret.
             try:
-                t.verify(bank.secret, code, "RESPONSE", path, resp.headers, resp.content)
+                t.verify(bank.signing, code, "RESPONSE", path, resp.headers, resp.content)
                 doc["signature_ok"] = True
             except InvalidNotification:
                 doc["signature_ok"] = False
@@ -324,6 +355,7 @@ class BankSimulator:
             state="SUCCESS",  # the customer's account is debited
             bank_serial=serial,
             paid_at=t.format_time(datetime.now(UTC)),
+            pay_mode=str(req.get("pay_mode", "app")),
         )
         bank.orders[order.order_id] = order
         bank.by_serial[serial] = order
@@ -337,8 +369,10 @@ class BankSimulator:
             "bank_serial": serial,
             "amount": fen_to_yuan(amount),
             "paid_at": order.paid_at,
-            "pay_mode": str(req.get("pay_mode", "app")),
+            "pay_mode": order.pay_mode,
         }
+        if "version" in req:
+            confirm["version"] = req["version"]
         result["confirms"] = [
             await self._to_gateway(
                 bank,
@@ -347,20 +381,69 @@ class BankSimulator:
                 confirm,
                 bad_signature=bool(req.get("bad_signature")),
                 as_bank=req.get("as_bank"),
+                lose_answer=bool(req.get("lose_answer")) and i == 0,
             )
-            for _ in range(1 + int(req.get("duplicates", 0)))
+            for i in range(1 + int(req.get("duplicates", 0)))
         ]
         return result
 
+    async def teller_reverses(self, bank: Bank, req: dict[str, Any]) -> dict[str, Any]:
+        """The teller's transaction failed after the bank confirmed: reverse it (冲正)."""
+        order = bank.by_serial.get(str(req["bank_serial"]))
+        if order is None:
+            return {"error": "no such serial at this bank"}
+        doc = {
+            "payment_code": order.payment_code,
+            "bank_serial": order.bank_serial,
+            "amount": fen_to_yuan(order.amount + int(req.get("amount_delta", 0))),
+            "reason": str(req.get("reason", "teller transaction failed")),
+        }
+        answer = await self._to_gateway(bank, str(req["gateway_url"]), "reverse", doc)
+        if answer.get("code") == t.ResultCode.OK and answer.get("signature_ok"):
+            order.state = "REVERSED"  # the customer's debit is undone
+        return answer
 
-def banks_from_env(raw: str | None = None) -> dict[str, bytes]:
+    async def day_end_check(self, bank: Bank, req: dict[str, Any]) -> dict[str, Any]:
+        """Send the day's confirmed payments (日终对账), changed as the test asks."""
+        day = date.fromisoformat(str(req.get("date") or datetime.now(t.SHANGHAI).date()))
+        drop = set(req.get("drop", []))
+        only = set(req["only"]) if "only" in req else None
+        delta = {str(k): int(v) for k, v in dict(req.get("amount_delta", {})).items()}
+        lines = [
+            {
+                "bank_serial": o.bank_serial,
+                "amount": fen_to_yuan(o.amount + delta.get(o.bank_serial or "", 0)),
+            }
+            for o in self._paid_on(bank, day)
+            if o.bank_serial not in drop and (only is None or o.bank_serial in only)
+        ]
+        lines += [dict(extra) for extra in req.get("extra", [])]
+        doc = {
+            "date": day.isoformat(),
+            "count": len(lines),
+            "total": fen_to_yuan(sum(yuan_to_fen(str(li["amount"])) for li in lines)),
+            "payments": lines,
+        }
+        gw = str(req["gateway_url"])
+        answers = [await self._to_gateway(bank, gw, "daycheck", doc)]
+        if req.get("twice"):
+            answers.append(await self._to_gateway(bank, gw, "daycheck", doc))
+        return {"sent": doc, "answers": answers}
+
+
+def banks_from_env(raw: str | None = None) -> dict[str, bytes | Signing]:
+    """`102=<secret>` (HMAC) or `105=sm2:<bank private key hex>:<our public key hex>`."""
     raw = os.environ.get("PAYGATE_BANK_SIM", "") if raw is None else raw
-    banks: dict[str, bytes] = {}
+    banks: dict[str, bytes | Signing] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
-        code, _, secret = part.partition("=")
-        banks[code] = secret.encode()
+        code, _, key = part.partition("=")
+        if key.startswith("sm2:"):
+            _, own, peer = key.split(":")
+            banks[code] = Sm2Signing(own=PrivateKey(own), peer=PublicKey(peer))
+        else:
+            banks[code] = key.encode()
     return banks
 
 
-def create_app(banks: dict[str, bytes] | None = None) -> BankSimulator:
+def create_app(banks: dict[str, bytes | Signing] | None = None) -> BankSimulator:
     return BankSimulator(banks if banks is not None else banks_from_env())

@@ -58,6 +58,8 @@ __all__ = [
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_SKEW_S = 300
+VERSIONS = frozenset({"1.0"})
+"""Protocol versions we speak; a message's optional `version` field (absent: 1.0)."""
 
 H_CODE = "x-bank-code"
 H_TS = "x-bank-timestamp"
@@ -78,6 +80,11 @@ class ResultCode:
     CANNOT_COLLECT = "11006"
     DUPLICATE_CONFIRMATION = "12001"
     AMOUNT_DIFFERS = "12004"
+    # The day-end account check (日终对账).
+    CHECK_AMOUNT_DIFFERS = "15001"
+    CHECK_MISSING_AT_DAY_END = "15002"
+    CHECK_MISSING_INTRADAY = "15003"
+    CHECK_SENT_TWICE = "15010"
     NO_PRIOR_QUERY = "12005"
     ALREADY_PAID = "11005"  # ours: absent from the list we mirror
     NOT_CONFIRMED = "12006"  # ours: a reversal of a confirmation we never recorded
@@ -85,6 +92,7 @@ class ResultCode:
     BAD_SIGNATURE = "19001"
     BAD_REQUEST = "19002"
     TRY_LATER = "19003"  # ours: nothing written; send the same message again later
+    UNKNOWN_BANK = "19004"  # ours: no such bank registered, or it is disabled
     # The bank's own answers to our calls.
     ORDER_NOT_FOUND = "13001"
     ORDER_PAID = "13002"

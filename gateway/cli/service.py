@@ -235,7 +235,8 @@ def enote_keys() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8100, show_default=True)
 def simulator_bank(host: str, port: int) -> None:
-    """Run the bank simulator (banks from PAYGATE_BANK_SIM="102=<secret>,103=<secret>")."""
+    """Run the bank simulator (banks from PAYGATE_BANK_SIM="102=<secret>,105=sm2:<bank
+    private key hex>:<our public key hex>"; see channels/bank/simulator.py)."""
     import uvicorn
 
     uvicorn.run(
