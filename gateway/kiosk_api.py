@@ -1,4 +1,5 @@
-"""Kiosk endpoints: the devices' own operations, and the registry and reports for staff."""
+"""The kiosk registry and the finance reports, for staff. (The kiosks' own messages come
+through the generic inbound route, `POST /v1/channels/kiosk/{operation}`.)"""
 
 from __future__ import annotations
 
@@ -7,50 +8,19 @@ from dataclasses import asdict
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.kiosk.adapter import NAME as KIOSK
-from channels.kiosk.adapter import KioskAdapter
 from gateway.staff_auth import principal, requires_role
 from gateway.state import Resources
 from kernel.audit import Actor
-from kernel.errors import NotFound
 from kernel.staff import StaffRole
 from terminals import devices, kiosk
 
 READ = requires_role(StaffRole.FINANCE, StaffRole.AUDITOR)
 WRITE = requires_role(StaffRole.FINANCE)
-
-
-def _adapter(resources: Resources) -> KioskAdapter:
-    adapter = resources.channels.get(KIOSK) if KIOSK in resources.channels else None
-    if not isinstance(adapter, KioskAdapter):
-        raise NotFound("Kiosks are not connected.", code="unknown_channel")
-    return adapter
-
-
-class KioskDeviceController(Controller):
-    """What a kiosk calls (docs/channels/kiosk.md): always HTTP 200 with a result code."""
-
-    path = "/v1/channels/kiosk"
-    tags = ["channels"]  # noqa: RUF012
-
-    @post("/{operation:str}", summary="A kiosk's signed message", status_code=200)
-    async def operation(
-        self,
-        operation: FromPath[str],
-        request: Request[Any, Any, Any],
-        resources: NamedDependency[Resources],
-    ) -> Response[bytes]:
-        adapter = _adapter(resources)
-        body = await request.body()
-        out, headers = await kiosk.handle(
-            resources.payment_context(), adapter, operation, request.headers, body
-        )
-        return Response(out, media_type="application/json", status_code=200, headers=headers)
 
 
 class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,7 +11,7 @@ from gateway.channels_api import InboundController, NotifyController
 from gateway.enotes import EnoteController, verify_page
 from gateway.finance import FinanceController
 from gateway.health import HealthController
-from gateway.kiosk_api import KioskAdminController, KioskDeviceController
+from gateway.kiosk_api import KioskAdminController
 from gateway.pages import index
 from gateway.pay_api import PayController
 from gateway.pos_api import PosAdminController
@@ -28,7 +28,6 @@ ROUTES: list[ControllerRouterHandler] = [
     PayController,
     NotifyController,
     InboundController,
-    KioskDeviceController,
     KioskAdminController,
     WebhooksController,
     CashierController,

@@ -287,6 +287,9 @@ class KioskSettings:
     """`PAYGATE_KIOSK_SM2_KEY`: the platform's SM2 private key (PEM text or a path); unset,
     a demo key is generated under `PAYGATE_KIOSK_KEY_DIR` (refused in production)."""
     key_dir: Path
+    key_cache_s: float = 5.0
+    """`PAYGATE_KIOSK_KEY_CACHE_S`: how long a process reuses a device's key and enabled
+    flag (so a disable or a rotation takes effect within it)."""
 
     @property
     def enabled(self) -> bool:
@@ -299,6 +302,7 @@ class KioskSettings:
             acquirer_secret=_env("PAYGATE_KIOSK_ACQUIRER_SECRET").encode(),
             sm2_key=_env("PAYGATE_KIOSK_SM2_KEY"),
             key_dir=Path(_env("PAYGATE_KIOSK_KEY_DIR", "var/kiosk")),
+            key_cache_s=_env_float("PAYGATE_KIOSK_KEY_CACHE_S", 5.0),
         )
 
 

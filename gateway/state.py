@@ -64,6 +64,20 @@ class Resources:
         registry = InboundRegistry()
         registry.register(BankInbound(self.banks))
         registry.register(PosInbound(functools.partial(terminals.credentials, self.sessions)))
+        kiosk = self.settings.payments.kiosk
+        if kiosk.enabled:
+            from channels.kiosk.inbound import KioskInbound
+            from enotes.signing import load_signer
+            from terminals import devices
+            from terminals import kiosk as kiosk_service
+
+            kiosk_service.install()
+            registry.register(
+                KioskInbound(
+                    devices.DeviceDirectory(self.engine, kiosk.key_cache_s),
+                    load_signer(kiosk.sm2_key, kiosk.key_dir / "platform.pem", ""),
+                )
+            )
         return registry
 
     @cached_property
@@ -115,15 +129,10 @@ def build_channels(settings: Settings) -> ChannelRegistry:
     kiosk = settings.payments.kiosk
     if kiosk.enabled:
         from channels.kiosk.adapter import KioskAdapter
-        from enotes.signing import load_signer
 
         if settings.is_production and not (kiosk.sm2_key and kiosk.acquirer_secret):
             raise RuntimeError("PAYGATE_KIOSK_SM2_KEY and _ACQUIRER_SECRET must be set")
         registry.register(
-            KioskAdapter(
-                acquirer_url=kiosk.acquirer_url,
-                acquirer_secret=kiosk.acquirer_secret,
-                platform_signer=load_signer(kiosk.sm2_key, kiosk.key_dir / "platform.pem", ""),
-            )
+            KioskAdapter(acquirer_url=kiosk.acquirer_url, acquirer_secret=kiosk.acquirer_secret)
         )
     return registry

@@ -105,6 +105,7 @@ __all__ = [
     "nonce_fresh",
     "query_bill",
     "receive",
+    "register_handler",
     "reverse",
     "upload",
 ]
@@ -644,4 +645,15 @@ _HANDLERS: dict[type[InboundRequest], _Handler] = {
     CardRefund: pos.handler(pos.refund),
     BatchSettlement: pos.handler(pos.settle),
 }
-"""One handler per typed request; a new operation adds its request type and a line here."""
+"""One handler per typed request; a new operation adds its request type and a line here,
+or — for a room above this one (the kiosk's heartbeat and reprint) — registers it."""
+
+
+def register_handler(request_type: type[InboundRequest], handler: _Handler) -> None:
+    """Answer `request_type` with `handler` from now on: how a room above payments (which
+    this module may not import) answers a channel's own requests. Called once at start-up;
+    the same pair again is a no-op, another handler for a registered type an error."""
+    known = _HANDLERS.get(request_type)
+    if known is not None and known is not handler:
+        raise ValueError(f"{request_type.__name__} is answered already")
+    _HANDLERS[request_type] = handler

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from billing.models import Agency
+from channels.kiosk.inbound import DeviceEntry
 from channels.kiosk.transforms import DEVICE_ID, DeviceKey, sm2_public_key
 from kernel import audit, crypto
 from kernel.audit import Actor
@@ -26,6 +28,7 @@ from kernel.errors import Conflict, InvalidInput, NotFound
 from terminals.models import SIGN_ALGORITHMS, KioskDevice
 
 __all__ = [
+    "DeviceDirectory",
     "DeviceView",
     "Issued",
     "device_key",
@@ -34,7 +37,6 @@ __all__ = [
     "register",
     "rotate",
     "set_enabled",
-    "touch_heartbeat",
     "view",
 ]
 
@@ -104,10 +106,16 @@ def view(d: KioskDevice, now: datetime | None = None) -> DeviceView:
 
 def device_key(d: KioskDevice) -> DeviceKey:
     """How the device signs (the HMAC secret decrypted)."""
-    if d.sign_alg == "HMAC":
-        assert d.secret_enc is not None
-        return DeviceKey("HMAC", secret=crypto.decrypt(d.secret_enc, aad=_aad(d.id)))
-    return DeviceKey("SM2", public_pem=d.public_key)
+    return _key_of(d.id, d.sign_alg, d.secret_enc, d.public_key)
+
+
+def _key_of(
+    device_id: str, sign_alg: str, secret_enc: bytes | None, public_key: str | None
+) -> DeviceKey:
+    if sign_alg == "HMAC":
+        assert secret_enc is not None
+        return DeviceKey("HMAC", secret=crypto.decrypt(secret_enc, aad=_aad(device_id)))
+    return DeviceKey("SM2", public_pem=public_key)
 
 
 def _key_material(
@@ -268,7 +276,41 @@ async def get_device(session: AsyncSession, device_id: str) -> DeviceView:
     return view(device)
 
 
-async def touch_heartbeat(session: AsyncSession, device_id: str, now: datetime) -> None:
-    await session.execute(
-        update(KioskDevice).where(KioskDevice.id == device_id).values(last_heartbeat_at=now)
-    )
+_KEY = select(
+    KioskDevice.id,
+    KioskDevice.enabled,
+    KioskDevice.sign_alg,
+    KioskDevice.secret_enc,
+    KioskDevice.public_key,
+)
+
+
+class DeviceDirectory:
+    """The kiosk adapter's view of the registry (channels.kiosk.inbound.Devices): a device's
+    key and whether it is enabled, each kept `ttl_s` seconds per process (a kiosk's message
+    and our signed answer need it twice; a busy hall sends many). A disable or a rotation
+    therefore takes effect within `ttl_s` in every process."""
+
+    def __init__(self, engine: AsyncEngine, ttl_s: float = 5.0) -> None:
+        self._engine = engine
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, DeviceEntry]] = {}
+
+    async def get(self, device_id: str) -> DeviceEntry | None:
+        now = time.monotonic()
+        hit = self._cache.get(device_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_KEY.where(KioskDevice.id == device_id))).first()
+        if row is None:
+            self._cache.pop(device_id, None)
+            return None
+        entry = DeviceEntry(
+            row.id, _key_of(row.id, row.sign_alg, row.secret_enc, row.public_key), row.enabled
+        )
+        if self._ttl > 0:
+            if len(self._cache) > 10_000:  # bounded: drop what has expired
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            self._cache[device_id] = (now + self._ttl, entry)
+        return entry

@@ -60,6 +60,7 @@ def kiosk_settings(
         acquirer_secret=ACQUIRER_SECRET,
         sm2_key=PLATFORM.pem().decode(),
         key_dir=Path(tmp_path_factory.mktemp("kiosk")),
+        key_cache_s=0,  # a disable or rotation is seen by the very next message
     )
     return replace(settings, payments=replace(settings.payments, kiosk=kiosk))
 
@@ -73,9 +74,7 @@ def kiosk_gateway(kiosk_settings: Settings) -> Iterator[ServerThread]:
 @pytest.fixture(scope="session")
 async def kiosk_channels(kiosk_settings: Settings) -> AsyncIterator[ChannelRegistry]:
     cfg = kiosk_settings.payments.kiosk
-    adapter = KioskAdapter(
-        acquirer_url=cfg.acquirer_url, acquirer_secret=cfg.acquirer_secret, platform_signer=PLATFORM
-    )
+    adapter = KioskAdapter(acquirer_url=cfg.acquirer_url, acquirer_secret=cfg.acquirer_secret)
     registry = ChannelRegistry()
     registry.register(adapter)
     yield registry

@@ -1,10 +1,7 @@
-"""The kiosk channel: devices call us (verified and answered here), and we call the kiosks'
-acquirer to query a charge and to refund one.
+"""The kiosk channel's calls: we ask the kiosks' acquirer about a charge and refund one.
+(The kiosks' own messages to us are the inbound half, `channels.kiosk.inbound`.)
 
-Kiosk messages are verified, parsed and answered by `transforms`; this adapter holds what
-needs configuration — the platform's SM2 key that signs answers to SM2 devices, and the
-acquirer's endpoint and secret. HTTP failures towards the acquirer map to the three channel
-errors in `_call` only.
+HTTP failures towards the acquirer map to the three channel errors in `_call` only.
 
 The acquirer knows a kiosk charge by our order id (the kiosk passes it as the merchant
 order number) and by its own reference; refunds go back through it, keyed by our refund id.
@@ -12,13 +9,12 @@ order number) and by its own reference; refunds go back through it, keyed by our
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
 from collections.abc import Iterable, Mapping
 from datetime import date
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import structlog
@@ -55,12 +51,6 @@ log = structlog.get_logger(__name__)
 NAME = "kiosk"
 ACQUIRER_OK = "00"
 ACQUIRER_NOT_FOUND = "25"
-
-
-class AnswerSigner(Protocol):
-    """The platform's SM2 key (what answers to SM2 devices are signed with)."""
-
-    def sign(self, message: bytes) -> bytes: ...
 
 
 _TRADE_STATES = {
@@ -110,13 +100,11 @@ class KioskAdapter:
         *,
         acquirer_url: str,
         acquirer_secret: bytes,
-        platform_signer: AnswerSigner,
         timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base = httpx.URL(acquirer_url.rstrip("/") + "/")
         self._secret = acquirer_secret
-        self._signer = platform_signer
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=2.0),
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
@@ -125,35 +113,6 @@ class KioskAdapter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    # ------------------------------------------------------------------ inbound (kiosk → us)
-
-    @staticmethod
-    def envelope(headers: Mapping[str, str]) -> t.Envelope:
-        return t.envelope(headers)
-
-    @staticmethod
-    def verify(key: t.DeviceKey, operation: str, env: t.Envelope, body: bytes) -> bool:
-        return t.verify(key, operation, env, body)
-
-    @staticmethod
-    def parse(operation: str, body: bytes) -> t.Message:
-        return t.parse(operation, body)
-
-    def render(
-        self, operation: str, device_id: str, key: t.DeviceKey | None, answer: t.Answer
-    ) -> tuple[bytes, dict[str, str]]:
-        """The answer's body and signature headers (none when the device is unknown)."""
-        body = t.render(answer)
-        if key is None:
-            return body, {}
-        ts, nonce = str(int(time.time())), secrets.token_hex(12)
-        message = t.response_message(operation, device_id, ts, nonce, body)
-        if key.alg == "HMAC" and key.secret is not None:
-            sig = t.hmac_sign(key.secret, message)
-        else:
-            sig = base64.b64encode(self._signer.sign(message)).decode()
-        return body, {"X-Kiosk-Timestamp": ts, "X-Kiosk-Nonce": nonce, "X-Kiosk-Signature": sig}
 
     # ------------------------------------------------------------------ ChannelAdapter
 

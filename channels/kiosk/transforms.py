@@ -31,10 +31,9 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,32 +42,25 @@ from tongsuopy.crypto.asymciphers import ec
 from tongsuopy.crypto.exceptions import InternalError, InvalidSignature
 
 from channels.base import InvalidNotification
-from channels.money import fen_to_yuan, yuan_to_fen
+from channels.money import yuan_to_fen
 
 __all__ = [
-    "CODES",
     "DEVICE_ID",
     "MAX_SEQ_JUMP",
     "MAX_SKEW_S",
     "MAX_UPLOAD",
     "OPERATIONS",
-    "Answer",
     "BadMessage",
-    "BillAnswer",
     "Confirm",
-    "ConfirmAnswer",
     "DeviceKey",
     "Envelope",
     "Heartbeat",
-    "HeartbeatAnswer",
     "Message",
-    "Outcome",
     "Query",
     "Reprint",
     "ResultCode",
     "Slip",
     "Upload",
-    "UploadAnswer",
     "canonical",
     "envelope",
     "format_time",
@@ -76,7 +68,6 @@ __all__ = [
     "parse",
     "parse_confirm",
     "parse_time",
-    "render",
     "request_headers",
     "response_message",
     "sm2_keypair",
@@ -125,48 +116,7 @@ class ResultCode:
     BAD_SIGNATURE = "9001"
     BAD_REQUEST = "9002"
     UNKNOWN_DEVICE = "9003"
-    DEVICE_DISABLED = "9004"
-    REPLAYED = "9005"
-
-
-class Outcome(StrEnum):
-    """What the service decided, in its words; `CODES` turns it into the wire's code."""
-
-    OK = "OK"
-    UNKNOWN_CODE = "UNKNOWN_CODE"
-    CHECK_FAILED = "CHECK_FAILED"
-    PAST_DEADLINE = "PAST_DEADLINE"
-    CANCELLED = "CANCELLED"
-    ALREADY_PAID = "ALREADY_PAID"
-    CONFLICT = "CONFLICT"
-    AMOUNT_DIFFERS = "AMOUNT_DIFFERS"
-    UNKNOWN_ORDER = "UNKNOWN_ORDER"
-    UNKNOWN_SEQ = "UNKNOWN_SEQ"
-    BAD_SIGNATURE = "BAD_SIGNATURE"
-    BAD_REQUEST = "BAD_REQUEST"
-    UNKNOWN_DEVICE = "UNKNOWN_DEVICE"
-    DEVICE_DISABLED = "DEVICE_DISABLED"
-    REPLAYED = "REPLAYED"
-
-
-CODES: dict[Outcome, tuple[str, str]] = {
-    Outcome.OK: (ResultCode.OK, "ok"),
-    Outcome.UNKNOWN_CODE: (ResultCode.UNKNOWN_CODE, "unknown payment code"),
-    Outcome.CHECK_FAILED: (ResultCode.CHECK_FAILED, "payment code check failed"),
-    Outcome.PAST_DEADLINE: (ResultCode.PAST_DEADLINE, "past the payment deadline"),
-    Outcome.CANCELLED: (ResultCode.CANCELLED, "bill cancelled"),
-    Outcome.ALREADY_PAID: (ResultCode.ALREADY_PAID, "bill already paid"),
-    Outcome.CONFLICT: (ResultCode.CONFLICT, "conflicts with a recorded confirmation"),
-    Outcome.AMOUNT_DIFFERS: (ResultCode.AMOUNT_DIFFERS, "amount differs from the amount due"),
-    Outcome.UNKNOWN_ORDER: (ResultCode.UNKNOWN_ORDER, "unknown order"),
-    Outcome.UNKNOWN_SEQ: (ResultCode.UNKNOWN_SEQ, "no receipt for this sequence number"),
-    Outcome.BAD_SIGNATURE: (ResultCode.BAD_SIGNATURE, "signature check failed"),
-    Outcome.BAD_REQUEST: (ResultCode.BAD_REQUEST, "malformed message"),
-    Outcome.UNKNOWN_DEVICE: (ResultCode.UNKNOWN_DEVICE, "unknown device"),
-    Outcome.DEVICE_DISABLED: (ResultCode.DEVICE_DISABLED, "device disabled"),
-    Outcome.REPLAYED: (ResultCode.REPLAYED, "message replayed or outside its time window"),
-}
-assert set(CODES) == set(Outcome), "every outcome has a wire code"
+    TRY_LATER = "9006"
 
 
 class BadMessage(ValueError):
@@ -278,7 +228,7 @@ def within_window(env: Envelope, now: float | None = None) -> bool:
 
 def verify(key: DeviceKey, operation: str, env: Envelope, body: bytes) -> bool:
     """Whether the device's signature over this message holds (the window and the nonce are
-    checked by the caller: they answer REPLAYED, not BAD_SIGNATURE)."""
+    checked by the caller)."""
     message = canonical(operation, env.device_id, env.timestamp, env.nonce, body)
     if key.alg == "HMAC" and key.secret is not None:
         return hmac.compare_digest(hmac_sign(key.secret, message), env.signature)
@@ -497,109 +447,3 @@ class Slip:
             "qr": {"kind": self.qr_kind, "content": self.qr},
             "copy": "REPRINT" if self.reprint else "ORIGINAL",
         }
-
-
-@dataclass(frozen=True, slots=True)
-class BillAnswer:
-    order_id: uuid.UUID
-    payment_code: str
-    agency_name: str
-    payer_name: str
-    """Already masked."""
-    amount: int
-    principal: int
-    late_fee: int
-    due_date: str
-    pay_before: datetime
-    items: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfirmAnswer:
-    seq: int
-    outcome: Outcome
-    disposition: str | None = None
-    """PAID (the bill's payment) or REFUND (a duplicate, refunded through the acquirer)."""
-    order_id: uuid.UUID | None = None
-    receipt_id: uuid.UUID | None = None
-    slip: Slip | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UploadAnswer:
-    results: tuple[ConfirmAnswer, ...]
-    missing: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatAnswer:
-    server_time: datetime
-    missing: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A typed answer: the outcome and, for OK, what goes with it."""
-
-    outcome: Outcome
-    data: BillAnswer | ConfirmAnswer | UploadAnswer | Slip | HeartbeatAnswer | None = field(
-        default=None
-    )
-
-
-def _confirm_doc(a: ConfirmAnswer) -> dict[str, Any]:
-    code, msg = CODES[a.outcome]
-    doc: dict[str, Any] = {"seq": a.seq, "code": code, "msg": msg}
-    if a.outcome == Outcome.OK:
-        doc |= {
-            "disposition": a.disposition,
-            "order_id": str(a.order_id) if a.order_id else None,
-            "receipt_id": str(a.receipt_id) if a.receipt_id else None,
-        }
-        if a.slip is not None:
-            doc["receipt"] = a.slip.doc()
-    return doc
-
-
-def _ranges(missing: Sequence[tuple[int, int]]) -> list[list[int]]:
-    return [[a, b] for a, b in missing]
-
-
-def _data(data: Any) -> dict[str, Any] | None:
-    if data is None:
-        return None
-    if isinstance(data, BillAnswer):
-        return {
-            "order_id": str(data.order_id),
-            "payment_code": data.payment_code,
-            "agency_name": data.agency_name,
-            "payer_name": data.payer_name,
-            "amount": fen_to_yuan(data.amount),
-            "principal": fen_to_yuan(data.principal),
-            "late_fee": fen_to_yuan(data.late_fee),
-            "due_date": data.due_date,
-            "pay_before": format_time(data.pay_before),
-            "items": [{"name": n, "amount": fen_to_yuan(a)} for n, a in data.items],
-        }
-    if isinstance(data, ConfirmAnswer):
-        return _confirm_doc(data)
-    if isinstance(data, UploadAnswer):
-        return {
-            "results": [_confirm_doc(r) for r in data.results],
-            "missing": _ranges(data.missing),
-        }
-    if isinstance(data, Slip):
-        return {"receipt": data.doc()}
-    if isinstance(data, HeartbeatAnswer):
-        return {"server_time": format_time(data.server_time), "missing": _ranges(data.missing)}
-    raise TypeError(f"no wire shape for {type(data).__name__}")
-
-
-def render(answer: Answer) -> bytes:
-    """The answer's JSON body: {"code", "msg", "data"}."""
-    code, msg = CODES[answer.outcome]
-    if isinstance(answer.data, ConfirmAnswer) and answer.outcome == Outcome.OK:
-        # A single confirmation's code is its own outcome's.
-        code, msg = CODES[answer.data.outcome]
-    doc = {"code": code, "msg": msg, "data": _data(answer.data)}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
