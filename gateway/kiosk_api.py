@@ -17,7 +17,7 @@ from gateway.staff_auth import principal, requires_role
 from gateway.state import Resources
 from kernel.audit import Actor
 from kernel.staff import StaffRole
-from terminals import devices, kiosk
+from kiosks import devices, kiosk
 
 READ = requires_role(StaffRole.FINANCE, StaffRole.AUDITOR)
 WRITE = requires_role(StaffRole.FINANCE)

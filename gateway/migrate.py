@@ -32,14 +32,14 @@ def target_metadata() -> MetaData:
     import channels.bank.models
     import enotes.models
     import kernel.models
+    import kiosks.models
     import ledger.models
     import payments.models
     import payments.pos.models
     import settlement.models
-    import terminals.models
     from kernel.db import Base
 
-    del billing, channels, enotes, kernel, ledger, payments, settlement, terminals
+    del billing, channels, enotes, kernel, ledger, payments, settlement, kiosks
     return Base.metadata
 
 

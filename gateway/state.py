@@ -68,8 +68,8 @@ class Resources:
         if kiosk.enabled:
             from channels.kiosk.inbound import KioskInbound
             from enotes.signing import load_signer
-            from terminals import devices
-            from terminals import kiosk as kiosk_service
+            from kiosks import devices
+            from kiosks import kiosk as kiosk_service
 
             kiosk_service.install()
             registry.register(

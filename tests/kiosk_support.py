@@ -24,8 +24,8 @@ from gateway.app import create_app
 from gateway.settings import KioskSettings, Settings
 from gateway.state import Resources
 from kernel.audit import Actor
+from kiosks import devices
 from payments.context import PaymentContext
-from terminals import devices
 from tests.servers import ServerThread
 
 ACQUIRER_SECRET = hashlib.sha256(b"paygate-test-kiosk-acquirer").hexdigest().encode()

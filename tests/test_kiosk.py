@@ -17,12 +17,12 @@ from enotes.service import run_issue_job
 from gateway.enotes import enote_context
 from gateway.settings import Settings
 from gateway.state import Resources
+from kiosks import devices, kiosk
+from kiosks.models import KioskConfirmation, KioskDevice, KioskGap
 from payments.confirm import confirm_payment
 from payments.models import PaymentAttempt, Receipt, Refund
 from payments.refunds import execute_refunds
 from settlement import reports
-from terminals import devices, kiosk
-from terminals.models import KioskConfirmation, KioskDevice, KioskGap
 from tests.kiosk_support import ADMIN, KioskWorld
 from tests.payments_support import bill_for_test, open_attempt
 

@@ -16,7 +16,7 @@ ROOMS = (
     "ledger",
     "payments",
     "enotes",
-    "terminals",
+    "kiosks",
     "settlement",
     "gateway",
 )

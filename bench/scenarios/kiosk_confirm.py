@@ -27,7 +27,7 @@ from channels.kiosk import transforms as t
 from channels.money import fen_to_yuan
 from gateway.db import create_engine
 from kernel.audit import Actor
-from terminals import devices
+from kiosks import devices
 
 DEVICES = 64
 _OPEN_ATTEMPTS = text(

@@ -4,7 +4,7 @@ typed answers to their result codes, signed for the device.
 A kiosk calls `POST /v1/channels/kiosk/<operation>` (docs/channels/kiosk.md). Its query is
 the seam's BillQuery; its confirmation a ConfirmPayment carrying the device's sequence
 number (KioskConfirm adds what the printed slip needs); its upload, reprint and heartbeat
-are the kiosk's own requests, answered by the kiosk service (terminals.kiosk) through the
+are the kiosk's own requests, answered by the kiosk service (kiosks.kiosk) through the
 seam's handler registry. Wire names, yuan strings, result codes and signatures stay here.
 """
 
@@ -67,6 +67,9 @@ RESULT_CODES: Mapping[Outcome, tuple[str, str]] = {
     Outcome.NOT_CONFIRMED: (t.ResultCode.UNKNOWN_SEQ, "no receipt for this sequence number"),
     Outcome.NOT_QUERIED: (t.ResultCode.BAD_REQUEST, "malformed message"),
     Outcome.TOO_LATE: (t.ResultCode.BAD_REQUEST, "malformed message"),
+    # Card-terminal outcomes (a reversal or void): a kiosk never asks for them.
+    Outcome.REVERSED: (t.ResultCode.BAD_REQUEST, "malformed message"),
+    Outcome.NOT_ALLOWED: (t.ResultCode.BAD_REQUEST, "malformed message"),
     Outcome.TRY_LATER: (t.ResultCode.TRY_LATER, "try again later"),
     Outcome.BAD_REQUEST: (t.ResultCode.BAD_REQUEST, "malformed message"),
     Outcome.BAD_PARAMETER: (t.ResultCode.BAD_REQUEST, "malformed message"),

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from gateway.state import Resources
     from kernel.audit import Actor
-    from terminals.devices import DeviceView, Issued
+    from kiosks.devices import DeviceView, Issued
 
 
 def _actor(actor: str | None) -> Actor:
@@ -82,7 +82,7 @@ def kiosk_register(
     actor: str | None,
 ) -> None:
     """Register a kiosk; an HMAC device's secret is printed once."""
-    from terminals import devices
+    from kiosks import devices
 
     pem = Path(public_key).read_text() if public_key else None
 
@@ -111,7 +111,7 @@ def kiosk_register(
 @_ACTOR
 def kiosk_disable(device_id: str, actor: str | None) -> None:
     """Refuse every message of this kiosk from now on."""
-    from terminals import devices
+    from kiosks import devices
 
     async def run(s: AsyncSession) -> DeviceView:
         return await devices.set_enabled(s, device_id, enabled=False, actor=_actor(actor))
@@ -124,7 +124,7 @@ def kiosk_disable(device_id: str, actor: str | None) -> None:
 @_ACTOR
 def kiosk_enable(device_id: str, actor: str | None) -> None:
     """Accept this kiosk's messages again."""
-    from terminals import devices
+    from kiosks import devices
 
     async def run(s: AsyncSession) -> DeviceView:
         return await devices.set_enabled(s, device_id, enabled=True, actor=_actor(actor))
@@ -143,7 +143,7 @@ def kiosk_rotate(
     device_id: str, sign_alg: str | None, public_key: str | None, actor: str | None
 ) -> None:
     """A new key, effective at once (an HMAC secret is printed once)."""
-    from terminals import devices
+    from kiosks import devices
 
     pem = Path(public_key).read_text() if public_key else None
 
@@ -159,7 +159,7 @@ def kiosk_rotate(
 @click.option("--offline", is_flag=True, help="Only enabled kiosks silent past their window.")
 def kiosk_list(offline: bool) -> None:
     """The registered kiosks, with their heartbeat state."""
-    from terminals import devices
+    from kiosks import devices
 
     async def run(s: AsyncSession) -> list[DeviceView]:
         return await devices.list_devices(s, offline_only=offline)
@@ -172,7 +172,7 @@ def kiosk_list(offline: bool) -> None:
 @click.option("--device", "device_id", default=None, help="One kiosk only.")
 def kiosk_gaps(device_id: str | None) -> None:
     """Sequence numbers not received yet, as ranges per kiosk (for finance)."""
-    from terminals import kiosk as service_kiosk
+    from kiosks import kiosk as service_kiosk
 
     async def run(res: Resources) -> list[service_kiosk.GapRange]:
         return await service_kiosk.open_gaps(res.payment_context(), device_id)

@@ -16,7 +16,7 @@ Decisions (the kiosk protocol is ours; docs/channels/kiosk.md is the device's si
 - Gaps: a number above the device's highest opens gaps for the numbers skipped (a
   heartbeat's `last_seq` does the same for numbers the device has but has not sent); a
   number arriving closes its gap. Open gaps are reported to finance (`open_gaps`).
-- The answer to a live confirmation carries the slip the kiosk prints (terminals.slip).
+- The answer to a live confirmation carries the slip the kiosk prints (kiosks.slip).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from channels.base import InboundAnswer, Outcome
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import NAME as CHANNEL
 from channels.kiosk.inbound import Heartbeat, KioskAnswer, KioskConfirm, KioskUpload, Reprint
+from kiosks.slip import slip
 from payments import inbound
 from payments.context import PaymentContext
-from terminals.slip import slip
 
 __all__ = [
     "GapRange",

@@ -1,4 +1,4 @@
-"""Devices in public halls that take payments and call us: self-service kiosks (自助终端).
+"""Self-service kiosks (自助终端) in public halls, which take payments and call us.
 
 The registry of devices and their keys, the per-device sequence numbers with their gaps,
 heartbeats, and the kiosk's conversation (query, confirm, store-and-forward upload,

@@ -25,7 +25,7 @@ from channels.kiosk.transforms import DEVICE_ID, DeviceKey, sm2_public_key
 from kernel import audit, crypto
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
-from terminals.models import SIGN_ALGORITHMS, KioskDevice
+from kiosks.models import SIGN_ALGORITHMS, KioskDevice
 
 __all__ = [
     "DeviceDirectory",
