@@ -200,11 +200,20 @@ class AlipayAdapter:
 
     # -------------------------------------------------------------- payments
 
+    def _notify_url(self, url: str) -> str:
+        """Where Alipay must post: our notify path under `notify_base_url` when one is set
+        (e.g. a public gateway in front of the service), else the URL as given."""
+        base = self._settings.notify_base_url
+        if not base:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        return f"{base}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
     async def create_payment(self, req: CreatePayment) -> CreatedPayment:
         biz = transforms.create_biz(req)
         if req.mode == "qr":
             request = self._request(AlipayTradePrecreateRequest, biz)
-            request.notify_url = req.notify_url
+            request.notify_url = self._notify_url(req.notify_url)
             return await self._call(
                 request,
                 lambda body: CreatedPayment(qr_content=str(body["qr_code"])),
@@ -212,7 +221,7 @@ class AlipayAdapter:
             )
         cls = AlipayTradePagePayRequest if req.mode == "page" else AlipayTradeWapPayRequest
         request = self._request(cls, biz)
-        request.notify_url = req.notify_url
+        request.notify_url = self._notify_url(req.notify_url)
         if req.return_url:
             request.return_url = req.return_url
         # page/wap pay is a signed redirect the buyer's browser follows; nothing is sent now.
