@@ -35,9 +35,9 @@ def _read_variables() -> set[str]:
     names: set[str] = set()
     for path in _sources():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if VARIABLE.fullmatch(node.value):
-                    names.add(node.value)
+            value = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(value, str) and VARIABLE.fullmatch(value):
+                names.add(value)
     return names
 
 
