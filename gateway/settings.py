@@ -87,12 +87,19 @@ class RedisSettings:
     url: str | None
     """`REDIS_URL`; None starts the embedded Redis."""
     embedded_dir: Path
+    timeout_s: float = 0.5
+    """Per command and per connect. Redis answers in well under a millisecond; one that
+    takes longer is sick, and every caller can do without it (kernel.kv's breaker)."""
+    breaker_s: float = 5.0
+    """After a timeout or a failed connect, Redis is bypassed this long between probes."""
 
     @classmethod
     def from_env(cls) -> RedisSettings:
         return cls(
             url=_env("REDIS_URL") or None,
             embedded_dir=Path(_env("PAYGATE_REDIS_DIR", "var/redis")),
+            timeout_s=_env_float("PAYGATE_REDIS_TIMEOUT_S", 0.5),
+            breaker_s=_env_float("PAYGATE_REDIS_BREAKER_S", 5.0),
         )
 
 

@@ -45,7 +45,11 @@ class Resources:
         engine = create_engine(settings.database.url, settings.database)
         CONFIRM_GATE.resize(settings.database.confirm_concurrency)
         APPLY_GROUPS.resize(settings.database.confirm_concurrency)
-        redis = KV.from_url(settings.redis.url, timeout=5)
+        redis = KV.from_url(
+            settings.redis.url,
+            timeout=settings.redis.timeout_s,
+            breaker_s=settings.redis.breaker_s,
+        )
         return cls(settings, engine, session_factory(engine), redis, build_channels(settings))
 
     @cached_property

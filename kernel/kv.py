@@ -11,19 +11,31 @@ so callers keep catching `RedisError`.
 
 Only what paygate needs: plain request/reply commands. No MULTI, blocking pops or pub/sub —
 they would hold the shared connection.
+
+A circuit breaker keeps a sick Redis from slowing every request. Redis only holds what
+PostgreSQL can rebuild (caches, locks, nonces, rate limits), and every caller already falls
+back when a command fails; what hurts is waiting. A Redis that is stopped but not closed
+(SIGSTOP, a hung host) still accepts connections, so without a breaker each command would
+wait out its timeout. After a command times out or a connection cannot be made, the circuit
+opens: commands fail at once with `ConnectionError` for `breaker_s`, then one background
+probe (connect + PING) is sent while callers keep being refused (half-open); the circuit
+closes when the probe is answered, else stays open another `breaker_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import time
 from collections import deque
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
@@ -31,6 +43,11 @@ __all__ = [
 ]
 
 Arg = str | bytes | int | float
+log = structlog.get_logger(__name__)
+
+
+class CircuitOpen(RedisConnectionError):
+    """Redis is being bypassed after a failure; nothing was sent."""
 
 
 class _Conn(asyncio.Protocol):
@@ -133,6 +150,7 @@ class KV:
         tls: bool = False,
         timeout: float = 5.0,
         connect_timeout: float | None = None,
+        breaker_s: float = 5.0,
     ) -> None:
         self._where = (host, port, path, tls)
         self._hello: list[tuple[Arg, ...]] = []
@@ -145,10 +163,19 @@ class KV:
         self._conn: _Conn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
+        self.breaker_s = breaker_s
+        self._open_until: float | None = None
+        """time.monotonic() until which Redis is bypassed; None: the circuit is closed."""
+        self._probe: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout: float = 5.0, connect_timeout: float | None = None
+        cls,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
+        breaker_s: float = 5.0,
     ) -> KV:
         """`redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS) or
         `unix:///path/to/redis.sock[?db=N]`."""
@@ -164,6 +191,7 @@ class KV:
                 password=password,
                 timeout=timeout,
                 connect_timeout=connect_timeout,
+                breaker_s=breaker_s,
             )
         if parts.scheme not in {"redis", "rediss"}:
             raise ValueError(f"unsupported Redis URL scheme: {parts.scheme!r}")
@@ -177,6 +205,7 @@ class KV:
             tls=parts.scheme == "rediss",
             timeout=timeout,
             connect_timeout=connect_timeout,
+            breaker_s=breaker_s,
         )
 
     async def _connection(self) -> _Conn:
@@ -213,10 +242,52 @@ class KV:
             self._conn, self._loop = conn, loop
             return conn
 
+    @property
+    def circuit_open(self) -> bool:
+        return self._open_until is not None
+
+    def _trip(self, error: Exception) -> None:
+        if self._open_until is None:
+            log.warning("redis bypassed", error=type(error).__name__, for_s=self.breaker_s)
+        self._open_until = time.monotonic() + self.breaker_s
+
+    def _refuse(self) -> CircuitOpen:
+        """While open: start the half-open probe when it is due; the caller is refused."""
+        loop = asyncio.get_running_loop()
+        probe = self._probe
+        # A probe of an event loop that is gone (tests run one per test) never finishes.
+        probing = probe is not None and not probe.done() and probe.get_loop() is loop
+        if not probing and time.monotonic() >= (self._open_until or 0.0):
+            self._probe = loop.create_task(self._run_probe())
+        return CircuitOpen("Redis is bypassed after a failure; retry later")
+
+    async def _run_probe(self) -> None:
+        try:
+            conn = await self._connection()
+            reply = await conn.send(("PING",))
+        except RedisError as exc:
+            self._trip(exc)
+            return
+        if reply == b"PONG":
+            self._open_until = None
+            log.info("redis reachable again")
+
     async def execute(self, *args: Arg) -> Any:
         """Send one command; its reply (bytes, int, list, None) or a RedisError."""
-        conn = await self._connection()
-        reply = await conn.send(args)  # the connection's watchdog enforces the timeout
+        if self._open_until is not None:
+            raise self._refuse()
+        try:
+            conn = await self._connection()
+        except RedisConnectionError as exc:
+            self._trip(exc)
+            raise
+        try:
+            reply = await conn.send(args)  # the connection's watchdog enforces the timeout
+        except RedisTimeoutError as exc:
+            # A connection merely lost (Redis restarted, the client killed) is not a trip:
+            # the next command reconnects, and trips if that fails.
+            self._trip(exc)
+            raise
         if isinstance(reply, ResponseError):
             if str(reply).startswith("NOSCRIPT"):
                 raise NoScriptError(str(reply))
@@ -261,6 +332,15 @@ class KV:
         return bool(await self.execute("FLUSHDB") == b"OK")
 
     async def aclose(self) -> None:
+        probe, self._probe = self._probe, None
+        if (
+            probe is not None
+            and not probe.done()
+            and probe.get_loop() is asyncio.get_running_loop()
+        ):
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None and not conn.lost:
             conn.transport.close()

@@ -83,7 +83,7 @@ async def test_a_killed_connection_fails_its_callers_then_reconnects(
 
 async def test_a_stuck_reply_times_out_and_the_next_command_works(settings: Settings) -> None:
     assert settings.redis.url
-    slow = KV.from_url(settings.redis.url, timeout=0.1)
+    slow = KV.from_url(settings.redis.url, timeout=0.1, breaker_s=0.2)
     busy = (  # holds Redis for 0.3 s
         "local t0 = redis.call('TIME') repeat local t = redis.call('TIME')"
         " until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 300000 return 1"
@@ -97,6 +97,10 @@ async def test_a_stuck_reply_times_out_and_the_next_command_works(settings: Sett
         with pytest.raises(RedisTimeoutError):
             await behind
         await asyncio.sleep(0.3)  # let the script finish on the server
+        # The timeout opened the breaker: refused at once until its probe finds Redis again.
+        with pytest.raises(RedisConnectionError, match="bypassed"):
+            await slow.ping()
+        await asyncio.sleep(0.1)
         assert await slow.ping()
     finally:
         await slow.aclose()

@@ -1,0 +1,130 @@
+"""Bad input is a 422 problem+json with a stable code and writes nothing — never a 500.
+
+Found by outside fuzzing: a NUL byte (PostgreSQL text cannot hold one), a batch line
+number beyond 32 bits, an `expires_at` at the end of the calendar.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select
+
+from billing.models import Bill
+from gateway.state import Resources
+from kernel.staff import create_staff
+from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
+
+Client = AsyncTestClient[Litestar]
+
+
+def _problem(resp: httpx.Response, code: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = resp.json()
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+@pytest.fixture
+async def api(res: Resources, client: Client) -> AgencyClient:
+    agency = await make_agency_with_key(res)
+    return AgencyClient(client, agency.key_id, agency.secret)
+
+
+@pytest.fixture
+async def finance(res: Resources) -> dict[str, str]:
+    async with res.sessions() as s:
+        _, token = await create_staff(s, name="wang", role="finance")
+        await s.commit()
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _bills(res: Resources) -> int:
+    async with res.sessions() as s:
+        return int(await s.scalar(select(func.count()).select_from(Bill)) or 0)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["payer.name", "agency_bill_no", "remark", "lines.0.item_code", "payer.phone"],
+)
+async def test_a_nul_byte_in_a_bill_is_422(res: Resources, api: AgencyClient, where: str) -> None:
+    body = bill_body("NUL-1")
+    body["remark"] = "ok"
+    body["payer"]["phone"] = "13800000000"
+    *parents, leaf = where.split(".")
+    target: Any = body
+    for part in parents:
+        target = target[int(part)] if part.isdigit() else target[part]
+    target[leaf] = f"{target[leaf][:3]}\x00{target[leaf][3:]}"
+    _problem(await api.post("/v1/bills", json=body), "nul_character")
+    _problem(await api.post("/v1/bills:batch", json={"bills": [body]}), "nul_character")
+    assert await _bills(res) == 0
+
+
+@pytest.mark.parametrize("field", ["agency_bill_no", "status", "payment_code", "cursor"])
+async def test_a_nul_byte_in_a_bill_filter_is_422(api: AgencyClient, field: str) -> None:
+    _problem(await api.get("/v1/bills", params={field: "A\x00B"}), "nul_character")
+    _problem(await api.post("/v1/bills/search", json={field: "A\x00B"}), "nul_character")
+
+
+async def test_an_expiry_at_the_end_of_the_calendar_is_422(
+    res: Resources, api: AgencyClient
+) -> None:
+    for expires_at in ("9999-12-31T23:59:59+08:00", "9999-12-31T00:00:00-12:00"):
+        body = bill_body("FAR-1")
+        body["expires_at"] = expires_at
+        _problem(await api.post("/v1/bills", json=body))
+    body = bill_body("FAR-2")
+    body["due_date"] = "9999-12-31"
+    _problem(await api.post("/v1/bills", json=body))
+    assert await _bills(res) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/settlement/discrepancies", {"channel": "ali\x00pay"}),
+        ("/v1/settlement/discrepancies", {"status": "OPEN\x00"}),
+        ("/v1/settlement/totals", {"group_by": "agency\x00", "from": "2026-11-01", "to": "2026-11-02"}),
+        ("/v1/settlement/days/2026-11-01\x00", {}),
+    ],
+)
+async def test_a_nul_byte_in_a_finance_filter_is_422(
+    client: Client, finance: dict[str, str], path: str, params: dict[str, str]
+) -> None:
+    _problem(await client.get(path, params=params, headers=finance))
+
+
+@pytest.mark.parametrize("line_no", [2**31, 2**63, -1, 0])
+async def test_a_batch_line_number_out_of_range_is_422(
+    client: Client, finance: dict[str, str], line_no: int
+) -> None:
+    resp = await client.get(
+        f"/v1/settlement/batches/{uuid.uuid4()}/lines/{line_no}/codes", headers=finance
+    )
+    _problem(resp)
+
+
+async def test_a_nul_byte_in_a_finance_body_is_422(
+    client: Client, finance: dict[str, str]
+) -> None:
+    resp = await client.post(
+        "/v1/settlement/refunds",
+        json={"receipt_id": str(uuid.uuid4()), "amount": 100, "reason": "dup\x00licate"},
+        headers=finance,
+    )
+    _problem(resp, "nul_character")
+    resp = await client.post(
+        "/v1/settlement/discrepancies/1/actions",
+        json={"decision": "RESOLVED", "action": "x\x00", "note": "n"},
+        headers=finance,
+    )
+    _problem(resp, "nul_character")
