@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -76,6 +76,8 @@ MAX_AMOUNT = 10**12
 MAX_QUANTITY = 10_000
 MAX_LINES = 100
 MAX_BATCH = 10_000
+MAX_VALIDITY = timedelta(days=10 * 366)
+"""How far ahead a bill may expire: a decade covers every fee and instalment plan."""
 
 _BILL_NO = re.compile(r"^[0-9A-Za-z._/-]{1,64}$")
 _PERSON_ID = re.compile(r"^[0-9]{17}[0-9X]$")
@@ -200,6 +202,11 @@ def _validate(
         raise InvalidInput("expires_at needs a time zone.", code="expires_at_naive")
     if bill.expires_at <= now:
         raise InvalidInput("expires_at is in the past.", code="expires_at_past")
+    if bill.expires_at > now + MAX_VALIDITY:
+        # Also keeps every date computed from it inside the calendar (9999-12-31 overflowed).
+        raise InvalidInput(
+            f"expires_at is at most {MAX_VALIDITY.days} days ahead.", code="expires_at_too_far"
+        )
     if bill.due_date > bill.expires_at.astimezone(SHANGHAI).date():
         raise InvalidInput("The due date falls after the expiry.", code="due_after_expiry")
     total = 0

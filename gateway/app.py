@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import __version__
 from gateway import logging as app_logging
-from gateway.middleware import request_id_middleware
+from gateway.middleware import reject_nul, request_id_middleware
 from gateway.problems import exception_handlers
 from gateway.procs import freeze_startup_heap
 from gateway.routes import ROUTES
@@ -86,6 +86,7 @@ def create_app(
             "db": Provide(provide_session),
         },
         exception_handlers=exception_handlers,
+        before_request=reject_nul,
         openapi_config=OpenAPIConfig(
             title="paygate",
             version=__version__,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.staff_auth import principal, requires_role
@@ -149,7 +149,7 @@ class FinanceController(Controller):
         self,
         db: NamedDependency[AsyncSession],
         batch_id: FromPath[uuid.UUID],
-        line_no: FromPath[int],
+        line_no: Annotated[int, Parameter(ge=1, le=2**31 - 1)],
     ) -> list[str]:
         return await treasury.payment_codes(db, batch_id, line_no)
 

@@ -93,8 +93,11 @@ async def test_an_expiry_at_the_end_of_the_calendar_is_422(
     [
         ("/v1/settlement/discrepancies", {"channel": "ali\x00pay"}),
         ("/v1/settlement/discrepancies", {"status": "OPEN\x00"}),
-        ("/v1/settlement/totals", {"group_by": "agency\x00", "from": "2026-11-01", "to": "2026-11-02"}),
-        ("/v1/settlement/days/2026-11-01\x00", {}),
+        (
+            "/v1/settlement/totals",
+            {"group_by": "agency\x00", "from": "2026-11-01", "to": "2026-11-02"},
+        ),
+        ("/v1/settlement/days/2026-11-01%00", {}),
     ],
 )
 async def test_a_nul_byte_in_a_finance_filter_is_422(
@@ -113,9 +116,7 @@ async def test_a_batch_line_number_out_of_range_is_422(
     _problem(resp)
 
 
-async def test_a_nul_byte_in_a_finance_body_is_422(
-    client: Client, finance: dict[str, str]
-) -> None:
+async def test_a_nul_byte_in_a_finance_body_is_422(client: Client, finance: dict[str, str]) -> None:
     resp = await client.post(
         "/v1/settlement/refunds",
         json={"receipt_id": str(uuid.uuid4()), "amount": 100, "reason": "dup\x00licate"},
@@ -128,3 +129,20 @@ async def test_a_nul_byte_in_a_finance_body_is_422(
         headers=finance,
     )
     _problem(resp, "nul_character")
+
+
+async def test_a_nul_byte_elsewhere_is_422_but_an_escaped_backslash_is_not_a_nul(
+    res: Resources, client: Client, api: AgencyClient
+) -> None:
+    code = (await api.post("/v1/bills", json=bill_body("NUL-3"))).json()["payment_code"]
+    resp = await client.post(
+        f"/v1/pay/{code}/attempts",
+        json={"channel": "alipay", "mode": "qr", "return_url": "https://x.example/\x00"},
+    )
+    _problem(resp, "nul_character")
+    # A literal backslash followed by "u0000" is six ordinary characters, not a NUL.
+    body = bill_body("NUL-4")
+    body["remark"] = "path C:\\u0000\\x"
+    created = await api.post("/v1/bills", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["remark"] == "path C:\\u0000\\x"
