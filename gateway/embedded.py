@@ -7,12 +7,21 @@ through the environment, so there is exactly one code path for real and embedded
 Whoever starts a server also starts a tiny watchdog process that holds the read end of a
 pipe. When the owner dies — normal exit, SIGTERM or SIGKILL alike — the pipe closes and the
 watchdog stops what the owner started, so no postgres or redis-server is left orphaned.
+
+Other processes may use the same servers (`paygate serve` in one terminal, `paygate
+worker` in another): every process using a server holds a shared `flock` on a file beside
+its data directory for as long as it lives, and the kernel drops it when the process dies,
+however it dies. The watchdog stops a server only once it gets that lock exclusively, i.e.
+when the last user is gone — the owner's death alone no longer pulls the database from
+under the others. A process that arrives while a server is being stopped waits for the
+stop, then starts the server again itself.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -45,18 +54,55 @@ class EmbeddedServices:
     started_pg: Path | None = None
     started_redis: Path | None = None
     _watchdog: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _uses: list[int] = field(default_factory=list, repr=False)
+    """Descriptors holding this process's shared locks (see the module doc)."""
 
     def stop(self) -> None:
-        """Stop what this process started (idempotent)."""
+        """Stop using the servers; the watchdog stops what we started once nobody else
+        uses it (idempotent)."""
+        uses, self._uses = self._uses, []
+        for fd in uses:
+            os.close(fd)  # closing drops the lock
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is None:
             return
+        others = any(_in_use(d) for d in (self.started_pg, self.started_redis) if d)
         assert watchdog.stdin is not None
         watchdog.stdin.close()  # EOF tells the watchdog to stop the servers
-        try:
+        if others:
+            return  # it stops them when the last of the others exits
+        # Nobody else: wait for the stop, so the servers are down when we return. Never
+        # kill the watchdog: it is what stops them, if someone joined after all.
+        with contextlib.suppress(subprocess.TimeoutExpired):
             watchdog.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
+
+
+def _users_file(data_dir: Path) -> Path:
+    """Beside the data directory, not in it: initdb wants an empty directory."""
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    return data_dir.parent / f".{data_dir.name}.users"
+
+
+def _use(data_dir: Path) -> int:
+    """Register this process as a user of the server in `data_dir` until it exits; waits
+    while a watchdog is stopping that server. The descriptor is not inherited by children
+    (Python's default), so a server we spawn never counts as its own user."""
+    fd = os.open(_users_file(data_dir), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _in_use(data_dir: Path) -> bool:
+    """Does any process hold a shared lock on this server (we hold none any more)?"""
+    fd = os.open(_users_file(data_dir), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _pg_system_user() -> str | None:
@@ -172,11 +218,13 @@ def start(database_dir: Path | None, redis_dir: Path | None) -> EmbeddedServices
     """Start the embedded servers that were asked for (a None dir means: not needed)."""
     services = EmbeddedServices()
     if database_dir is not None:
+        services._uses.append(_use(database_dir))
         services.database_url, started = _start_postgres(database_dir)
         if started:
             services.started_pg = database_dir.expanduser().resolve()
         log.info("embedded postgres ready", data_dir=str(database_dir), started=started)
     if redis_dir is not None:
+        services._uses.append(_use(redis_dir))
         services.redis_url, started = _start_redis(redis_dir)
         if started:
             services.started_redis = redis_dir.expanduser().resolve()
@@ -223,6 +271,12 @@ def _watch(pg_dir: str, redis_dir: str) -> None:
     with contextlib.suppress(OSError):
         while sys.stdin.buffer.read(4096):
             pass
+    # Then wait for every other user to be gone too: the exclusive lock is granted only
+    # when no process holds its shared one. Held (until we exit) while stopping, so a
+    # process arriving meanwhile waits and then starts the server afresh.
+    for data_dir in filter(None, (pg_dir, redis_dir)):  # one order everywhere: no deadlock
+        fd = os.open(_users_file(Path(data_dir)), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     if redis_dir:
         _stop_redis(Path(redis_dir))
     if pg_dir:

@@ -98,11 +98,21 @@ def _http_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     return response
 
 
+def _root(exc: BaseException) -> str:
+    """The innermost cause's type (a DBAPIError says little; TooManyConnectionsError does)."""
+    for _ in range(10):  # chains are short; never loop on a cyclic one
+        inner = exc.__cause__ or getattr(exc, "orig", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return type(exc).__name__
+
+
 def _unhandled(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if database_unavailable(exc):
         # An outage, not a bug: one line per request (no traceback), and a 503 that tells
         # the client when to come back.
-        log.warning("database unavailable", exc_type=type(exc).__name__)
+        log.warning("database unavailable", exc_type=type(exc).__name__, cause=_root(exc))
         return problem(
             request,
             503,
