@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -83,31 +84,55 @@ async def test_database_cut_off_answers_503_with_retry_after_then_recovers(
         assert await s.scalar(select(func.count()).select_from(Bill)) == 1
 
 
-def _worker(settings: Settings) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database.url or "",
-        "PAYGATE_LOG_FORMAT": "json",
-        "PAYGATE_LOG_LEVEL": "INFO",
-    }
-    code = (
-        "from gateway import logging as L, worker\n"
-        "from gateway.cli.base import with_resources\n"
-        "from gateway.settings import Settings\n"
-        "s = Settings.from_env(); L.configure(s.log); with_resources(s, worker.run_forever)\n"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class _Worker:
+    """`run_forever` in a subprocess on `settings`; its JSON log lines collected as they come."""
 
+    def __init__(self, settings: Settings) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.database.url or "",
+            "PAYGATE_LOG_FORMAT": "json",
+            "PAYGATE_LOG_LEVEL": "INFO",
+        }
+        code = (
+            "from gateway import logging as L, worker\n"
+            "from gateway.cli.base import with_resources\n"
+            "from gateway.settings import Settings\n"
+            "s = Settings.from_env(); L.configure(s.log); with_resources(s, worker.run_forever)\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[dict[str, object]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-def _lines(stderr: str) -> list[dict[str, object]]:
-    return [json.loads(x) for x in stderr.splitlines() if x.strip()]
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if line.strip():
+                self.lines.append(json.loads(line))  # every line is one JSON document
+
+    def events(self) -> list[object]:
+        return [x["event"] for x in self.lines]
+
+    def wait_for(self, event: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while event not in self.events():
+            assert self.proc.poll() is None, self.lines[-5:]
+            assert time.monotonic() < deadline, self.events()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
 
 
 @pytest.mark.usefixtures("res")
@@ -116,17 +141,17 @@ def test_worker_pauses_with_one_line_while_the_database_is_out_of_reach(
 ) -> None:
     proxy, settings = db_proxy
     proxy.cut()
-    worker = _worker(settings)
+    worker = _Worker(settings)
     try:
-        time.sleep(6)  # several job intervals (1-2 s) while the database refuses
+        worker.wait_for("database unavailable; jobs paused")
+        time.sleep(5)  # several job intervals (1-2 s) and probes while it refuses
         proxy.restore()
-        time.sleep(4)  # a probe finds it back within the first back-off steps
+        worker.wait_for("database reachable again; jobs resumed")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=30)
-    lines = _lines(err)  # every line is JSON
-    assert not [x for x in lines if "exception" in x], err[-3000:]
-    events = [x["event"] for x in lines]
+        worker.stop()
+    lines = worker.lines
+    assert not [x for x in lines if "exception" in x], lines[-5:]
+    events = worker.events()
     assert events.count("database unavailable; jobs paused") == 1, events
     assert events.count("database reachable again; jobs resumed") == 1, events
     assert not [x for x in lines if x["level"] == "error"], events
