@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.runner import PeakRSS, Row, load, paygate_server, server
+from billing.bills import seal_payer_name
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.payment_code import compose
 from channels.bank import transforms as t
@@ -68,7 +69,7 @@ async def _seed(n: int) -> list[str]:
                     "payment_code": code,
                     "category": "FINE",
                     "payer_type": "PERSON",
-                    "payer_name": "张三",
+                    "payer_name_enc": seal_payer_name(bid, "张三"),
                     "principal_amount": AMOUNT,
                     "due_date": now.date() + timedelta(days=15),
                     "expires_at": now + timedelta(days=30),

@@ -13,7 +13,9 @@ issuance events from arrays (`unnest`).
 
 from __future__ import annotations
 
+import hmac
 import re
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -292,13 +294,13 @@ _INSERT = text(
     f"""
 WITH ins AS (
   INSERT INTO bills (id, agency_id, agency_bill_no, request_hash, payment_code, category,
-                     late_fee_rule, status, payer_type, payer_name, payer_id_enc, payer_id_hash,
+                     late_fee_rule, status, payer_type, payer_name_enc, payer_id_enc, payer_id_hash,
                      payer_phone_enc, principal_amount, due_date, expires_at, remark)
   SELECT b.id, CAST(:agency_id AS uuid), b.no, b.h, b.pc, b.cat, b.lfr, '{BillStatus.ISSUED}',
          b.pt, b.pn, b.pie, b.pih, b.ppe, b.amt, b.due, b.exp, b.rem
   FROM unnest(CAST(:ids AS uuid[]), CAST(:nos AS text[]), CAST(:hashes AS bytea[]),
               CAST(:codes AS text[]), CAST(:cats AS text[]), CAST(:rules AS text[]),
-              CAST(:ptypes AS text[]), CAST(:pnames AS text[]), CAST(:pids AS bytea[]),
+              CAST(:ptypes AS text[]), CAST(:pnames AS bytea[]), CAST(:pids AS bytea[]),
               CAST(:pidhs AS bytea[]), CAST(:phones AS bytea[]), CAST(:amounts AS bigint[]),
               CAST(:dues AS date[]), CAST(:exps AS timestamptz[]), CAST(:remarks AS text[]))
        AS b(id, no, h, pc, cat, lfr, pt, pn, pie, pih, ppe, amt, due, exp, rem)
@@ -448,7 +450,9 @@ async def _insert(
         cols["cats"].append(prep.category)
         cols["rules"].append(prep.late_fee_rule)
         cols["ptypes"].append(payer.type)
-        cols["pnames"].append(payer.name.strip())
+        cols["pnames"].append(
+            ring.encrypt(payer.name.strip().encode(), aad=_aad("payer_name", bid))
+        )
         cols["pids"].append(
             ring.encrypt(id_number.encode(), aad=_aad("payer_id", bid)) if id_number else None
         )
@@ -508,6 +512,26 @@ class AgencyBill:
     payer_phone: str | None
     due_today: AmountDue
     payable: bool
+
+
+def seal_payer_name(bill_id: uuid.UUID, name: str) -> bytes:
+    """The payer's name as stored: encrypted at rest, bound to its bill."""
+    return keyring().encrypt(name.encode(), aad=_aad("payer_name", bill_id))
+
+
+def payer_name_of(bill: Bill) -> str:
+    """The payer's name in full (for those allowed to see it)."""
+    return keyring().decrypt(bill.payer_name_enc, aad=_aad("payer_name", bill.id)).decode()
+
+
+def _comparable_name(name: str) -> bytes:
+    # Full-width letters, letter case and spaces are how people mistype a name they know.
+    return "".join(unicodedata.normalize("NFKC", name).casefold().split()).encode()
+
+
+def payer_name_matches(bill: Bill, given: str) -> bool:
+    """Whether `given` is the payer's name (a second factor; constant-time compare)."""
+    return hmac.compare_digest(_comparable_name(payer_name_of(bill)), _comparable_name(given))
 
 
 def reveal_payer(bill: Bill, *, reveal: bool) -> tuple[str | None, str | None]:
@@ -705,7 +729,7 @@ async def export_rows(
                 v.bill.status,
                 v.bill.category,
                 v.bill.payer_type,
-                v.bill.payer_name,
+                payer_name_of(v.bill),
                 v.payer_id_number or "",
                 str(v.bill.principal_amount),
                 str(v.due_today.total),

@@ -185,7 +185,8 @@ class Bill(Base):
     """The items' late-fee rule, fixed at issuance (billing.late_fee)."""
     status: Mapped[str] = mapped_column(String(24), server_default="ISSUED")
     payer_type: Mapped[str] = mapped_column(String(8))
-    payer_name: Mapped[str] = mapped_column(String(200))
+    payer_name_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    """The payer's name, encrypted like the ID number (billing.bills.payer_name_of)."""
     payer_id_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     payer_id_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     payer_phone_enc: Mapped[bytes | None] = mapped_column(LargeBinary)

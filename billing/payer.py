@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.bills import payer_name_of
 from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.states import BillStatus
@@ -71,6 +72,7 @@ class BillView(msgspec.Struct, frozen=True):
     category: str
     status: str
     payer_name: str
+    """Masked (mask_name): the cache and the payer's pages never hold the name in full."""
     principal_amount: int
     due_date: date
     expires_at: datetime
@@ -189,7 +191,7 @@ async def load_view(
         payment_code=bill.payment_code,
         category=bill.category,
         status=bill.status,
-        payer_name=bill.payer_name,
+        payer_name=mask_name(payer_name_of(bill)),
         principal_amount=bill.principal_amount,
         due_date=bill.due_date,
         expires_at=bill.expires_at,

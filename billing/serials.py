@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.payment_code import SerialPermutation, compose
+from kernel.crypto import KeyConfigError
 
 __all__ = [
     "allocate",
@@ -39,7 +40,7 @@ def load_serial_key(env: dict[str, str] | None = None) -> bytes:
     if raw:
         key = base64.b64decode(raw)
     elif env.get("PAYGATE_ENV", "development") == "production":
-        raise RuntimeError("PAYGATE_SERIAL_KEY must be set in production")
+        raise KeyConfigError("PAYGATE_SERIAL_KEY must be set in production")
     else:
         path = Path(env.get("PAYGATE_KEY_DIR", "var/keys")) / "serial.key"
         if not path.exists():

@@ -32,8 +32,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing.bills import reveal_payer
+from billing.bills import payer_name_matches, payer_name_of, reveal_payer
 from billing.models import Agency, Bill
+from billing.payment_code import validate as validate_payment_code
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from channels.base import PayMode
 from enotes.document import NoteView
@@ -47,7 +48,7 @@ from kernel.clock import SHANGHAI
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.outbox import Topic
 from kernel.pdf import DocItem
-from payments.models import Receipt, Refund
+from payments.models import PaymentAttempt, Receipt, Refund
 from payments.refunds import TOPIC_RED_LETTER as RED_TOPIC
 
 __all__ = [
@@ -418,7 +419,7 @@ async def _insert_drafts(
 def _payer(bill: Bill) -> dict[str, Any]:
     # The note only ever holds (and signs) the masked ID number.
     masked_id, _ = reveal_payer(bill, reveal=False)
-    return {"type": bill.payer_type, "id_code": masked_id or "", "name": bill.payer_name}
+    return {"type": bill.payer_type, "id_code": masked_id or "", "name": payer_name_of(bill)}
 
 
 def _main(
@@ -855,7 +856,7 @@ def verify_note(note: ENote, keyring: dict[str, Verifier]) -> Verification:
     return Verification(status, note, content, checks, problems)
 
 
-def _valid_query(code: str, number: str, check: str) -> None:
+def valid_query(code: str, number: str, check: str) -> None:
     if not (len(code) == 8 and code.isdigit() and len(number) == 10 and number.isdigit()):
         raise InvalidInput("note code is 8 digits and note number 10", code="enote_bad_query")
     if not (len(check) == 6 and check.isdigit()):
@@ -864,7 +865,7 @@ def _valid_query(code: str, number: str, check: str) -> None:
 
 async def find_note(session: AsyncSession, code: str, number: str, check: str) -> ENote:
     """The note with that code, number and check code; any mismatch is a plain 404."""
-    _valid_query(code, number, check)
+    valid_query(code, number, check)
     note = await session.scalar(
         select(ENote).where(ENote.note_code == code, ENote.note_number == number)
     )
@@ -911,17 +912,46 @@ def _summary(note: ENote, public_url: str) -> NoteSummary:
     )
 
 
-async def notes_for_payment_code(
-    session: AsyncSession, payment_code: str, public_url: str
-) -> list[NoteSummary]:
-    """What the cashier shows a payer who knows the payment code."""
-    if not (payment_code.isdigit() and len(payment_code) <= 20):
-        raise InvalidInput("payment code is up to 20 digits", code="invalid_payment_code")
+async def notes_for_payer(
+    session: AsyncSession,
+    payment_code: str,
+    public_url: str,
+    *,
+    payer_name: str | None = None,
+    attempt_id: uuid.UUID | None = None,
+) -> list[NoteSummary] | None:
+    """The notes of a bill for someone who knows its payment code AND a second factor: the
+    payer's full name as on the notice, or the id of a succeeded payment attempt of the
+    bill (what the payer's own cashier flow holds). A payment code alone is printed on a
+    notice and only ~30 bits of it are secret: never enough to show a name or a check code.
+
+    None when there is no such bill or the factor does not match it (one answer for both,
+    so neither can be probed). The check digit is verified before any lookup.
+    """
+    validate_payment_code(payment_code)
+    if payer_name is None and attempt_id is None:
+        raise InvalidInput(
+            "Give the payer's name or a paid attempt's id with the payment code.",
+            code="second_factor_required",
+        )
+    bill = await session.scalar(select(Bill).where(Bill.payment_code == payment_code))
+    if bill is None:
+        return None
+    proven = payer_name is not None and payer_name_matches(bill, payer_name)
+    if not proven and attempt_id is not None:
+        proven = (
+            await session.scalar(
+                select(PaymentAttempt.id).where(
+                    PaymentAttempt.id == attempt_id,
+                    PaymentAttempt.bill_id == bill.id,
+                    PaymentAttempt.status == "SUCCEEDED",
+                )
+            )
+        ) is not None
+    if not proven:
+        return None
     notes = await session.scalars(
-        select(ENote)
-        .join(Bill, Bill.id == ENote.bill_id)
-        .where(Bill.payment_code == payment_code)
-        .order_by(ENote.issued_at, ENote.note_number)
+        select(ENote).where(ENote.bill_id == bill.id).order_by(ENote.issued_at, ENote.note_number)
     )
     return [_summary(n, public_url) for n in notes]
 

@@ -132,16 +132,42 @@ def signed_by_supervisor(content: bytes, issuer_signature: bytes) -> bytes:
     return content + issuer_signature
 
 
-def load_signer(configured: str, demo_path: Path, cert_serial: str) -> SM2Signer:
-    """The configured key (PEM text, hex, or a file path); else a demo key made on first run.
+class MissingKeyError(RuntimeError):
+    """No signing key is configured where demo keys are not allowed (production)."""
+
+
+def _text_or_file(configured: str) -> str:
+    path = Path(configured)
+    is_path = "\n" not in configured and len(configured) < 4096 and path.is_file()
+    return path.read_text() if is_path else configured
+
+
+def load_verifier(configured: str) -> SM2Verifier:
+    """A public key kept to verify notes signed before a rotation: the uncompressed point in
+    hex (what `paygate enote-keys` prints), or PEM text or a PEM file of the public key."""
+    text = _text_or_file(configured.strip()).strip()
+    if re.fullmatch(r"04[0-9a-fA-F]{128}", text):
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SM2(), bytes.fromhex(text))
+    else:
+        key = serialization.load_pem_public_key(text.encode())
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "SM2":
+        raise ValueError("the key is not an SM2 public key")
+    return SM2Verifier(key)
+
+
+def load_signer(
+    configured: str, demo_path: Path, cert_serial: str, *, allow_demo: bool = True
+) -> SM2Signer:
+    """The configured key (PEM text, hex, or a file path); else a demo key made on first run
+    (never where `allow_demo` is off: production refuses to sign with a key nobody holds).
 
     The demo key is created with O_EXCL semantics (write a temp file, then `link`), so two
     processes starting together agree on one key instead of overwriting each other's.
     """
     if configured:
-        path = Path(configured)
-        is_path = "\n" not in configured and len(configured) < 4096 and path.is_file()
-        return SM2Signer.from_text(path.read_text() if is_path else configured, cert_serial)
+        return SM2Signer.from_text(_text_or_file(configured), cert_serial)
+    if not allow_demo:
+        raise MissingKeyError(f"no e-note signing key configured (demo key {demo_path} refused)")
     if not demo_path.exists():
         demo_path.parent.mkdir(parents=True, exist_ok=True)
         fresh = SM2Signer.generate(cert_serial)
@@ -167,6 +193,10 @@ class NoteSigners:
     """The collecting unit, at issue (开票单位签名)."""
     supervisor: Signer
     """The finance department, supervising (财政监制签名) once the payment is confirmed."""
+    retired: tuple[Verifier, ...] = ()
+    """Public keys of rotated-out signers: notes record the key id they were signed with,
+    and stay verifiable after the signing key changes."""
 
     def keyring(self) -> dict[str, Verifier]:
-        return {self.issuer.key_id: self.issuer, self.supervisor.key_id: self.supervisor}
+        ring: dict[str, Verifier] = {v.key_id: v for v in self.retired}
+        return ring | {self.issuer.key_id: self.issuer, self.supervisor.key_id: self.supervisor}

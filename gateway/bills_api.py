@@ -230,7 +230,7 @@ def _out(view: svc.AgencyBill, resources: Resources) -> BillOut:
         payment_code=b.payment_code,
         status=b.status,
         category=b.category,
-        payer=PayerOut(b.payer_type, b.payer_name, view.payer_id_number, view.payer_phone),
+        payer=PayerOut(b.payer_type, svc.payer_name_of(b), view.payer_id_number, view.payer_phone),
         principal_amount=b.principal_amount,
         paid_amount=b.paid_amount,
         refunded_amount=b.refunded_amount,
@@ -462,7 +462,7 @@ class BillsController(Controller):
         pdf = await asyncio.to_thread(  # rendering is CPU work: keep the event loop free
             render_bill_notice,
             agency_name=agency.name,
-            payer_name=bill.payer_name,
+            payer_name=svc.payer_name_of(bill),
             items=[
                 DocItem(
                     code=line.item_code,

@@ -6,6 +6,10 @@ GET  /pay/{code}              the bill (the URL printed in bill QR codes), pay b
                               refreshed until paid; once paid, the fiscal e-note links
 POST /pay/{code}              start an attempt (same service as the citizen API), then
                               redirect (page/wap: to the channel; otherwise back here)
+POST /pay/{code}/notes        the paid bill's e-notes for whoever gives the payer's name
+
+A paid bill's notes carry the payer's full name, so the page shows them only to the flow
+that paid (its `?attempt=`) or after the payer's name is given (gateway.enotes.payer_notes).
 
 Thin like every controller: the summary comes from the citizen API's `bill_summary` (same
 rate limit, check digit before any lookup), attempts from `payments.attempts`, notes from
@@ -26,9 +30,10 @@ from litestar.response import Redirect
 
 from enotes import service as enotes
 from gateway.bills_api import pay_url, qr_svg
+from gateway.enotes import payer_notes
 from gateway.pay_api import BillSummary, bill_summary, start_attempt
 from gateway.state import Resources
-from kernel.errors import DomainError, InvalidInput
+from kernel.errors import DomainError, InvalidInput, NotFound
 from kernel.pdf import yuan
 from payments import attempts
 
@@ -55,6 +60,7 @@ _ERRORS = {
     "payment_code_malformed": "缴款码为 20 位数字，请核对后重新输入。",
     "bill_not_found": "未找到该缴款码对应的缴款通知，请核对后重新输入。",
     "rate_limited": "查询过于频繁，请稍后再试。",
+    "too_many_failures": "核对失败次数过多，请稍后再试。",
     "channel_unavailable": "支付渠道暂时不可用，未发生扣款，请稍后重试。",
     "unsupported_mode": "不支持该支付方式。",
     "unknown_channel": "不支持该支付渠道。",
@@ -219,6 +225,37 @@ def _notes_html(notes: list[enotes.NoteSummary]) -> str:
     return f'<div class="ok"><p>缴款成功。</p><ul>{items}</ul></div>'
 
 
+def _name_form(code: str, error: str = "") -> str:
+    err = f'<p class="err">{html.escape(error)}</p>' if error else ""
+    return (
+        f'<div class="ok"><p>缴款成功。</p></div>{err}'
+        f'<form method="post" action="/pay/{html.escape(code)}/notes" class="box">'
+        "<p>查看财政电子票据，请输入缴款通知书上的缴款人姓名（单位名称）：</p>"
+        '<label>缴款人 <input name="payer_name" maxlength="200" autocomplete="name" required>'
+        '</label> <button type="submit">查看票据</button></form>'
+    )
+
+
+async def _paid_part(
+    resources: Resources,
+    request: Request[Any, Any, Any],
+    code: str,
+    attempt: uuid.UUID | None,
+) -> tuple[str, str | None]:
+    """A paid bill's notes and the page to reload while they are being issued. The notes
+    show the payer's full name: only the flow that paid (its attempt) or someone who gives
+    the name sees them, never the payment code alone."""
+    if attempt is not None:
+        async with resources.sessions() as session:
+            try:
+                notes = await payer_notes(resources, request, session, code, attempt_id=attempt)
+            except DomainError:
+                pass
+            else:
+                return _notes_html(notes), None if notes else f"/pay/{code}?attempt={attempt}"
+    return _name_form(code), None
+
+
 class CashierController(Controller):
     path = "/pay"
     include_in_schema = False
@@ -265,13 +302,8 @@ class CashierController(Controller):
                 if view.status in _WAITING:
                     refresh = f"{here}?attempt={view.id}"
         if summary.status in _PAID:
-            async with resources.sessions() as session:
-                notes = await enotes.notes_for_payment_code(
-                    session, summary.payment_code, resources.settings.server.public_url
-                )
-            parts.append(_notes_html(notes))
-            if not notes:
-                refresh = here
+            paid, refresh = await _paid_part(resources, request, summary.payment_code, attempt)
+            parts.append(paid)
         elif summary.payable:
             parts.append(_buttons(resources, summary.payment_code, other=refresh is not None))
         else:
@@ -279,6 +311,32 @@ class CashierController(Controller):
             parts.append(f'<p class="err">{html.escape(text)}</p>')
         title = f"缴款 {summary.payment_code}"
         return _html(_page(title, "".join(parts), refresh=refresh))
+
+    @post("/{payment_code:str}/notes", media_type=MediaType.HTML, status_code=200)
+    async def notes(
+        self,
+        payment_code: FromPath[str],
+        request: Request[Any, Any, Any],
+        resources: NamedDependency[Resources],
+    ) -> Response[str] | Redirect:
+        """The paid bill's notes for someone who gives the payer's name (second factor)."""
+        form = await request.form()
+        name = str(form.get("payer_name", ""))
+        try:
+            summary = await bill_summary(resources, request, payment_code)
+            if summary.status not in _PAID:
+                return Redirect(f"/pay/{summary.payment_code}", status_code=303)
+            async with resources.sessions() as session:
+                notes = await payer_notes(
+                    resources, request, session, payment_code, payer_name=name
+                )
+        except NotFound:
+            body = _name_form(payment_code, "缴款人姓名与缴款通知不符，请核对后重新输入。")
+            return _html(_page("非税缴款", body), status=404)
+        except DomainError as exc:
+            return _error_page(exc, payment_code)
+        parts = [_summary_html(summary), _notes_html(notes)]
+        return _html(_page(f"缴款 {summary.payment_code}", "".join(parts)))
 
     @post("/{payment_code:str}", status_code=303)
     async def pay(

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import html
+import uuid
 from typing import Any
 
+import msgspec
 import structlog
-from litestar import Controller, MediaType, Response, get
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.payment_code import validate as validate_payment_code
 from enotes import service as enotes
 from enotes.document import render_note
-from enotes.signing import NoteSigners, Verifier, load_signer
+from enotes.signing import NoteSigners, Verifier, load_signer, load_verifier
+from gateway.pay_api import rate_limit
 from gateway.settings import Settings
 from gateway.state import Resources
-from kernel.errors import Conflict, InvalidInput, NotFound
+from kernel.errors import Conflict, InvalidInput, NotFound, RateLimited
 from kernel.pdf import pdf_to_png, yuan
 
 log = structlog.get_logger(__name__)
@@ -38,11 +42,18 @@ def enote_context(settings: Settings) -> enotes.EnoteContext:
 
 def _build_context(settings: Settings) -> enotes.EnoteContext:
     cfg = settings.enote
+    demo = not settings.is_production  # production signs only with configured keys
     signers = NoteSigners(
-        issuer=load_signer(cfg.issuer_key, cfg.key_dir / "issuer.pem", cfg.issuer_cert_serial),
-        supervisor=load_signer(
-            cfg.supervisor_key, cfg.key_dir / "supervisor.pem", cfg.supervisor_cert_serial
+        issuer=load_signer(
+            cfg.issuer_key, cfg.key_dir / "issuer.pem", cfg.issuer_cert_serial, allow_demo=demo
         ),
+        supervisor=load_signer(
+            cfg.supervisor_key,
+            cfg.key_dir / "supervisor.pem",
+            cfg.supervisor_cert_serial,
+            allow_demo=demo,
+        ),
+        retired=tuple(load_verifier(k) for k in cfg.retired_keys),
     )
     return enotes.EnoteContext(
         signers=signers,
@@ -71,6 +82,79 @@ async def close_signing() -> None:
 
 async def red_job(resources: Resources) -> int:
     return await enotes.run_red_job(resources.sessions, enote_context(resources.settings))
+
+
+async def checked_verify(  # noqa: PLR0917 - the request's parts, as every caller has them
+    resources: Resources,
+    request: Request[Any, Any, Any],
+    db: AsyncSession,
+    code: str,
+    number: str,
+    check: str,
+) -> enotes.Verification:
+    """Verify a note, throttled against check-code guessing: per client (the lookup limit)
+    and per note (`guess_budget` wrong check codes per window from everyone together; a
+    note's numbers are sequential, so only its six-digit check code is secret)."""
+    pay = resources.settings.payments
+    await rate_limit(resources, request, "verify", pay.lookup_rate_limit)
+    enotes.valid_query(code, number, check)
+    note = f"{code}:{number}"
+    await resources.limiter.check_budget("enote-check", note, pay.guess_budget, pay.guess_window_s)
+    try:
+        return await enotes.verify(db, code, number, check, keyring(resources.settings))
+    except NotFound:
+        await resources.limiter.spend("enote-check", note, pay.guess_window_s)
+        raise
+
+
+async def payer_notes(  # noqa: PLR0917 - the request's parts, as every caller has them
+    resources: Resources,
+    request: Request[Any, Any, Any],
+    db: AsyncSession,
+    payment_code: str,
+    payer_name: str | None = None,
+    attempt_id: uuid.UUID | None = None,
+) -> list[enotes.NoteSummary]:
+    """A bill's notes for its payer (payment code + second factor, see
+    enotes.notes_for_payer), throttled per client and per payment code (`guess_budget`
+    failed second factors per window); shared by the API and the cashier page."""
+    pay = resources.settings.payments
+    await rate_limit(resources, request, "enotes", pay.lookup_rate_limit)
+    validate_payment_code(payment_code)  # a mistyped code is a 422 before any lookup
+    limiter = resources.limiter
+    await limiter.check_budget("enote-factor", payment_code, pay.guess_budget, pay.guess_window_s)
+    notes = await enotes.notes_for_payer(
+        db,
+        payment_code,
+        resources.settings.server.public_url,
+        payer_name=payer_name,
+        attempt_id=attempt_id,
+    )
+    if notes is None:
+        await limiter.spend("enote-factor", payment_code, pay.guess_window_s)
+        raise NotFound("No notes for this payment code and payer.", code="enote_not_found")
+    return notes
+
+
+def _note_out(n: enotes.NoteSummary) -> dict[str, Any]:
+    return {
+        "kind": n.kind,
+        "status": n.status,
+        "note_code": n.note_code,
+        "note_number": n.note_number,
+        "check_code": n.check_code,
+        "total_amount": n.total_amount,
+        "issued_at": n.issued_at.isoformat(),
+        **n.urls,
+    }
+
+
+class NotesLookupIn(msgspec.Struct, forbid_unknown_fields=True):
+    payment_code: str
+    payer_name: str | None = None
+    """The payer's full name as on the notice (person or organisation)."""
+    attempt_id: uuid.UUID | None = None
+    """A succeeded payment attempt of the bill (what the payer's own payment returned)."""
 
 
 def verification_body(result: enotes.Verification) -> dict[str, Any]:
@@ -113,50 +197,70 @@ class EnoteController(Controller):
     tags = ["enotes"]  # noqa: RUF012
 
     @get("/verify", summary="Verify a fiscal e-note by code, number and check code", cache=False)
-    async def verify(
+    async def verify(  # noqa: PLR0917 - Litestar passes the handler's parameters
         self,
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
+        request: Request[Any, Any, Any],
         code: FromQuery[str],
         number: FromQuery[str],
         check: FromQuery[str],
     ) -> dict[str, Any]:
-        result = await enotes.verify(db, code, number, check, keyring(resources.settings))
+        result = await checked_verify(resources, request, db, code, number, check)
         return verification_body(result)
 
-    @get("/", summary="The notes of a bill, by its payment code (the cashier)", cache=False)
-    async def by_payment_code(
+    @get(
+        "/",
+        summary="The notes of a bill, by its payment code and a paid attempt's id",
+        cache=False,
+    )
+    async def by_payment_code(  # noqa: PLR0917 - Litestar passes the handler's parameters
         self,
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
+        request: Request[Any, Any, Any],
         payment_code: FromQuery[str],
+        attempt_id: FromQuery[uuid.UUID | None] = None,
+        payer_name: FromQuery[str | None] = None,
     ) -> list[dict[str, Any]]:
-        notes = await enotes.notes_for_payment_code(
-            db, payment_code, resources.settings.server.public_url
+        if payer_name is not None:
+            # Refused rather than ignored: a name in a URL ends up in proxy and browser logs.
+            raise InvalidInput(
+                "A payer's name must not travel in a URL; send it in the body of"
+                " POST /v1/enotes/lookup.",
+                code="payer_name_in_url",
+            )
+        notes = await payer_notes(resources, request, db, payment_code, attempt_id=attempt_id)
+        return [_note_out(n) for n in notes]
+
+    @post(
+        "/lookup",
+        summary="The notes of a bill, by its payment code and the payer's name or a paid"
+        " attempt's id",
+        status_code=200,
+    )
+    async def lookup(
+        self,
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        request: Request[Any, Any, Any],
+        data: JSONBody[NotesLookupIn],
+    ) -> list[dict[str, Any]]:
+        notes = await payer_notes(
+            resources, request, db, data.payment_code, data.payer_name, data.attempt_id
         )
-        return [
-            {
-                "kind": n.kind,
-                "status": n.status,
-                "note_code": n.note_code,
-                "note_number": n.note_number,
-                "check_code": n.check_code,
-                "total_amount": n.total_amount,
-                "issued_at": n.issued_at.isoformat(),
-                **n.urls,
-            }
-            for n in notes
-        ]
+        return [_note_out(n) for n in notes]
 
     @get(
         "/{code:str}/{filename:str}",
         summary="The note as a one-page PDF (`.pdf`) or PNG (`.png`)",
         cache=False,
     )
-    async def document(
+    async def document(  # noqa: PLR0917 - Litestar passes the handler's parameters
         self,
         db: NamedDependency[AsyncSession],
         resources: NamedDependency[Resources],
+        request: Request[Any, Any, Any],
         code: FromPath[str],
         filename: FromPath[str],
         check: FromQuery[str],
@@ -164,7 +268,7 @@ class EnoteController(Controller):
         number, dot, ext = filename.partition(".")
         if not dot or ext not in {"pdf", "png"}:
             raise NotFound("notes are served as .pdf or .png", code="enote_not_found")
-        result = await enotes.verify(db, code, number, check, keyring(resources.settings))
+        result = await checked_verify(resources, request, db, code, number, check)
         if result.status == "invalid":
             raise Conflict("this note fails verification", code="enote_invalid")
         view = enotes.note_view(result, resources.settings.server.public_url)
@@ -243,9 +347,10 @@ def _result_html(body: dict[str, Any], pdf_query: str) -> str:
 
 
 @get("/enotes/verify", media_type=MediaType.HTML, include_in_schema=False, cache=False)
-async def verify_page(
+async def verify_page(  # noqa: PLR0917 - Litestar passes the handler's parameters
     db: NamedDependency[AsyncSession],
     resources: NamedDependency[Resources],
+    request: Request[Any, Any, Any],
     code: FromQuery[str] = "",
     number: FromQuery[str] = "",
     check: FromQuery[str] = "",
@@ -255,11 +360,14 @@ async def verify_page(
     status = 200
     if code or number or check:
         try:
-            verification = await enotes.verify(db, code, number, check, keyring(resources.settings))
+            verification = await checked_verify(resources, request, db, code, number, check)
             result = _result_html(verification_body(verification), f"check={check}")
         except (NotFound, InvalidInput) as exc:
             status = exc.status
             result = '<h2 class="invalid">查无此票据：请核对票据代码、号码和校验码</h2>'
+        except RateLimited as exc:
+            status = exc.status
+            result = '<h2 class="invalid">查验过于频繁，请稍后再试</h2>'
     page = _PAGE.format(
         code=html.escape(code),
         number=html.escape(number),

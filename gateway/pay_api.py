@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import time
+import re
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -15,13 +15,13 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response.base import ASGIResponse
-from redis.exceptions import NoScriptError, RedisError
 
 from billing import payer as bills
 from billing.payment_code import validate
+from gateway.limits import request_client
 from gateway.state import Resources
 from kernel.clock import day_bounds, shanghai_today
-from kernel.errors import NotFound, RateLimited
+from kernel.errors import InvalidInput, NotFound
 from payments import attempts
 
 log = structlog.get_logger(__name__)
@@ -90,18 +90,6 @@ def _attempt_out(view: attempts.AttemptView) -> AttemptOut:
     )
 
 
-# INCR the client's window (EXPIRE on its first hit) and GET a cache key, in ONE call: the
-# warm-cache lookup is then a single Redis round trip. A script rather than a pipeline
-# because redis-py's pipeline machinery costs more CPU than the round trip it saves.
-_LIMIT_AND_GET = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-if KEYS[2] then return {n, redis.call('GET', KEYS[2])} end
-return {n}
-"""
-_LIMIT_AND_GET_SHA = hashlib.sha1(_LIMIT_AND_GET.encode()).hexdigest()  # noqa: S324 - Redis's script id
-
-
 async def rate_limit(
     resources: Resources,
     request: Request[Any, Any, Any],
@@ -110,33 +98,12 @@ async def rate_limit(
     *,
     also_get: str | None = None,
 ) -> bytes | None:
-    """Fixed window per client IP in Redis; Redis down → allow (it guards lookups only).
-
-    `also_get` fetches a cache key in the same round trip (the summary's hot path).
-    """
+    """Fixed window per client (gateway.limits: trusted proxies only; Redis, else this
+    process's memory). `also_get` fetches a cache key in the same round trip (the
+    summary's hot path)."""
+    who = request_client(request, resources.settings.server.trusted_proxies)
     window = resources.settings.payments.lookup_rate_window_s
-    now = int(time.time())
-    client = request.client.host if request.client else "unknown"
-    keys = [f"rl:{bucket}:{client}:{now // window}"]
-    if also_get is not None:
-        keys.append(also_get)
-    redis = resources.redis
-    try:
-        try:
-            answers = await redis.evalsha(_LIMIT_AND_GET_SHA, len(keys), *keys, window)
-        except NoScriptError:  # first call after a Redis restart: load it
-            answers = await redis.eval(_LIMIT_AND_GET, len(keys), *keys, window)
-    except RedisError:
-        log.warning("rate limiter unavailable")
-        return None
-    if int(answers[0]) > limit:
-        raise RateLimited(
-            "Too many requests; slow down.",
-            code="rate_limited",
-            retry_after=window - now % window,
-        )
-    cached: bytes | None = answers[1] if len(answers) > 1 else None
-    return cached
+    return await resources.limiter.hit(bucket, who, limit, window, also_get=also_get)
 
 
 async def _summary_of(
@@ -236,6 +203,34 @@ async def bill_summary_json(
     return (await _summary_of(resources, request, payment_code)).body
 
 
+_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\\\x7f]")
+"""Whitespace, control characters and backslashes: browsers read `\\` as `/`, so
+`https://evil.example\\@our.host/` would parse as our host here and go to evil there."""
+
+
+def checked_return_url(url: str, allowed_hosts: frozenset[str]) -> str:
+    """The page a payment may send the browser back to: http(s) on one of our hosts only,
+    or the payment would end on a phishing page dressed as ours (an open redirect)."""
+    refused = InvalidInput(
+        "return_url must be an http(s) URL on one of the service's registered hosts.",
+        code="return_url_not_allowed",
+    )
+    if len(url) > 2048 or _UNSAFE_IN_URL.search(url):
+        raise refused
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a malformed port raises here
+    except ValueError:
+        raise refused from None
+    if (
+        parts.scheme.lower() not in {"http", "https"}
+        or parts.username is not None
+        or (parts.hostname or "").lower() not in allowed_hosts
+    ):
+        raise refused
+    return url
+
+
 async def start_attempt(  # noqa: PLR0917 - the request's parts, as both callers have them
     resources: Resources,
     request: Request[Any, Any, Any],
@@ -248,6 +243,8 @@ async def start_attempt(  # noqa: PLR0917 - the request's parts, as both callers
     and the cashier page."""
     await rate_limit(resources, request, "attempt", resources.settings.payments.lookup_rate_limit)
     validate(payment_code)
+    if return_url is not None:
+        checked_return_url(return_url, resources.settings.server.return_url_hosts)
     return await attempts.create_attempt(
         resources.payment_context(),
         payment_code=payment_code,

@@ -9,9 +9,11 @@ import os
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from channels.alipay.config import AlipayConfig
-from kernel.crypto import KeySettings
+from gateway.limits import parse_networks
+from kernel.crypto import KeyConfigError, KeySettings
 
 __all__ = [
     "BankSettings",
@@ -110,16 +112,27 @@ class ServerSettings:
     workers: int
     public_url: str
     """Base URL citizens and channels reach us at (QR codes, notify URLs)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """`PAYGATE_TRUSTED_PROXIES`: our own proxies/balancers (CIDRs). Only a request from one
+    of them has its `X-Forwarded-For` read; see gateway.limits."""
+    return_url_hosts: frozenset[str] = frozenset()
+    """`PAYGATE_RETURN_URL_HOSTS`: hosts a payment may return the browser to (the public
+    URL's host is always one)."""
 
     @classmethod
     def from_env(cls) -> ServerSettings:
         host = _env("PAYGATE_HOST", "127.0.0.1")
         port = _env_int("PAYGATE_PORT", 8000)
+        public_url = _env("PAYGATE_PUBLIC_URL", f"http://{host}:{port}").rstrip("/")
+        hosts = {h.strip().lower() for h in _env("PAYGATE_RETURN_URL_HOSTS").split(",")}
+        hosts.add((urlsplit(public_url).hostname or "").lower())
         return cls(
             host=host,
             port=port,
             workers=_env_int("PAYGATE_WORKERS", 1),
-            public_url=_env("PAYGATE_PUBLIC_URL", f"http://{host}:{port}").rstrip("/"),
+            public_url=public_url,
+            trusted_proxies=tuple(map(str, parse_networks(_env("PAYGATE_TRUSTED_PROXIES")))),
+            return_url_hosts=frozenset(hosts - {""}),
         )
 
 
@@ -243,18 +256,31 @@ class EnoteSettings:
     """Two-digit note class inside the note code (region + class + kind + year)."""
     handler: str
     checker: str
+    retired_keys: tuple[str, ...] = ()
+    """`PAYGATE_ENOTE_RETIRED_KEYS`: public keys of earlier signing keys (hex points or PEM
+    files, comma-separated), kept so notes signed before a rotation still verify."""
 
     @classmethod
     def from_env(cls) -> EnoteSettings:
+        issuer, supervisor = _env("PAYGATE_ENOTE_ISSUER_KEY"), _env("PAYGATE_ENOTE_SUPERVISOR_KEY")
+        if _env("PAYGATE_ENV") == "production" and not (issuer and supervisor):
+            # Refuse to start rather than sign with generated keys no finance office holds.
+            raise KeyConfigError(
+                "PAYGATE_ENOTE_ISSUER_KEY and PAYGATE_ENOTE_SUPERVISOR_KEY (SM2 private keys)"
+                " must be set in production; demo keys are generated only outside it"
+            )
         return cls(
             key_dir=Path(_env("PAYGATE_ENOTE_KEY_DIR", "var/enote")),
-            issuer_key=_env("PAYGATE_ENOTE_ISSUER_KEY"),
+            issuer_key=issuer,
             issuer_cert_serial=_env("PAYGATE_ENOTE_ISSUER_CERT_SERIAL"),
-            supervisor_key=_env("PAYGATE_ENOTE_SUPERVISOR_KEY"),
+            supervisor_key=supervisor,
             supervisor_cert_serial=_env("PAYGATE_ENOTE_SUPERVISOR_CERT_SERIAL"),
             note_class=_env("PAYGATE_ENOTE_CLASS", "01"),
             handler=_env("PAYGATE_ENOTE_HANDLER", "paygate"),
             checker=_env("PAYGATE_ENOTE_CHECKER", "财政电子票据系统"),
+            retired_keys=tuple(
+                k.strip() for k in _env("PAYGATE_ENOTE_RETIRED_KEYS").split(",") if k.strip()
+            ),
         )
 
 
@@ -323,6 +349,11 @@ class PaymentSettings:
     """Citizen lookups per client IP per window (against payment-code enumeration)."""
     lookup_rate_window_s: int
     summary_cache_ttl_s: int
+    guess_budget: int = 10
+    """`PAYGATE_GUESS_BUDGET`: failed second factors per payment code, and wrong check codes
+    per e-note, allowed per guess window from all clients together; then that code or note
+    answers 429 until the window ends."""
+    guess_window_s: int = 3600
     banks: tuple[BankSettings, ...] = ()
     kiosk: KioskSettings = field(default_factory=KioskSettings.from_env)
 
@@ -334,6 +365,8 @@ class PaymentSettings:
             lookup_rate_limit=_env_int("PAYGATE_LOOKUP_RATE_LIMIT", 30),
             lookup_rate_window_s=_env_int("PAYGATE_LOOKUP_RATE_WINDOW_S", 60),
             summary_cache_ttl_s=_env_int("PAYGATE_SUMMARY_CACHE_TTL_S", 300),
+            guess_budget=_env_int("PAYGATE_GUESS_BUDGET", 10),
+            guess_window_s=_env_int("PAYGATE_GUESS_WINDOW_S", 3600),
             banks=_parse_banks(_env("PAYGATE_BANKS")),
             kiosk=KioskSettings.from_env(),
         )

@@ -16,6 +16,7 @@ from channels.bank.signing import HmacSigning
 from channels.base import ChannelRegistry, InboundRegistry
 from channels.pos.inbound import PosInbound
 from gateway.db import create_engine, session_factory
+from gateway.limits import Limiter
 from gateway.settings import Settings
 from kernel import crypto
 from kernel.kv import KV
@@ -83,6 +84,11 @@ class Resources:
                 )
             )
         return registry
+
+    @cached_property
+    def limiter(self) -> Limiter:
+        """The public lookups' rate limits (Redis, else this process's memory)."""
+        return Limiter(self.redis)
 
     @cached_property
     def day_count(self) -> DayCount:

@@ -12,7 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.bills import seal_payer_name
 from billing.models import Agency, AgencyItem, Bill, BillLine, RevenueItem
+from billing.payment_code import compose
 
 
 def random_credit_code() -> str:
@@ -89,17 +91,20 @@ async def make_bill(
 ) -> Bill:
     """lines: (item, quantity, unit_amount in fen)."""
     total = sum(q * u for _, q, u in lines)
+    bill_id = uuid.uuid4()
     bill = Bill(
+        id=bill_id,
         agency_id=agency.id,
         agency_bill_no=f"T-{uuid.uuid4().hex[:12]}",
         request_hash=secrets.token_bytes(32),
-        payment_code=payment_code or "".join(secrets.choice("0123456789") for _ in range(20)),
+        payment_code=payment_code
+        or compose("330100", 26, lines[0][0].category, secrets.randbelow(10**9)),
         category=lines[0][0].category,
         # Fixed at issuance from the items, as billing.bills does (one rule per bill).
         late_fee_rule=lines[0][0].late_fee_rule,
         status=status,
         payer_type=payer_type,
-        payer_name=payer_name,
+        payer_name_enc=seal_payer_name(bill_id, payer_name),
         principal_amount=total,
         due_date=due_date or date.today() + timedelta(days=15),  # noqa: DTZ011
         expires_at=expires_at or datetime.now(UTC) + timedelta(days=30),

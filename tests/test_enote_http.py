@@ -1,5 +1,5 @@
 """Public e-note routes: verification (JSON and page), the note as PDF/PNG by code + number +
-check code, and the cashier's list by payment code — through the real app."""
+check code, and the payer's list by payment code and name — through the real app."""
 
 from __future__ import annotations
 
@@ -71,8 +71,11 @@ async def test_verify_pdf_png_and_cashier_list(
     assert (await client.get(f"{base}.pdf", params={"check": wrong["check"]})).status_code == 404
     assert (await client.get(f"{base}.txt", params={"check": note.check_code})).status_code == 404
 
-    listed = await client.get("/v1/enotes/", params={"payment_code": payment_code})
-    assert listed.status_code == 200
+    # The payer's list: the payment code and the payer's name (factories name everyone 张三).
+    listed = await client.post(
+        "/v1/enotes/lookup", json={"payment_code": payment_code, "payer_name": "张三"}
+    )
+    assert listed.status_code == 200, listed.text
     (item,) = listed.json()
     assert (item["note_number"], item["check_code"], item["status"]) == (
         note.note_number,

@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, update
 
 from billing import payer as bills
+from billing.bills import seal_payer_name
 from billing.models import Bill
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -87,7 +88,8 @@ async def test_summary_is_cached_and_dropped_when_the_bill_is_paid(
     assert (await pay_client.get(f"/v1/pay/{bill.payment_code}")).json()["payer_name"] == "张*"
     # A change behind the cache's back is not seen: the answer came from Redis.
     async with res.sessions() as s:
-        await s.execute(update(Bill).where(Bill.id == bill.id).values(payer_name="李四"))
+        renamed = seal_payer_name(bill.id, "李四")
+        await s.execute(update(Bill).where(Bill.id == bill.id).values(payer_name_enc=renamed))
         await s.commit()
     assert (await pay_client.get(f"/v1/pay/{bill.payment_code}")).json()["payer_name"] == "张*"
 

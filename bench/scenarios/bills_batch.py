@@ -113,7 +113,7 @@ async def _raw_copy(agency_id: uuid.UUID, run: str, batch_no: int) -> float:
                     "FINE_DAILY_3PCT",
                     "ISSUED",
                     "PERSON",
-                    "张三",
+                    blob,  # stands in for the encrypted name as for the encrypted ID number
                     blob,
                     blob[:32],
                     20_000,
@@ -131,7 +131,7 @@ async def _raw_copy(agency_id: uuid.UUID, run: str, batch_no: int) -> float:
                     records=bills,
                     columns=[
                         "id", "agency_id", "agency_bill_no", "request_hash", "payment_code",
-                        "category", "late_fee_rule", "status", "payer_type", "payer_name",
+                        "category", "late_fee_rule", "status", "payer_type", "payer_name_enc",
                         "payer_id_enc", "payer_id_hash", "principal_amount", "due_date",
                         "expires_at",
                     ],

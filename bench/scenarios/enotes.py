@@ -23,6 +23,7 @@ from bench.runner import Row
 async def _setup(resources: object, count: int) -> None:
     from sqlalchemy import insert
 
+    from billing.bills import seal_payer_name
     from billing.models import Agency, Bill, BillLine, RevenueItem
     from kernel.models import OutboxMessage
     from payments.models import PaymentAttempt, Receipt
@@ -62,7 +63,7 @@ async def _setup(resources: object, count: int) -> None:
                     "category": "EXAM_FEE",
                     "status": "PAID",
                     "payer_type": "PERSON",
-                    "payer_name": f"考生{n}",
+                    "payer_name_enc": seal_payer_name(bill_id, f"考生{n}"),
                     "principal_amount": 8_000,
                     "due_date": date.today(),  # noqa: DTZ011
                     "expires_at": now + timedelta(days=1),

@@ -58,10 +58,10 @@ _GENERATE = (
     ),
     (
         "INSERT INTO bills (id, agency_id, agency_bill_no, request_hash, payment_code, category,"
-        " status, payer_type, payer_name, principal_amount, paid_amount, due_date, expires_at,"
+        " status, payer_type, payer_name_enc, principal_amount, paid_amount, due_date, expires_at,"
         " paid_at) SELECT md5('b' || i)::uuid, '{agency}', 'B' || i, '\\x00',"
         " lpad(i::text, 20, '0'),"
-        " 'FINE', 'PAID', 'PERSON', 'bench', 100 + i % 10000, 100 + i % 10000, '{day}',"
+        " 'FINE', 'PAID', 'PERSON', '\\x00', 100 + i % 10000, 100 + i % 10000, '{day}',"
         " '{paid}'::timestamptz + interval '30 days', '{paid}' FROM generate_series(1, {n}) i"
     ),
     (

@@ -11,6 +11,8 @@ import click
 from gateway import __version__
 from gateway import logging as app_logging
 from gateway.settings import Settings
+from kernel import crypto
+from kernel.crypto import KeyConfigError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,7 +27,12 @@ def prepare(*, migrate: bool = True) -> Settings:
     from gateway import migrate as migrations
     from gateway.app import resolve_services
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        # A missing or bad data/hash key fails here, before anything is served.
+        crypto.configure(settings.crypto)
+    except KeyConfigError as exc:
+        raise click.ClickException(f"refusing to start: {exc}") from exc
     app_logging.configure(settings.log)
     settings = resolve_services(settings)
     if migrate:

@@ -69,6 +69,9 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
             log_config=None,
             access_log=False,
             server_header=False,
+            # uvicorn would take X-Forwarded-For from any local peer as the client address;
+            # the app reads it only from PAYGATE_TRUSTED_PROXIES (gateway.limits).
+            proxy_headers=False,
             timeout_graceful_shutdown=10,
         )
     finally:
