@@ -18,9 +18,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.runner import PeakRSS, Row, load, paygate_server, server
-from billing.bills import seal_payer_name
 from billing.models import Agency, Bill, BillLine, RevenueItem
 from billing.payment_code import compose
+from billing.personal import seal_payer_name
 from channels.bank import transforms as t
 from channels.money import fen_to_yuan
 from gateway.db import create_engine

@@ -13,9 +13,7 @@ issuance events from arrays (`unnest`).
 
 from __future__ import annotations
 
-import hmac
 import re
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ from billing.events import Sql
 from billing.late_fee import AmountDue, DayCount
 from billing.models import Agency, AgencyItem, Bill, BillLine, RevenueItem
 from billing.payment_code import validate as validate_payment_code
+from billing.personal import field_aad as _aad
+from billing.personal import payer_name_of
 from billing.serials import allocate, payment_codes
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
@@ -150,10 +150,6 @@ def payer_id_hash(id_number: str) -> bytes:
 
 def _keyed_hash(purpose: bytes, value: bytes) -> bytes:
     return keyring().keyed_hash(value, purpose=purpose)
-
-
-def _aad(column: str, bill_id: uuid.UUID) -> bytes:
-    return f"bills.{column}:{bill_id}".encode()
 
 
 _COLUMNS = (
@@ -512,26 +508,6 @@ class AgencyBill:
     payer_phone: str | None
     due_today: AmountDue
     payable: bool
-
-
-def seal_payer_name(bill_id: uuid.UUID, name: str) -> bytes:
-    """The payer's name as stored: encrypted at rest, bound to its bill."""
-    return keyring().encrypt(name.encode(), aad=_aad("payer_name", bill_id))
-
-
-def payer_name_of(bill: Bill) -> str:
-    """The payer's name in full (for those allowed to see it)."""
-    return keyring().decrypt(bill.payer_name_enc, aad=_aad("payer_name", bill.id)).decode()
-
-
-def _comparable_name(name: str) -> bytes:
-    # Full-width letters, letter case and spaces are how people mistype a name they know.
-    return "".join(unicodedata.normalize("NFKC", name).casefold().split()).encode()
-
-
-def payer_name_matches(bill: Bill, given: str) -> bool:
-    """Whether `given` is the payer's name (a second factor; constant-time compare)."""
-    return hmac.compare_digest(_comparable_name(payer_name_of(bill)), _comparable_name(given))
 
 
 def reveal_payer(bill: Bill, *, reveal: bool) -> tuple[str | None, str | None]:

@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.bills import payer_name_of
 from billing.late_fee import AmountDue, DayCount, amount_due
 from billing.models import Agency, Bill, BillLine, RevenueItem
+from billing.personal import payer_name_of
 from billing.states import BillStatus
 from kernel.clock import shanghai_today
 from kernel.kv import KV

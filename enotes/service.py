@@ -32,9 +32,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing.bills import payer_name_matches, payer_name_of, reveal_payer
+from billing.bills import reveal_payer
 from billing.models import Agency, Bill
 from billing.payment_code import validate as validate_payment_code
+from billing.personal import payer_name_matches, payer_name_of
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from channels.base import PayMode
 from enotes.document import NoteView

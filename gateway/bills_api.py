@@ -28,6 +28,7 @@ from billing import bills as svc
 from billing.models import Agency, RevenueItem
 from billing.notice import render_bill_notice
 from billing.payer import invalidate
+from billing.personal import payer_name_of
 from enotes.service import NoteSummary, notes_for_bill
 from gateway.auth import AgencyPrincipal, provide_principal
 from gateway.state import Resources
@@ -230,7 +231,7 @@ def _out(view: svc.AgencyBill, resources: Resources) -> BillOut:
         payment_code=b.payment_code,
         status=b.status,
         category=b.category,
-        payer=PayerOut(b.payer_type, svc.payer_name_of(b), view.payer_id_number, view.payer_phone),
+        payer=PayerOut(b.payer_type, payer_name_of(b), view.payer_id_number, view.payer_phone),
         principal_amount=b.principal_amount,
         paid_amount=b.paid_amount,
         refunded_amount=b.refunded_amount,
@@ -462,7 +463,7 @@ class BillsController(Controller):
         pdf = await asyncio.to_thread(  # rendering is CPU work: keep the event loop free
             render_bill_notice,
             agency_name=agency.name,
-            payer_name=svc.payer_name_of(bill),
+            payer_name=payer_name_of(bill),
             items=[
                 DocItem(
                     code=line.item_code,

@@ -12,9 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billing.bills import seal_payer_name
 from billing.models import Agency, AgencyItem, Bill, BillLine, RevenueItem
 from billing.payment_code import compose
+from billing.personal import seal_payer_name
 
 
 def random_credit_code() -> str:

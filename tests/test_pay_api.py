@@ -14,8 +14,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, update
 
 from billing import payer as bills
-from billing.bills import seal_payer_name
 from billing.models import Bill
+from billing.personal import seal_payer_name
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import Resources

@@ -14,8 +14,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from billing.bills import payer_name_of
 from billing.models import Bill
+from billing.personal import payer_name_of
 from enotes.models import ENote
 from enotes.service import run_issue_job
 from gateway import migrate

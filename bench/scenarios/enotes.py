@@ -23,8 +23,8 @@ from bench.runner import Row
 async def _setup(resources: object, count: int) -> None:
     from sqlalchemy import insert
 
-    from billing.bills import seal_payer_name
     from billing.models import Agency, Bill, BillLine, RevenueItem
+    from billing.personal import seal_payer_name
     from kernel.models import OutboxMessage
     from payments.models import PaymentAttempt, Receipt
 
