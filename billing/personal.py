@@ -12,6 +12,14 @@ import uuid
 from billing.models import Bill
 from kernel.crypto import keyring
 
+__all__ = [
+    "field_aad",
+    "open_payer_name",
+    "payer_name_matches",
+    "payer_name_of",
+    "seal_payer_name",
+]
+
 
 def field_aad(column: str, bill_id: uuid.UUID) -> bytes:
     """The associated data of a bill's encrypted field: `bills.<column>:<bill id>`."""
@@ -23,9 +31,14 @@ def seal_payer_name(bill_id: uuid.UUID, name: str) -> bytes:
     return keyring().encrypt(name.encode(), aad=field_aad("payer_name", bill_id))
 
 
+def open_payer_name(bill_id: uuid.UUID, sealed: bytes) -> str:
+    """The payer's name in full from its stored token (for those allowed to see it)."""
+    return keyring().decrypt(sealed, aad=field_aad("payer_name", bill_id)).decode()
+
+
 def payer_name_of(bill: Bill) -> str:
     """The payer's name in full (for those allowed to see it)."""
-    return keyring().decrypt(bill.payer_name_enc, aad=field_aad("payer_name", bill.id)).decode()
+    return open_payer_name(bill.id, bill.payer_name_enc)
 
 
 def _comparable_name(name: str) -> bytes:

@@ -23,12 +23,14 @@ from tongsuopy.crypto.exceptions import InternalError, InvalidSignature
 __all__ = [
     "ALGORITHM",
     "DEFAULT_SIGNER_ID",
+    "MissingKeyError",
     "NoteSigners",
     "SM2Signer",
     "SM2Verifier",
     "Signer",
     "Verifier",
     "load_signer",
+    "load_verifier",
     "signed_by_supervisor",
 ]
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.models import Agency, Bill
 from billing.payer import mask_name
+from billing.personal import open_payer_name
 from channels.kiosk.transforms import Slip, format_time
 from channels.money import fen_to_yuan
 from enotes.models import ENote
@@ -40,7 +41,8 @@ _SLIP = (
         _R.c.paid_at,
         _R.c.channel_trade_no,
         _B.c.payment_code,
-        _B.c.payer_name,
+        _B.c.id.label("bill_id"),
+        _B.c.payer_name_enc,
         _AG.c.name.label("agency_name"),
         _N.c.note_code,
         _N.c.note_number,
@@ -75,7 +77,7 @@ async def slip(
         "非税收入缴款凭证" + ("（补打）" if reprint else ""),
         f"执收单位：{row.agency_name}",
         f"缴款码：{row.payment_code}",
-        f"缴款人：{mask_name(row.payer_name)}",
+        f"缴款人：{mask_name(open_payer_name(row.bill_id, row.payer_name_enc))}",
         f"金额：¥{fen_to_yuan(row.amount)}",
         f"大写：{rmb_capitals(row.amount)}",
     ]

@@ -97,7 +97,7 @@ async def test_the_migration_encrypts_existing_names_and_back(settings: Settings
     agency_id, bill_ids = uuid.uuid4(), [uuid.uuid4() for _ in range(3)]
     names = ["张三", "欧阳娜娜", "某某科技有限公司"]
     try:
-        await asyncio.to_thread(migrate.upgrade, url, "0012")
+        await asyncio.to_thread(migrate.upgrade, url, "0013")
         async with scratch.begin() as conn:
             await conn.execute(
                 text(
@@ -136,7 +136,7 @@ async def test_the_migration_encrypts_existing_names_and_back(settings: Settings
             bill = Bill(id=bid, payer_name_enc=enc)
             assert payer_name_of(bill) == expected
 
-        await asyncio.to_thread(migrate.downgrade, url, "0012")
+        await asyncio.to_thread(migrate.downgrade, url, "0013")
         async with scratch.connect() as conn:
             back = dict((await conn.execute(text("SELECT id, payer_name FROM bills"))).all())
         assert back == dict(zip(bill_ids, names, strict=True))

@@ -5,7 +5,7 @@ Existing rows are encrypted here, in batches, with the data key the service uses
 data `bills.payer_name:<bill id>` — the format billing.bills reads.
 
 Revision ID: 0011
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-06
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 from kernel.crypto import keyring
 
 revision = "0011"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
