@@ -60,7 +60,7 @@ class Resources:
             b.code: BankEntry(b.code, f"bank {b.code}", b.base_url, True, HmacSigning(b.secret))
             for b in self.settings.payments.banks
         }
-        return BankDirectory(self.sessions, bootstrap)
+        return BankDirectory(self.sessions, bootstrap, channels=self.channels)
 
     @cached_property
     def inbound(self) -> InboundRegistry:

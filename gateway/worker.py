@@ -122,6 +122,12 @@ async def _expire_recon_holds(resources: Resources) -> int:
     return opened
 
 
+async def _refresh_banks(resources: Resources) -> int:
+    """Banks registered, rotated or disabled meanwhile reach this process's adapters."""
+    await resources.banks.refresh()
+    return 0
+
+
 def default_jobs() -> list[Job]:
     """Every job the worker runs; features add theirs here."""
     from gateway import enotes
@@ -137,6 +143,7 @@ def default_jobs() -> list[Job]:
         Job("auth.purge_nonces", 300.0, purge_auth_nonces),
         Job("recon_hold_expiry", 3600.0, _expire_recon_holds),
         Job("ledger.rollup", 5.0, _ledger_rollup),
+        Job("banks.refresh", 5.0, _refresh_banks),
     ]
 
 

@@ -17,7 +17,7 @@ from billing.models import Bill
 from channels.bank import transforms as t
 from channels.bank.signing import Sm2Signing
 from channels.bank.simulator import create_app as create_simulator
-from channels.base import PayMode
+from channels.base import PayMode, TradeState
 from channels.money import fen_to_yuan
 from gateway.state import Resources
 from kernel.clock import business_date
@@ -123,6 +123,17 @@ async def test_an_sm2_bank_registered_through_the_api_pays_and_is_refused_once_d
         receipt = await s.scalar(select(Receipt).where(Receipt.bill_id == bill.id))
         assert receipt is not None
         assert (receipt.channel, receipt.pay_mode) == ("bank:105", PayMode.ECNY)
+
+    # Our own calls to the registered bank (the worker's queries and refunds) sign with SM2
+    # too: its adapter is made from the registration when the directory refreshes.
+    await res.banks.refresh()
+    adapter = res.channels.get("bank:105")
+    status = await adapter.query_payment(out["order_id"])
+    assert (status.state, status.amount, status.pay_mode) == (
+        TradeState.SUCCEEDED,
+        6_600,
+        PayMode.ECNY,
+    )
 
     # A message signed with another key is forged (19001); nothing is written.
     async with res.sessions() as s:

@@ -18,6 +18,7 @@ import httpx
 import structlog
 
 from channels.bank import transforms as t
+from channels.bank.signing import Signing
 from channels.base import (
     Ack,
     CreatedPayment,
@@ -46,7 +47,7 @@ class BankAdapter:
         self,
         *,
         bank_code: str,
-        secret: bytes,
+        secret: bytes | Signing,
         base_url: str,
         timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -63,6 +64,11 @@ class BankAdapter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    def rekey(self, key: bytes | Signing, base_url: str) -> None:
+        """New keys or endpoint from the bank's registration (channels.bank.registry)."""
+        self._secret = key
+        self._base = httpx.URL(base_url)
 
     # ------------------------------------------------------------------ ChannelAdapter
 

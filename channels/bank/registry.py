@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,8 +23,11 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from channels.bank.adapter import BankAdapter
 from channels.bank.models import HMAC_SHA256, SIGN_METHODS, SM2_SM3, Bank
 from channels.bank.signing import HmacSigning, Signing, Sm2Signing
+from channels.bank.transforms import channel_name
+from channels.base import ChannelRegistry
 from kernel import audit, crypto
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
@@ -275,9 +278,11 @@ class BankDirectory:
         bootstrap: Mapping[str, BankEntry] | None = None,
         *,
         ttl_s: float = 5.0,
+        channels: ChannelRegistry | None = None,
     ) -> None:
         self._sessions = sessions
         self._bootstrap = dict(bootstrap or {})
+        self._channels = channels
         self._ttl_s = ttl_s
         self._entries: dict[str, BankEntry] = {}
         self._loaded_at = float("-inf")
@@ -310,3 +315,21 @@ class BankDirectory:
                     entries.pop(row.code, None)
             self._entries = entries
             self._loaded_at = time.monotonic()
+            if self._channels is not None:
+                sync_adapters(self._channels, entries.values())
+
+
+def sync_adapters(channels: ChannelRegistry, entries: Iterable[BankEntry]) -> None:
+    """Our calls to each registered bank (query, close, refund, statements) go through a
+    `bank:<code>` adapter with its current keys and endpoint; a disabled bank keeps its
+    adapter, so refunds and queries already under way can finish."""
+    for entry in entries:
+        name = channel_name(entry.code)
+        if name not in channels:
+            channels.register(
+                BankAdapter(bank_code=entry.code, secret=entry.signing, base_url=entry.endpoint)
+            )
+            continue
+        adapter = channels.get(name)
+        if isinstance(adapter, BankAdapter):
+            adapter.rekey(entry.signing, entry.endpoint)
