@@ -136,6 +136,10 @@ def build_channels(settings: Settings) -> ChannelRegistry:
         registry.register(
             BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)
         )
+    # Card terminals (docs/channels/pos.md): the worker closes a sale's expired open attempt.
+    from channels.pos.adapter import PosAdapter
+
+    registry.register(PosAdapter())
     kiosk = settings.payments.kiosk
     if kiosk.enabled:
         from channels.kiosk.adapter import KioskAdapter

@@ -456,3 +456,35 @@ async def test_concurrent_sales_of_many_bills(pos: PosWorld) -> None:
     assert [code(o["sale"]) for o in outs] == ["00"] * 8
     for b in bills:
         assert (await pos.state(b.id))["bill"] == "PAID"
+
+
+async def test_a_sale_left_open_is_closed_when_it_expires(pos: PosWorld) -> None:
+    """The process stopped between recording a sale and paying the bill: the worker's
+    recovery job closes the attempt at its expiry (the terminal reverses the sale anyway)."""
+    from gateway.state import build_channels
+    from payments.attempts import recover_attempts
+    from payments.context import PaymentContext
+
+    bill = await pos.bill()
+    async with pos.res.sessions() as s:
+        s.add(
+            PaymentAttempt(
+                id=uuid.uuid4(),
+                bill_id=bill.id,
+                channel="pos",
+                mode="DEBIT",
+                status="PENDING",
+                amount=bill.principal_amount,
+                channel_trade_no="POS00001000001000077",
+                expires_at=datetime.now(UTC) - timedelta(seconds=1),
+                next_check_at=datetime.now(UTC) - timedelta(seconds=1),
+            )
+        )
+        await s.commit()
+    channels = build_channels(pos.res.settings)
+    assert not getattr(channels.get("pos"), "payer_facing", True)
+    ctx = PaymentContext(
+        sessions=pos.res.sessions, redis=pos.res.redis, channels=channels, public_url=""
+    )
+    assert await recover_attempts(ctx) == 1
+    assert (await pos.state(bill.id))["attempts"] == {"CLOSED": 1}
