@@ -236,6 +236,9 @@ class StatementLine:
     refund). Each channel's parser maps its own sign convention to this one."""
     occurred_at: datetime
     refund_id: str | None = None
+    payment_code: str | None = None
+    """The bill's payment code, when the channel lists it (a bank does): the only key of
+    money confirmed without a prior query whose confirmation never reached us."""
 
 
 # ------------------------------------------------------------------ protocol

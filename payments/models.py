@@ -180,6 +180,12 @@ class Refund(Base):
     requested_by_id: Mapped[str] = mapped_column(String(64))
     channel_refund_no: Mapped[str | None] = mapped_column(String(64))
     failure_code: Mapped[str | None] = mapped_column(String(64))
+    payee_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """A treasury refund's payee account (name, account number, bank), encrypted: the
+    money goes back by bank transfer (see payments.refunds.Payee)."""
+    payout_ref: Mapped[str | None] = mapped_column(String(64))
+    """The bank's reference of the confirmed payout of a treasury refund."""
+    paid_out_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

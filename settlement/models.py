@@ -93,6 +93,8 @@ class StatementRow(Base):
     fee: Mapped[int] = mapped_column(BigInteger)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     refund_id: Mapped[str | None] = mapped_column(String(64))
+    payment_code: Mapped[str | None] = mapped_column(String(20))
+    """The bill's payment code when the channel lists it (a bank does)."""
 
 
 # ------------------------------------------------------------------ reconciliation
@@ -154,6 +156,8 @@ class Discrepancy(Base):
     attempt_id: Mapped[uuid.UUID | None] = mapped_column()
     receipt_id: Mapped[uuid.UUID | None] = mapped_column()
     channel_trade_no: Mapped[str | None] = mapped_column(String(64))
+    payment_code: Mapped[str | None] = mapped_column(String(20))
+    """Channel-only money naming a bill: what the day-end file heals it by."""
     our_amount: Mapped[int | None] = mapped_column(BigInteger)
     channel_amount: Mapped[int | None] = mapped_column(BigInteger)
     channel_fee: Mapped[int | None] = mapped_column(BigInteger)

@@ -14,8 +14,11 @@ Flow per channel + business day, all set-based in SQL:
    - PLATFORM_ONLY: we have a receipt (or a succeeded refund) the channel does not list.
      HELD for `hold_days` (the file may be late), then OPEN.
    - CHANNEL_ONLY: the channel took money we never confirmed. Auto-heal: if the attempt
-     exists it is confirmed through the exactly-once path (`ConfirmPayment`), otherwise the
-     money is parked in suspense (ledger) for a person to identify or return.
+     exists it is confirmed through the exactly-once path (`ConfirmPayment`); if the line
+     names one of our bills by payment code (a bank confirmation sent without a prior query
+     and lost) it is confirmed through the channel's own confirmation (`ConfirmByCode`),
+     action `healed_from_statement`; otherwise the money is parked in suspense (ledger) for
+     a person to identify or return.
    - AMOUNT_MISMATCH: both sides, different amounts.
    - STATUS_MISMATCH: the channel refunded, our refund is not SUCCEEDED.
    - DUPLICATE_PAYMENT: the channel line is a duplicate payment of an already paid bill.
@@ -40,10 +43,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import ledger
+from billing.models import Bill
 from channels.base import StatementKind, StatementLine
 from kernel import audit
 from kernel.audit import Actor
@@ -56,11 +60,13 @@ from settlement.models import Discrepancy, ReconRun, StatementFile
 from settlement.states import DISCREPANCY, DiscrepancyStatus
 
 __all__ = [
+    "ConfirmByCode",
     "ConfirmPayment",
     "IngestResult",
     "ReconResult",
     "StatementSource",
     "act_on",
+    "channel_confirm",
     "exactly_once_confirm",
     "expire_holds",
     "load_statement",
@@ -105,6 +111,21 @@ class ConfirmPayment(Protocol):
     ) -> None: ...
 
 
+class ConfirmByCode(Protocol):
+    """The channel's own confirmation, for money its statement names only by a payment code.
+
+    A bank payment confirmed without a prior query whose confirmation never reached us
+    exists on our side not at all: the day-end line (serial, payment code, amount, time) is
+    confirmed as the bank's message would have been, by the same path, so it is recorded
+    once whatever arrives later (a retried confirmation answers as a repeat). Bound at
+    merge to `channel_confirm`; raises when the path refuses (the line stays open).
+    """
+
+    async def __call__(
+        self, *, channel: str, payment_code: str, reference: str, amount: int, paid_at: datetime
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     file_id: int
@@ -144,6 +165,7 @@ _COLUMNS = (
     "fee",
     "occurred_at",
     "refund_id",
+    "payment_code",
 )
 
 
@@ -198,7 +220,8 @@ async def ingest(
                 if content_hash is None:
                     hasher.update(
                         f"{line.channel_trade_no}|{line.attempt_id}|{kind}|{line.amount}|"
-                        f"{line.fee}|{line.occurred_at.isoformat()}|{line.refund_id}\n".encode()
+                        f"{line.fee}|{line.occurred_at.isoformat()}|{line.refund_id}"
+                        f"{'|' + line.payment_code if line.payment_code else ''}\n".encode()
                     )
                 stats["n"] = n
                 stats["pay" if kind is StatementKind.PAYMENT else "ref"] += line.amount
@@ -212,6 +235,7 @@ async def ingest(
                     line.fee,
                     line.occurred_at,
                     line.refund_id,
+                    line.payment_code,
                 )
 
         apg = await _raw_connection(session)
@@ -262,7 +286,7 @@ async def ingest(
 _MATCH = """
 CREATE TEMP TABLE recon_pay ON COMMIT DROP AS
 WITH s AS (
-    SELECT attempt_id, channel_trade_no, amount, fee, occurred_at
+    SELECT attempt_id, channel_trade_no, amount, fee, occurred_at, payment_code
     FROM statement_lines WHERE file_id = :file AND kind = 'PAYMENT'),
 r AS (
     SELECT id, attempt_id, attempt_id::text AS akey, channel_trade_no, amount, kind
@@ -275,7 +299,7 @@ paired AS (
     LEFT JOIN r by_trade ON by_trade.channel_trade_no = s.channel_trade_no
                         AND s.channel_trade_no <> '')
 SELECT p.attempt_id AS s_key, p.channel_trade_no AS s_trade, p.amount AS s_amount,
-       p.fee AS s_fee, p.occurred_at AS s_at,
+       p.fee AS s_fee, p.occurred_at AS s_at, p.payment_code AS s_code,
        r.id AS receipt_id, r.attempt_id AS r_attempt, r.channel_trade_no AS r_trade,
        r.amount AS r_amount, r.kind AS r_kind
 FROM paired p FULL JOIN r ON r.id = p.rid
@@ -288,13 +312,13 @@ CREATE TEMP TABLE recon_found ON COMMIT DROP AS
 SELECT 'PLATFORM_ONLY'::text AS klass, r_attempt::text AS match_key, r_attempt AS attempt_id,
        receipt_id, r_trade AS channel_trade_no, r_amount AS our_amount,
        NULL::bigint AS channel_amount, NULL::bigint AS channel_fee, NULL::bigint AS expected_fee,
-       NULL::timestamptz AS occurred_at
+       NULL::timestamptz AS occurred_at, NULL::varchar AS payment_code
 FROM recon_pay WHERE s_key IS NULL
 UNION ALL
 -- the channel has money we never confirmed (a receipt on another business day is no news);
 -- its attempt, if we have one, found by our order id or by the channel's number
 SELECT 'CHANNEL_ONLY', p.s_key, coalesce(a.id, t.id), NULL, p.s_trade, NULL, p.s_amount,
-       p.s_fee, NULL, p.s_at
+       p.s_fee, NULL, p.s_at, p.s_code
 FROM recon_pay p
 LEFT JOIN payment_attempts a
   ON a.id = CASE WHEN p.s_key ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
@@ -307,15 +331,15 @@ WHERE p.receipt_id IS NULL
                      OR (x.channel = :ch AND x.channel_trade_no = p.s_trade))
 UNION ALL
 SELECT 'AMOUNT_MISMATCH', r_attempt::text, r_attempt, receipt_id, s_trade, r_amount, s_amount,
-       s_fee, NULL, s_at
+       s_fee, NULL, s_at, NULL
 FROM recon_pay WHERE s_key IS NOT NULL AND receipt_id IS NOT NULL AND s_amount <> r_amount
 UNION ALL
 SELECT 'DUPLICATE_PAYMENT', r_attempt::text, r_attempt, receipt_id, s_trade, r_amount, s_amount,
-       s_fee, NULL, s_at
+       s_fee, NULL, s_at, NULL
 FROM recon_pay WHERE s_key IS NOT NULL AND r_kind = 'DUPLICATE'
 UNION ALL
 SELECT 'FEE_MISMATCH', r_attempt::text, r_attempt, receipt_id, s_trade, r_amount, s_amount,
-       s_fee, (s_amount * CAST(:fee_bp AS bigint) + 5000) / 10000, s_at
+       s_fee, (s_amount * CAST(:fee_bp AS bigint) + 5000) / 10000, s_at, NULL
 FROM recon_pay
 WHERE CAST(:fee_bp AS bigint) >= 0 AND s_key IS NOT NULL AND receipt_id IS NOT NULL
   AND s_fee <> (s_amount * CAST(:fee_bp AS bigint) + 5000) / 10000
@@ -324,7 +348,7 @@ UNION ALL
 SELECT CASE WHEN f.id IS NOT NULL AND f.amount <> -s.amount THEN 'AMOUNT_MISMATCH'
             ELSE 'STATUS_MISMATCH' END,
        coalesce(s.refund_id, s.channel_trade_no), NULL, f.receipt_id, s.channel_trade_no,
-       f.amount, -s.amount, s.fee, NULL, s.occurred_at
+       f.amount, -s.amount, s.fee, NULL, s.occurred_at, NULL
 FROM statement_lines s
 LEFT JOIN refunds f ON f.id::text = s.refund_id
 WHERE s.file_id = :file AND s.kind = 'REFUND'
@@ -332,7 +356,7 @@ WHERE s.file_id = :file AND s.kind = 'REFUND'
 UNION ALL
 -- refunds we completed at this channel during the day that the channel does not list
 SELECT 'PLATFORM_ONLY', f.id::text, r.attempt_id, f.receipt_id, r.channel_trade_no,
-       f.amount, NULL, NULL, NULL, f.completed_at
+       f.amount, NULL, NULL, NULL, f.completed_at, NULL
 FROM refunds f JOIN receipts r ON r.id = f.receipt_id
 WHERE f.route = 'CHANNEL' AND f.status = 'SUCCEEDED' AND r.channel = :ch
   AND f.completed_at >= :start AND f.completed_at < :end
@@ -343,13 +367,13 @@ WHERE f.route = 'CHANNEL' AND f.status = 'SUCCEEDED' AND r.channel = :ch
 _UPSERT = f"""
 INSERT INTO discrepancies (channel, business_date, klass, match_key, status, attempt_id,
     receipt_id, channel_trade_no, our_amount, channel_amount, channel_fee, expected_fee,
-    occurred_at, hold_until)
+    occurred_at, hold_until, payment_code)
 SELECT :ch, :day, klass, match_key,
        CASE WHEN klass = 'PLATFORM_ONLY' AND CAST(:today AS date) <= CAST(:hold AS date)
             THEN 'HELD' ELSE 'OPEN' END,
        attempt_id, receipt_id, channel_trade_no, our_amount, channel_amount, channel_fee,
        expected_fee, occurred_at,
-       CASE WHEN klass = 'PLATFORM_ONLY' THEN CAST(:hold AS date) END
+       CASE WHEN klass = 'PLATFORM_ONLY' THEN CAST(:hold AS date) END, payment_code
 FROM recon_found
 ON CONFLICT (channel, business_date, klass, match_key) DO UPDATE SET
     status = CASE WHEN discrepancies.status IN {_OPEN_SQL} THEN EXCLUDED.status
@@ -358,7 +382,7 @@ ON CONFLICT (channel, business_date, klass, match_key) DO UPDATE SET
     channel_trade_no = EXCLUDED.channel_trade_no, our_amount = EXCLUDED.our_amount,
     channel_amount = EXCLUDED.channel_amount, channel_fee = EXCLUDED.channel_fee,
     expected_fee = EXCLUDED.expected_fee, occurred_at = EXCLUDED.occurred_at,
-    hold_until = EXCLUDED.hold_until, updated_at = now()
+    hold_until = EXCLUDED.hold_until, payment_code = EXCLUDED.payment_code, updated_at = now()
 """  # noqa: S608 - machine states and constants only
 
 # A re-run that no longer finds an open difference closes it, with an audit row each.
@@ -433,13 +457,15 @@ async def reconcile(
     lines: Iterable[StatementLine] | None = None,
     content_hash: bytes | None = None,
     confirm: ConfirmPayment | None = None,
+    confirm_by_code: ConfirmByCode | None = None,
     today: date | None = None,
     cutoff: time = time(0, 0),
 ) -> ReconResult:
     """Reconcile one channel's business day; re-runnable, one transaction per run.
 
     `lines` loads a new statement first; without it the day's current file is used.
-    `confirm` enables the auto-heal of channel-only payments whose attempt exists.
+    `confirm` enables the auto-heal of channel-only payments whose attempt exists;
+    `confirm_by_code` that of channel-only payments the line names only by payment code.
     """
     log_ = log.bind(channel=channel, day=day.isoformat())
     run_id = await _start_run(sessions, channel, day)
@@ -533,8 +559,11 @@ async def reconcile(
         log_.warning("reconciliation failed", run_id=run_id, error=str(exc))
         raise
     if confirm is not None:
-        result.healed = await auto_heal(sessions, channel=channel, day=day, confirm=confirm)
-    log_.info("reconciled", run_id=run_id, **result.counts, healed=result.healed)
+        result.healed = await auto_heal(
+            sessions, channel=channel, day=day, confirm=confirm, confirm_by_code=confirm_by_code
+        )
+        result.counts["healed"] = result.healed
+    log_.info("reconciled", run_id=run_id, **{**result.counts, "healed": result.healed})
     log_.debug("reconcile phases", **clock.laps)
     return result
 
@@ -575,7 +604,8 @@ _DUPLICATE_REFUNDS = uuid.UUID("5f0c1f9e-2d55-4b8e-9a51-6d1b0f5a7c11")
 
 
 async def _park_unknown_in_suspense(session: AsyncSession, channel: str, day: date) -> None:
-    """Channel-only money with no attempt of ours: book it to suspense (once per trade)."""
+    """Channel-only money with no attempt of ours and no bill of ours named: book it to
+    suspense (once per trade)."""
     rows = await session.execute(
         select(Discrepancy).where(
             Discrepancy.channel == channel,
@@ -584,6 +614,8 @@ async def _park_unknown_in_suspense(session: AsyncSession, channel: str, day: da
             Discrepancy.status == "OPEN",
             Discrepancy.attempt_id.is_(None),
             Discrepancy.action.is_(None),
+            # Money naming one of our bills is not unidentified: the heal confirms it.
+            ~exists().where(Bill.payment_code == Discrepancy.payment_code),
         )
     )
     for d in rows.scalars():
@@ -669,8 +701,13 @@ async def auto_heal(
     channel: str,
     day: date,
     confirm: ConfirmPayment,
+    confirm_by_code: ConfirmByCode | None = None,
 ) -> int:
-    """Confirm every open channel-only payment whose attempt exists, one transaction each."""
+    """Confirm every open channel-only payment whose attempt exists — or, with
+    `confirm_by_code`, whose line names a payment code — one transaction each."""
+    known: ColumnElement[bool] = Discrepancy.attempt_id.is_not(None)
+    if confirm_by_code is not None:
+        known = known | Discrepancy.payment_code.is_not(None)
     async with sessions() as session:
         ids = list(
             await session.scalars(
@@ -679,7 +716,8 @@ async def auto_heal(
                     Discrepancy.business_date == day,
                     Discrepancy.klass == "CHANNEL_ONLY",
                     Discrepancy.status == "OPEN",
-                    Discrepancy.attempt_id.is_not(None),
+                    Discrepancy.action.is_(None),  # not parked in suspense
+                    known,
                 )
             )
         )
@@ -693,25 +731,63 @@ async def auto_heal(
             )
             if d is None:
                 continue
-            assert d.attempt_id is not None
             assert d.channel_amount is not None
+            reference = d.channel_trade_no or d.match_key
+            paid_at = d.occurred_at or datetime.now(UTC)
             try:
-                await confirm(
-                    session,
-                    attempt_id=d.attempt_id,
-                    channel=channel,
-                    channel_trade_no=d.channel_trade_no or d.match_key,
-                    amount=d.channel_amount,
-                    paid_at=d.occurred_at or datetime.now(UTC),
-                )
+                if d.attempt_id is not None:
+                    await confirm(
+                        session,
+                        attempt_id=d.attempt_id,
+                        channel=channel,
+                        channel_trade_no=reference,
+                        amount=d.channel_amount,
+                        paid_at=paid_at,
+                    )
+                    action = "auto_confirmed"
+                else:
+                    assert confirm_by_code is not None
+                    assert d.payment_code is not None
+                    await confirm_by_code(
+                        channel=channel,
+                        payment_code=d.payment_code,
+                        reference=reference,
+                        amount=d.channel_amount,
+                        paid_at=paid_at,
+                    )
+                    action = "healed_from_statement"
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the heal
                 await session.rollback()
                 log.warning("auto-heal failed", discrepancy_id=discrepancy_id, error=str(exc))
                 continue
-            _close(session, d, status="RESOLVED", action="auto_confirmed", who="system")
+            _close(session, d, status="RESOLVED", action=action, who="system")
             await session.commit()
             healed += 1
     return healed
+
+
+def channel_confirm(ctx: PaymentContext) -> ConfirmByCode:
+    """Heal by payment code through the channels' own confirmation (payments.inbound)."""
+    from channels.base import ConfirmPayment as Confirmation
+    from channels.base import Outcome
+    from payments.inbound import Sent
+    from payments.inbound import confirm as confirm_inbound
+
+    async def heal(
+        *, channel: str, payment_code: str, reference: str, amount: int, paid_at: datetime
+    ) -> None:
+        answer = await confirm_inbound(
+            ctx,
+            Sent(channel),
+            Confirmation(
+                payment_code=payment_code, reference=reference, amount=amount, paid_at=paid_at
+            ),
+            datetime.now(UTC),
+        )
+        if answer.outcome != Outcome.OK:
+            raise RuntimeError(f"confirmation refused: {answer.outcome}")
+
+    return heal
 
 
 _EXPIRE_HOLDS = f"""

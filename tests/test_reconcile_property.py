@@ -2,7 +2,8 @@
 
 A day mixes Alipay and bank payments; bank payments come with or without a prior query
 (without one the bank's file carries its own order id, and we know the payment only by
-its bank serial); some confirmations were lost (the statement must heal them), some bills
+its bank serial); some confirmations were lost (the statement must heal them — a lost
+bank payment without a query by the payment code the bank lists), some bills
 were paid twice (a duplicate receipt), some lines are missing from the first file and
 arrive in a second, late one, and some money is nobody's we know. After each run:
 
@@ -30,8 +31,9 @@ from gateway.state import Resources
 from ledger.models import JournalEntry
 from payments.models import Receipt
 from settlement.models import Discrepancy
-from settlement.reconcile import exactly_once_confirm, reconcile
+from settlement.reconcile import channel_confirm, exactly_once_confirm, reconcile
 from tests.factories import make_agency, make_bill, make_item
+from tests.payments_support import valid_code
 from tests.settle_helpers import DAY, at, make_attempt, record_receipt
 
 CHANNELS = ("alipay", "bank:102")
@@ -75,6 +77,7 @@ class Line:
     channel: str
     late: bool
     line: StatementLine
+    stranger: bool = False
 
 
 async def _build(res: Resources, day: list[Pay], strangers: int) -> list[Line]:
@@ -84,7 +87,7 @@ async def _build(res: Resources, day: list[Pay], strangers: int) -> list[Line]:
         agency = await make_agency(s, items=[item])
         for n, p in enumerate(day):
             bank = p.channel.startswith("bank:")
-            bill = await make_bill(s, agency, [(item, 1, p.amount)])
+            bill = await make_bill(s, agency, [(item, 1, p.amount)], payment_code=valid_code())
             paid = False
             for k in range(2 if p.duplicate else 1):
                 serial = ("102" if bank else "2026") + secrets.token_hex(8).upper()
@@ -119,6 +122,8 @@ async def _build(res: Resources, day: list[Pay], strangers: int) -> list[Line]:
                     amount=p.amount,
                     fee=0,
                     occurred_at=paid_at,
+                    # A bank lists the payment code: what heals a lost unqueried payment.
+                    payment_code=bill.payment_code if bank else None,
                 )
                 lines.append(Line(p.channel, p.late, line))
         for n in range(strangers):
@@ -132,12 +137,14 @@ async def _build(res: Resources, day: list[Pay], strangers: int) -> list[Line]:
                 fee=0,
                 occurred_at=at(hh=18),
             )
-            lines.append(Line(ch, False, stranger))
+            lines.append(Line(ch, False, stranger, stranger=True))
         await s.commit()
     return lines
 
 
-async def _check(res: Resources, current: dict[str, list[StatementLine]]) -> None:
+async def _check(
+    res: Resources, current: dict[str, list[StatementLine]], strangers: set[str]
+) -> None:
     async with res.sessions() as s:
         receipts = {
             (r.channel, r.channel_trade_no): r for r in (await s.scalars(select(Receipt))).all()
@@ -161,6 +168,8 @@ async def _check(res: Resources, current: dict[str, list[StatementLine]]) -> Non
             key = (channel, line.channel_trade_no)
             where = [key in receipts, key in parked_keys, key in open_]
             assert sum(where) == 1, (key, where)
+            # Ours, lost or not, queried or not: healed into a receipt, never parked.
+            assert key in receipts or line.channel_trade_no in strangers, key
             if key in receipts:
                 assert receipts[key].amount == line.amount
 
@@ -178,6 +187,7 @@ async def test_no_money_is_ever_both_receipted_and_parked(
     await _empty(resources)
     lines = await _build(resources, pays_, strangers)
     confirm = exactly_once_confirm(resources.payment_context())
+    by_code = channel_confirm(resources.payment_context())
     for late_file in (False, True):
         current: dict[str, list[StatementLine]] = {}
         for channel in CHANNELS:
@@ -190,6 +200,8 @@ async def test_no_money_is_ever_both_receipted_and_parked(
                 day=DAY,
                 lines=current[channel],
                 confirm=confirm,
+                confirm_by_code=by_code,
                 today=DAY + timedelta(days=1),
             )
-        await _check(resources, current)
+        strangers_ = {ln.line.channel_trade_no for ln in lines if ln.stranger}
+        await _check(resources, current, strangers_)

@@ -259,6 +259,7 @@ class BankSimulator:
                 "amount": fen_to_yuan(o.amount),
                 "fee": "0.00",
                 "time": o.paid_at or "",
+                "payment_code": o.payment_code,
             }
             for o in self._paid_on(bank, day)
         ]

@@ -232,7 +232,16 @@ def refund_state(bank_state: str) -> RefundState:
 
 # ------------------------------------------------------------------ statement (日终对账文件)
 
-STATEMENT_COLUMNS = ("bank_serial", "order_id", "kind", "amount", "fee", "time", "refund_id")
+STATEMENT_COLUMNS = (
+    "bank_serial",
+    "order_id",
+    "kind",
+    "amount",
+    "fee",
+    "time",
+    "refund_id",
+    "payment_code",
+)
 
 
 def statement_csv(rows: Iterable[Mapping[str, str]]) -> bytes:
@@ -245,7 +254,10 @@ def statement_csv(rows: Iterable[Mapping[str, str]]) -> bytes:
 
 
 def parse_statement(raw: bytes) -> list[StatementLine]:
-    """Map columns by header name; refunds are negative amounts, as the bank gives them."""
+    """Map columns by header name; refunds are negative amounts, as the bank gives them.
+
+    `payment_code` (optional) names the bill a payment paid: a confirmation that never
+    reached us, sent without a prior query, is known by nothing else."""
     lines: list[StatementLine] = []
     for row in csv.DictReader(io.StringIO(raw.decode("utf-8"))):
         kind = StatementKind.REFUND if row["kind"] == "REFUND" else StatementKind.PAYMENT
@@ -258,6 +270,7 @@ def parse_statement(raw: bytes) -> list[StatementLine]:
                 fee=yuan_to_fen(row["fee"] or "0.00"),
                 occurred_at=parse_time(row["time"]),
                 refund_id=row["refund_id"] or None,
+                payment_code=row.get("payment_code") or None,
             )
         )
     return lines

@@ -106,6 +106,7 @@ def reconcile(day: date, channels: tuple[str, ...], file_: Path | None) -> None:
                         fee_rate_bp=res.settings.settlement.fee_rates_bp.get(name),
                         cutoff=res.settings.settlement.cutoff,
                         confirm=recon.exactly_once_confirm(res.payment_context()),
+                        confirm_by_code=recon.channel_confirm(res.payment_context()),
                     )
             except Exception as exc:  # noqa: BLE001 - one bad file must not block the others
                 failed += 1
