@@ -36,7 +36,7 @@ from kernel.clock import SHANGHAI, shanghai_today
 from kernel.errors import Conflict, InvalidInput, MalformedBody
 from kernel.pdf import DocItem
 from payments.models import Receipt, Refund
-from payments.refunds import request_refund
+from payments.refunds import Payee, request_refund
 
 Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=svc.MAX_QUANTITY)]
@@ -100,11 +100,24 @@ class SearchIn(msgspec.Struct, forbid_unknown_fields=True):
     limit: int = 50
 
 
+class PayeeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The payer's bank account, for a refund after settlement (paid by bank transfer)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    account: Annotated[str, msgspec.Meta(min_length=8, max_length=40)]
+    bank: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+    def payee(self) -> Payee:
+        return Payee(name=self.name, account=self.account, bank=self.bank)
+
+
 class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
     amount: Fen
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     refund_id: uuid.UUID | None = None
     """Idempotency key: the same id with the same amount answers the same refund."""
+    payee: PayeeIn | None = None
+    """Required once the payment is settled (422 `payee_required` without it)."""
 
 
 class RefundOut(msgspec.Struct):
@@ -512,6 +525,7 @@ class BillsController(Controller):
             actor=principal.actor,
             refund_id=data.refund_id,
             agency_id=principal.agency_id,
+            payee=data.payee.payee() if data.payee is not None else None,
         )
         await db.commit()
         return Response(_refund_out(refund), status_code=201)

@@ -16,12 +16,15 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing.payer import invalidate
+from gateway.bills_api import PayeeIn
 from gateway.staff_auth import principal, requires_role
+from gateway.state import Resources
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.staff import StaffRole
 from payments import refunds
-from settlement import reports, treasury
+from settlement import payouts, reports, treasury
 from settlement.models import DepositBatch
 from settlement.reconcile import act_on
 
@@ -42,6 +45,13 @@ class RefundBody(msgspec.Struct, forbid_unknown_fields=True):
     amount: int
     reason: str
     refund_id: uuid.UUID | None = None
+    payee: PayeeIn | None = None
+    """The payer's bank account: required for a refund after settlement (退库)."""
+
+
+class PayoutBody(msgspec.Struct, forbid_unknown_fields=True):
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """The bank's reference of the transfer (kept on the refund, audited)."""
 
 
 def _day(value: str) -> date:
@@ -178,7 +188,40 @@ class FinanceController(Controller):
             reason=data.reason,
             actor=Actor("finance", who.name),
             refund_id=data.refund_id,
+            payee=data.payee.payee() if data.payee is not None else None,
         )
         view = {"id": str(r.id), "route": r.route, "status": r.status, "amount": r.amount}
         await db.commit()
+        return view
+
+    @get("/payouts", guards=[READ], summary="Treasury refunds due for payout (instruction CSV)")
+    async def payouts(self, db: NamedDependency[AsyncSession]) -> Response[bytes]:
+        due = await payouts.payouts_due(db)
+        return Response(
+            payouts.payout_csv(due),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="payouts.csv"'},
+        )
+
+    @post(
+        "/refunds/{refund_id:uuid}/payout",
+        guards=[WRITE],
+        status_code=200,
+        summary="The bank confirmed a treasury refund's transfer: complete the refund",
+    )
+    async def payout(
+        self,
+        request: Request[Any, Any, Any],
+        db: NamedDependency[AsyncSession],
+        resources: NamedDependency[Resources],
+        refund_id: FromPath[uuid.UUID],
+        data: JSONBody[PayoutBody],
+    ) -> dict[str, Any]:
+        who = principal(request)
+        r, code = await payouts.confirm_payout(
+            db, refund_id, reference=data.reference, actor=who.name
+        )
+        view = {"id": str(r.id), "status": r.status, "amount": r.amount, "reference": r.payout_ref}
+        await db.commit()
+        await invalidate(resources.redis, code)
         return view

@@ -27,6 +27,8 @@ Postings:
                       Dr revenue_pending / Cr treasury:<code> (per batch)
                       Dr treasury:<code> / Cr refunds_payable (treasury refunds in a batch)
 - deposit (export):   Dr treasury:<code>        / Cr collection
+- payout (treasury refund paid by bank transfer, confirmed):
+                      Dr refunds_payable        / Cr collection
 """
 
 from __future__ import annotations
@@ -338,6 +340,20 @@ async def post_deposit(
         lines=[(treasury(treasury_code), amount), (COLLECTION, -amount)],
         business_date=business_date,
         memo=f"deposit to treasury {treasury_code}",
+    )
+
+
+async def post_payout(
+    session: AsyncSession, *, refund_id: uuid.UUID, amount: int, business_date: date
+) -> Posted:
+    """A treasury refund paid out: the collection account pays the payer what was owed."""
+    return await post(
+        session,
+        kind="payout",
+        ref=str(refund_id),
+        lines=[(REFUNDS_PAYABLE, amount), (COLLECTION, -amount)],
+        business_date=business_date,
+        memo="treasury refund paid out",
     )
 
 

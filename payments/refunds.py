@@ -21,8 +21,9 @@ channel, and the completion.
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -43,7 +44,7 @@ from channels.base import (
     Rejected,
     Unavailable,
 )
-from kernel import audit, outbox
+from kernel import audit, crypto, outbox
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.models import OutboxMessage
@@ -55,6 +56,7 @@ from payments.states import REFUND, RefundStatus
 __all__ = [
     "TOPIC_EXECUTE",
     "TOPIC_RED_LETTER",
+    "Payee",
     "complete_refund",
     "execute_refunds",
     "mark_processing",
@@ -73,6 +75,44 @@ LEASE = timedelta(minutes=2)
 STALE_PROCESSING = timedelta(minutes=5)
 
 
+@dataclass(frozen=True, slots=True)
+class Payee:
+    """The bank account a treasury refund (退库) is paid to.
+
+    After settlement the money is in the treasury, not with the channel: it comes back to
+    the collection account in a deposit batch's REFUND line and is paid out by bank
+    transfer (settlement.payouts). Stored encrypted on the refund (it is personal data);
+    clear only in the payout instruction that goes to the bank.
+    """
+
+    name: str
+    account: str
+    bank: str
+
+    def __post_init__(self) -> None:
+        for field_, value, most in (("name", self.name, 64), ("bank", self.bank, 64)):
+            if not value.strip() or len(value) > most or not value.isprintable():
+                raise InvalidInput(
+                    f"payee {field_} must be 1-{most} printable characters", code="payee_invalid"
+                )
+        digits = self.account.replace(" ", "")
+        if not (digits.isascii() and digits.isdigit() and 8 <= len(digits) <= 34):
+            raise InvalidInput("payee account must be 8-34 digits", code="payee_invalid")
+
+    def seal(self, refund_id: uuid.UUID) -> bytes:
+        plain = json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
+        return crypto.encrypt(plain, aad=_payee_aad(refund_id))
+
+    @classmethod
+    def unseal(cls, token: bytes, refund_id: uuid.UUID) -> Payee:
+        return cls(**json.loads(crypto.decrypt(token, aad=_payee_aad(refund_id))))
+
+
+def _payee_aad(refund_id: uuid.UUID) -> bytes:
+    # Bound to its refund: a sealed account copied onto another refund does not open.
+    return b"refund_payee:" + refund_id.bytes
+
+
 async def request_refund(
     session: AsyncSession,
     *,
@@ -82,8 +122,13 @@ async def request_refund(
     actor: Actor,
     refund_id: uuid.UUID | None = None,
     agency_id: uuid.UUID | None = None,
+    payee: Payee | None = None,
 ) -> Refund:
     """Open a refund, full or partial, never beyond what is still available.
+
+    A refund after settlement (route TREASURY) is paid by bank transfer and needs the
+    `payee`'s account (InvalidInput `payee_required` without it); before settlement the
+    money goes back through the channel and no account is asked for (none is kept).
 
     `refund_id` makes the request idempotent: the same id with the same receipt and amount
     answers the existing refund; with anything else it is a conflict. `agency_id` (agency
@@ -116,14 +161,21 @@ async def request_refund(
     if agency_id is not None and bill.agency_id != agency_id:
         raise NotFound(f"no receipt {receipt_id}", code="receipt_not_found")
     if receipt.kind == "PAYMENT":
-        blocked = await session.scalar(
-            select(RevenueItem.code)
-            .join(BillLine, BillLine.item_code == RevenueItem.code)
-            .where(BillLine.bill_id == bill.id, RevenueItem.refundable.is_(False))
-            .limit(1)
+        await _refuse_unrefundable(session, bill.id)
+    available = receipt.amount - receipt.refunded_amount  # the locked row's, refreshed
+    if amount > available:
+        raise InvalidInput(
+            f"refund of {amount} fen exceeds the {available} fen available",
+            code="exceeds_available",
+            available=available,
         )
-        if blocked is not None:
-            raise InvalidInput(f"item {blocked} is not refundable", code="not_refundable")
+    route = "CHANNEL" if receipt.status == "CONFIRMED" else "TREASURY"
+    if route == "TREASURY" and payee is None:
+        raise InvalidInput(
+            "this payment is settled: the refund is paid by bank transfer and needs the"
+            " payee's account (name, account number, bank)",
+            code="payee_required",
+        )
     # The reservation is a guarded UPDATE: whatever this process believes, the database
     # adds the amount only while it still fits in what was paid.
     reserved = await session.scalar(
@@ -139,12 +191,14 @@ async def request_refund(
             code="exceeds_available",
             available=available,
         )
+    new_id = refund_id or uuid.uuid4()
     refund = Refund(
-        id=refund_id or uuid.uuid4(),
+        id=new_id,
         receipt_id=receipt.id,
         bill_id=bill.id,
         amount=amount,
-        route="CHANNEL" if receipt.status == "CONFIRMED" else "TREASURY",
+        route=route,
+        payee_enc=payee.seal(new_id) if payee is not None and route == "TREASURY" else None,
         reason=reason.strip(),
         requested_by_type=actor.type,
         requested_by_id=actor.id,
@@ -169,6 +223,17 @@ async def request_refund(
     )
     log.info("refund requested", refund_id=str(refund.id), route=refund.route, amount=amount)
     return refund
+
+
+async def _refuse_unrefundable(session: AsyncSession, bill_id: uuid.UUID) -> None:
+    blocked = await session.scalar(
+        select(RevenueItem.code)
+        .join(BillLine, BillLine.item_code == RevenueItem.code)
+        .where(BillLine.bill_id == bill_id, RevenueItem.refundable.is_(False))
+        .limit(1)
+    )
+    if blocked is not None:
+        raise InvalidInput(f"item {blocked} is not refundable", code="not_refundable")
 
 
 async def mark_processing(session: AsyncSession, refund_id: uuid.UUID) -> Refund:

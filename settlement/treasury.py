@@ -16,6 +16,11 @@
    lines. Σ details = header total, checked before insert.
 6. Bills → SETTLED (with a bill event each; receipts moved when claimed), sweep posted.
 
+A treasury refund's REFUND lines bring its money back from the treasury to the collection
+account; it is not paid to anyone yet. Once every batch carrying it is exported it is due
+for payout (settlement.payouts: the instruction file, then the finance officer confirms the
+bank transfer) and only then SUCCEEDED.
+
 Export layouts (both deterministic; the content hash is SHA-256 over CSV bytes + LF + XML
 bytes, fixed at first export, after which the batch is immutable — a DB trigger refuses
 updates):
@@ -489,12 +494,11 @@ def content_hash(csv_bytes: bytes, xml_bytes: bytes) -> str:
 
 
 async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str) -> ExportedBatch:
-    """Export a batch; the first export freezes it (hash, deposit posting, refunds done).
+    """Export a batch; the first export freezes it (hash, deposit posting; its treasury
+    refunds become due for payout once all their batches are exported).
 
     Later exports re-render and must reproduce the recorded hash byte for byte.
     """
-    from payments import refunds as refunds_
-
     batch = await session.scalar(
         select(DepositBatch).where(DepositBatch.id == batch_id).with_for_update()
     )
@@ -527,8 +531,17 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
     batch.content_hash = digest
     batch.exported_at = datetime.now(UTC)
     batch.exported_by = actor
-    for refund_id in await _refunds_now_paid(session, batch.id):
-        await refunds_.complete_refund(session, refund_id, succeeded=True)
+    for refund_id in await _refunds_now_due(session, batch.id):
+        # Back in the collection account, owed to the payer: the payout is confirmed later.
+        audit.record(
+            session,
+            actor_type="finance",
+            actor_id=actor,
+            action="refund.payout_due",
+            object_type="refund",
+            object_id=str(refund_id),
+            detail={"batch_id": str(batch.id)},
+        )
     audit.record(
         session,
         actor_type="finance",
@@ -542,13 +555,13 @@ async def export_batch(session: AsyncSession, batch_id: uuid.UUID, *, actor: str
     return ExportedBatch(batch.id, csv_bytes, xml_bytes, digest)
 
 
-async def _refunds_now_paid(session: AsyncSession, batch_id: uuid.UUID) -> list[uuid.UUID]:
+async def _refunds_now_due(session: AsyncSession, batch_id: uuid.UUID) -> list[uuid.UUID]:
     """The refunds of this batch whose every batch is now exported (this one included).
 
     The refund rows are locked (in id order, so two exports cannot deadlock) before the
     other batches are looked at: of two exports finishing one refund's last two batches,
     the second waits here and then sees the first one's EXPORTED, so exactly one of them
-    completes the refund.
+    reports the refund due.
     """
     await session.flush()  # this batch's EXPORTED, for the query below
     ids = list(

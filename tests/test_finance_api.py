@@ -139,7 +139,12 @@ async def test_day_view_actions_batches_and_totals(client: Client, res: Resource
     refund = await client.post(
         "/v1/settlement/refunds",
         headers=fin,
-        json={"receipt_id": str(receipts["a"].id), "amount": 1234, "reason": "withdrawn"},
+        json={
+            "receipt_id": str(receipts["a"].id),
+            "amount": 1234,
+            "reason": "withdrawn",
+            "payee": {"name": "张三", "account": "6222021234567890123", "bank": "工商银行"},
+        },
     )
     assert refund.status_code == 201
     assert refund.json()["route"] == "TREASURY"

@@ -23,7 +23,7 @@ from kernel.errors import Conflict, InvalidInput
 from kernel.models import OutboxMessage
 from payments import refunds
 from payments.models import Receipt, Refund
-from settlement import treasury
+from settlement import payouts, treasury
 from settlement.models import BatchedRefund, DepositBatch, DepositLine, StatementFile
 from settlement.reconcile import reconcile
 from tests.factories import make_agency, make_bill, make_item
@@ -41,6 +41,7 @@ from tests.settle_helpers import (
 pytestmark = pytest.mark.usefixtures("ledger_verified")
 
 FINANCE = Actor("finance", "finance-wang")
+PAYEE = refunds.Payee(name="张三", account="6222021234567890123", bank="工商银行杭州分行")
 
 
 async def _verify(res: Resources) -> None:
@@ -193,9 +194,14 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
     async with res.sessions() as s:
         with pytest.raises(InvalidInput) as exc:
             await refunds.request_refund(
-                s, receipt_id=plain.id, amount=10002, reason="x", actor=FINANCE
+                s, receipt_id=plain.id, amount=10002, reason="x", actor=FINANCE, payee=PAYEE
             )
         assert exc.value.code == "exceeds_available"
+        with pytest.raises(InvalidInput) as exc:  # settled: paid by transfer, to whom?
+            await refunds.request_refund(
+                s, receipt_id=plain.id, amount=1, reason="x", actor=FINANCE
+            )
+        assert exc.value.code == "payee_required"
     async with res.sessions() as s:
         r = await refunds.request_refund(
             s,
@@ -204,6 +210,7 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
             reason="overpaid",
             actor=FINANCE,
             refund_id=refund_id,
+            payee=PAYEE,
         )
         await s.commit()
         assert r.route == "TREASURY"
@@ -223,7 +230,7 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
             )
         with pytest.raises(InvalidInput):  # only 6001 left after the reservation
             await refunds.request_refund(
-                s, receipt_id=plain.id, amount=6002, reason="x", actor=FINANCE
+                s, receipt_id=plain.id, amount=6002, reason="x", actor=FINANCE, payee=PAYEE
             )
     async with res.sessions() as s:
         result = await treasury.settle(s, day=DAY, actor="finance-wang")
@@ -246,7 +253,11 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
             await treasury.export_batch(s, batch_id, actor="finance-wang")
             await s.commit()
             status = await s.scalar(select(Refund.status).where(Refund.id == refund_id))
-            assert status == ("SUCCEEDED" if n == 3 else "PROCESSING")
+            # Exported is not paid: the money is back in the collection account, owed.
+            assert status == "PROCESSING", n
+        assert (await ledger.balances(s))["refunds_payable"] == -4000
+        await payouts.confirm_payout(s, refund_id, reference="BANK-TX-1", actor="finance-wang")
+        await s.commit()
     async with res.sessions() as s:
         refund = await s.get(Refund, refund_id)
         bill = await s.get(Bill, plain.bill_id)
@@ -257,7 +268,7 @@ async def test_refund_guard_idempotency_and_treasury_refund_after_settlement(
         topics = set((await s.scalars(select(OutboxMessage.topic))).all())
         balances = await ledger.balances(s)
     assert {"webhook.event", "enote.red", "refund.execute"} <= topics
-    assert balances["refunds_payable"] == -4000
+    assert balances["refunds_payable"] == 0
     await _verify(res)
 
 
@@ -269,7 +280,12 @@ async def test_treasury_refunds_of_several_bills_settle_together(res: Resources)
     async with res.sessions() as s:
         asked = [
             await refunds.request_refund(
-                s, receipt_id=out[name].id, amount=amount, reason="overpaid", actor=FINANCE
+                s,
+                receipt_id=out[name].id,
+                amount=amount,
+                reason="overpaid",
+                actor=FINANCE,
+                payee=PAYEE,
             )
             for name, amount in (("plain", 4000), ("late", 500))
         ]

@@ -13,7 +13,7 @@ import click
 
 from channels.base import StatementLine
 from channels.money import fen_to_yuan
-from gateway.cli.base import in_session, main, prepare, with_resources
+from gateway.cli.base import in_session, main, prepare, service, with_resources
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -179,14 +179,36 @@ def settle(day: date, export_: bool, out: Path | None, actor: str) -> None:
 @click.option("--reason", required=True, help="Why (kept with the refund and the audit).")
 @click.option("--actor", required=True, help="The finance officer requesting it.")
 @click.option("--refund-id", type=click.UUID, default=None, help="Idempotency key.")
-def refund(
-    receipt_id: uuid.UUID, amount: int, reason: str, actor: str, refund_id: uuid.UUID | None
+@click.option("--payee-name", default=None, help="After settlement: the account holder.")
+@click.option("--payee-account", default=None, help="After settlement: the account number.")
+@click.option("--payee-bank", default=None, help="After settlement: the account's bank.")
+def refund(  # click passes options by name
+    *,
+    receipt_id: uuid.UUID,
+    amount: int,
+    reason: str,
+    actor: str,
+    refund_id: uuid.UUID | None,
+    payee_name: str | None,
+    payee_account: str | None,
+    payee_bank: str | None,
 ) -> None:
-    """Request a refund (退付) of a receipt, never beyond what is still available."""
+    """Request a refund (退付) of a receipt, never beyond what is still available.
+
+    A settled payment is refunded by bank transfer (退库): give the payee's account."""
     from kernel.audit import Actor
     from payments import refunds
 
+    given = (payee_name, payee_account, payee_bank)
+    if any(given) and not all(given):
+        raise click.UsageError("--payee-name, --payee-account and --payee-bank go together")
+
     async def run(session: AsyncSession) -> str:
+        payee = (
+            refunds.Payee(name=payee_name, account=payee_account, bank=payee_bank)
+            if payee_name and payee_account and payee_bank
+            else None
+        )
         r = await refunds.request_refund(
             session,
             receipt_id=receipt_id,
@@ -194,6 +216,7 @@ def refund(
             reason=reason,
             actor=Actor("finance", actor),
             refund_id=refund_id,
+            payee=payee,
         )
         return f"refund {r.id}: {fen_to_yuan(r.amount)} yuan via {r.route} ({r.status})"
 
@@ -225,3 +248,46 @@ def staff_create(role: str, name: str) -> None:
     token = with_resources(prepare(), run)
     click.echo(f"staff user {name} ({role.upper()}) created; token (shown once):")
     click.echo(token)
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the instruction CSV here (default: standard output).",
+)
+def payouts(out: Path | None) -> None:
+    """The payout instruction: treasury refunds (退库) due to be paid by bank transfer."""
+    from settlement import payouts as payouts_
+
+    async def run(session: AsyncSession) -> bytes:
+        return payouts_.payout_csv(await payouts_.payouts_due(session))
+
+    data = in_session(run)
+    if out is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        out.write_bytes(data)
+        click.echo(f"wrote {out}")
+
+
+@main.command("payout-confirm")
+@click.option("--refund", "refund_id", required=True, type=click.UUID, help="Refund id.")
+@click.option("--reference", required=True, help="The bank's reference of the transfer.")
+@click.option("--actor", required=True, help="The finance officer confirming it.")
+def payout_confirm(refund_id: uuid.UUID, reference: str, actor: str) -> None:
+    """The bank confirmed a treasury refund's transfer: complete the refund (audited)."""
+    from billing.payer import invalidate
+    from settlement import payouts as payouts_
+
+    async def run(res: Resources) -> str:
+        async with res.sessions() as session:
+            r, code = await payouts_.confirm_payout(
+                session, refund_id, reference=reference, actor=actor
+            )
+            await session.commit()
+        await invalidate(res.redis, code)
+        return f"refund {r.id}: {fen_to_yuan(r.amount)} yuan paid out ({r.status})"
+
+    click.echo(service(run))
