@@ -3,7 +3,7 @@ confirmation that never reached us), and the payout of a treasury refund (退库
 payee's account, encrypted, and the confirmation that the payout was made
 
 Revision ID: 0010
-Revises: 0013
+Revises: 0011
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0013"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
