@@ -27,6 +27,7 @@ Decisions (the national practice does not settle them):
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from channels.base import (
 )
 from kernel import nonces
 from kernel.clock import business_date, shanghai_today
+from kernel.db import database_unavailable
 from kernel.kv import KV
 from payments import daycheck
 from payments.channel_reversal import Reversal, reverse_confirmation
@@ -147,12 +149,28 @@ async def receive(  # noqa: PLR0911 - one answer per kind of unusable message
     except BadMessage as exc:
         bound.info("inbound message malformed", reason=exc.code)
         return await inbound.render(call, None, InboundAnswer(Outcome.BAD_REQUEST, str(exc)))
-    if message.nonce is not None and not await nonce_fresh(
-        ctx.redis, ctx.sessions, message.channel, message.nonce
-    ):
-        bound.warning("inbound message replayed")
-        return await inbound.render(call, None, _FORGED)
-    answer = await handle(ctx, message.channel, message.request, sender=message.sender)
+    if _has_nul(message.request):
+        # PostgreSQL text cannot hold a NUL (it failed there, as a 500): malformed, in the
+        # channel's own code, before anything is looked up or written.
+        bound.info("inbound message malformed", reason="nul_character")
+        return await inbound.render(
+            call, message, InboundAnswer(Outcome.BAD_REQUEST, "NUL character in a field")
+        )
+    try:
+        if message.nonce is not None and not await nonce_fresh(
+            ctx.redis, ctx.sessions, message.channel, message.nonce
+        ):
+            bound.warning("inbound message replayed")
+            return await inbound.render(call, None, _FORGED)
+        answer = await handle(ctx, message.channel, message.request, sender=message.sender)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        # PostgreSQL out of reach: the channel's own signed "try later", not an unsigned
+        # 5xx it cannot tell from a forgery. Sending the same message again is safe: a
+        # confirmation that did commit is recognised by its reference and answered OK.
+        bound.warning("inbound message deferred: database unavailable")
+        answer = _TRY_LATER
     return await inbound.render(call, message, answer)
 
 
@@ -164,7 +182,23 @@ async def nonce_fresh(
     return await nonces.first_use(redis, sessions, channel, nonce, NONCE_TTL_S)
 
 
+def _has_nul(value: object) -> bool:
+    """Does any text in a typed request (its fields, nested values) contain a NUL?"""
+    if isinstance(value, str):
+        return "\x00" in value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_has_nul(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
 _FORGED = InboundAnswer(Outcome.FORGED, "signature check failed")
+_TRY_LATER = InboundAnswer(
+    Outcome.TRY_LATER, "temporarily unavailable; send the same message again"
+)
 
 
 @dataclass(frozen=True, slots=True)

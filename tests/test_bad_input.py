@@ -6,7 +6,9 @@ number beyond 32 bits, an `expires_at` at the end of the calendar.
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,9 +18,12 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
 from billing.models import Bill
+from channels.bank import transforms as bank_wire
 from gateway.state import Resources
 from kernel.staff import create_staff
+from payments.models import Receipt
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
+from tests.payments_support import BankWorld, bank_secret, bill_for_test
 
 Client = AsyncTestClient[Litestar]
 
@@ -146,3 +151,33 @@ async def test_a_nul_byte_elsewhere_is_422_but_an_escaped_backslash_is_not_a_nul
     created = await api.post("/v1/bills", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["remark"] == "path C:\\u0000\\x"
+
+
+@pytest.mark.parametrize("field", ["bank_serial", "payment_code", "pay_mode"])
+async def test_a_nul_byte_in_a_bank_message_is_its_own_signed_bad_request(
+    res: Resources, world: BankWorld, field: str
+) -> None:
+    async with res.sessions() as s:
+        bill = (await bill_for_test(s, amount=1_000))[2]
+    doc = {
+        "payment_code": bill.payment_code,
+        "bank_serial": "102SERIAL0001",
+        "amount": "10.00",
+        "paid_at": bank_wire.format_time(datetime.now(UTC)),
+        "pay_mode": "counter",
+    }
+    doc[field] = f"{doc[field]}\x00"
+    path = "/v1/channels/bank/102/confirm"
+    body = json.dumps(doc).encode()
+    headers = bank_wire.sign(bank_secret("102"), "POST", path, body, "102")
+    async with httpx.AsyncClient(timeout=30) as c:
+        resp = await c.post(world.gateway_url + path, content=body, headers=headers)
+    assert resp.status_code == 200, resp.text  # the bank's protocol, not problem+json
+    # Malformed (19002), or for pay_mode a value outside its set (10002): the bank's codes.
+    assert resp.json()["code"] in {
+        bank_wire.ResultCode.BAD_REQUEST,
+        bank_wire.ResultCode.PARAMETER_ERROR,
+    }
+    assert "X-Bank-Signature" in resp.headers
+    async with res.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(Receipt)) == 0

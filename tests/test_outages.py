@@ -14,9 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
@@ -27,7 +30,8 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import Resources
 from tests.agency_client import AgencyClient, bill_body, make_agency_with_key
-from tests.payments_support import valid_code
+from tests.payments_support import bill_for_test, valid_code
+from tests.servers import ServerThread
 from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,13 +49,25 @@ def _proxied(url: str) -> tuple[str, tuple[str, int] | str]:
     return parsed.set(host="127.0.0.1", port=0).render_as_string(hide_password=False), target
 
 
-@pytest.fixture
-def db_proxy(settings: Settings) -> Iterator[tuple[TcpProxy, Settings]]:
+@contextmanager
+def _through_proxy(settings: Settings) -> Iterator[tuple[TcpProxy, Settings]]:
     assert settings.database.url is not None
     url, target = _proxied(settings.database.url)
     with TcpProxy(target) as proxy:
         url = url.replace("127.0.0.1:0", f"127.0.0.1:{proxy.port}")
         yield proxy, replace(settings, database=replace(settings.database, url=url))
+
+
+@pytest.fixture
+def db_proxy(settings: Settings) -> Iterator[tuple[TcpProxy, Settings]]:
+    with _through_proxy(settings) as proxied:
+        yield proxied
+
+
+@pytest.fixture
+def bank_db_proxy(bank_settings: Settings) -> Iterator[tuple[TcpProxy, Settings]]:
+    with _through_proxy(bank_settings) as proxied:
+        yield proxied
 
 
 def _assert_unavailable(resp: object) -> None:
@@ -156,3 +172,42 @@ def test_worker_pauses_with_one_line_while_the_database_is_out_of_reach(
     assert events.count("database reachable again; jobs resumed") == 1, events
     assert not [x for x in lines if x["level"] == "error"], events
     assert events[-1] == "worker stopped"
+
+
+async def _bank_pays(simulator: ServerThread, gateway: ServerThread, code: str, **kw: Any) -> Any:
+    async with httpx.AsyncClient(timeout=60) as c:
+        r = await c.post(
+            f"{simulator.url}/control/102/pay",
+            json={"payment_code": code, "gateway_url": gateway.url, **kw},
+        )
+        r.raise_for_status()
+        return r.json()
+
+
+async def test_a_bank_gets_its_own_signed_try_later_while_the_database_is_out_of_reach(
+    res: Resources, simulator: ServerThread, bank_db_proxy: tuple[TcpProxy, Settings]
+) -> None:
+    proxy, settings = bank_db_proxy
+    async with res.sessions() as s:
+        first = (await bill_for_test(s, amount=1_000))[2]
+        second = (await bill_for_test(s, amount=2_000))[2]
+    with ServerThread(create_app(settings)) as gateway:
+        paid = await _bank_pays(simulator, gateway, first.payment_code)
+        assert [c["code"] for c in paid["confirms"]] == ["00000"]
+
+        proxy.cut()
+        query = (await _bank_pays(simulator, gateway, second.payment_code))["query"]
+        assert (query["code"], query["signature_ok"]) == ("19003", True)
+        confirm = await _bank_pays(
+            simulator, gateway, second.payment_code, skip_query=True, amount=2_000
+        )
+        [answer] = confirm["confirms"]
+        assert (answer["code"], answer["signature_ok"]) == ("19003", True)
+
+        proxy.restore()  # the bank sends its confirmation again (signed afresh)
+        again = await _bank_pays(
+            simulator, gateway, second.payment_code, skip_query=True, amount=2_000
+        )
+        assert [c["code"] for c in again["confirms"]] == ["00000"]
+    async with res.sessions() as s:
+        assert (await s.get_one(Bill, second.id)).status == "PAID"

@@ -30,6 +30,7 @@ from channels.bank.transforms import channel_name
 from channels.base import ChannelRegistry
 from kernel import audit, crypto
 from kernel.audit import Actor
+from kernel.db import database_unavailable
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.sm2 import PrivateKey, PublicKey
 
@@ -302,8 +303,17 @@ class BankDirectory:
 
     async def refresh(self) -> None:
         async with self._lock:
-            async with self._sessions() as s:
-                rows = list(await s.scalars(select(Bank)))
+            try:
+                async with self._sessions() as s:
+                    rows = list(await s.scalars(select(Bank)))
+            except Exception as exc:
+                if not database_unavailable(exc) or not (self._entries or self._bootstrap):
+                    raise
+                # PostgreSQL out of reach: keep verifying and signing with the keys we
+                # have, so a bank is told to try later in a message it trusts (and read
+                # again on the next call rather than after a whole ttl).
+                self._entries = self._entries or dict(self._bootstrap)
+                return
             entries = dict(self._bootstrap)
             now = datetime.now(UTC)
             for row in rows:
