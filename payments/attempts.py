@@ -31,7 +31,7 @@ from channels.base import (
 from kernel.clock import shanghai_today
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.errors import Unavailable as ServiceUnavailable
-from payments.confirm import confirm_payment
+from payments.confirm import ConfirmOutcome, confirm_payment
 from payments.context import PaymentContext
 from payments.models import PaymentAttempt
 from payments.states import ATTEMPT, AttemptStatus
@@ -89,6 +89,32 @@ async def move(s: AsyncSession, attempt_id: uuid.UUID, src: str, dst: str, **val
         .values(status=dst, **values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+
+
+AMOUNT_DIFFERS = "amount_differs"
+"""failure_code of an attempt whose channel took another amount than ours."""
+
+
+async def fail_for_amount(ctx: PaymentContext, attempt_id: uuid.UUID, channel: str) -> bool:
+    """The channel took another amount than the attempt's, and we refused it: the attempt
+    can never succeed, so it ends FAILED (from any state the machine allows) instead of
+    staying open to be queried forever. The money, if the channel keeps it, is
+    reconciliation's (a channel-only line naming a failed attempt stays open for a person).
+    """
+    async with ctx.sessions() as s, s.begin():
+        result = await s.execute(
+            update(PaymentAttempt)
+            .where(
+                PaymentAttempt.id == attempt_id,
+                PaymentAttempt.channel == channel,
+                PaymentAttempt.status.in_(ATTEMPT.sources(AttemptStatus.FAILED)),
+            )
+            .values(status=AttemptStatus.FAILED, failure_code=AMOUNT_DIFFERS)
+        )
+    ended = bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    if ended:
+        log.warning("attempt failed: the channel took another amount", attempt_id=str(attempt_id))
+    return ended
 
 
 def _adapter(ctx: PaymentContext, channel: str) -> ChannelAdapter:
@@ -290,6 +316,9 @@ async def _settle_from(
             channel=c.channel,
             pay_mode=status.pay_mode,
         )
+        if result.outcome == ConfirmOutcome.REJECTED_AMOUNT:
+            await fail_for_amount(ctx, c.id, c.channel)
+            return
         log.info("attempt confirmed by query", outcome=result.outcome)
         return
     async with ctx.sessions() as s, s.begin():

@@ -76,7 +76,7 @@ from kernel import nonces
 from kernel.clock import business_date, shanghai_today
 from kernel.db import database_unavailable
 from kernel.kv import KV
-from payments import daycheck
+from payments import attempts, daycheck
 from payments.channel_reversal import Reversal, reverse_confirmation
 from payments.confirm import (
     BILL_COLUMNS,
@@ -316,10 +316,26 @@ _UNKNOWN_ORDER = InboundAnswer(Outcome.UNKNOWN_ORDER, "unknown order")
 _AMOUNT_DIFFERS = InboundAnswer(Outcome.AMOUNT_DIFFERS, "amount differs from the amount due")
 
 
-async def confirm(  # noqa: PLR0911 - one answer per outcome of a confirmation
+async def confirm(
     ctx: PaymentContext, sent: Sent, request: ConfirmPayment, now: datetime
 ) -> InboundAnswer:
-    """Record the money the channel took, exactly once (see the module doc)."""
+    """Record the money the channel took, exactly once (see the module doc).
+
+    A confirmation of one of our orders refused for its amount ends that order's attempt
+    (FAILED): the channel reverses its debit, and the attempt is not left open forever."""
+    answer = await _confirm(ctx, sent, request, now)
+    if answer.outcome == Outcome.AMOUNT_DIFFERS and request.order_id:
+        try:
+            order_id = uuid.UUID(request.order_id)
+        except ValueError:
+            return answer
+        await attempts.fail_for_amount(ctx, order_id, sent.channel)
+    return answer
+
+
+async def _confirm(  # noqa: PLR0911 - one answer per outcome of a confirmation
+    ctx: PaymentContext, sent: Sent, request: ConfirmPayment, now: datetime
+) -> InboundAnswer:
     channel = sent.channel
     problem = _code_problem(request.payment_code)
     if problem is not None:

@@ -43,9 +43,7 @@ async def test_query_finding_a_wrong_amount_ends_the_attempt(
 ) -> None:
     async with res.sessions() as s:
         _, _, bill = await bill_for_test(s, amount=20_000)
-    out = await world.customer_pays(
-        "102", bill.payment_code, amount_delta=100, drop_confirm=True
-    )
+    out = await world.customer_pays("102", bill.payment_code, amount_delta=100, drop_confirm=True)
     assert (await _attempt(res, out["order_id"])).status == "PENDING"
     later = datetime.now(UTC) + timedelta(minutes=5)
     assert await recover_attempts(world.ctx, now=later) == 1
