@@ -10,8 +10,17 @@ from kernel.clock import SHANGHAI
 from kernel.pdf import GREY, RED, Column, DocItem, Sheet, yuan
 
 __all__ = [
+    "how_to_pay",
     "render_bill_notice",
 ]
+
+
+def how_to_pay(ways: Sequence[str], agency_name: str) -> str:
+    """The notice's sentence on how to pay, naming only the ways that are configured."""
+    if not ways:
+        return f"目前暂无可用的缴款渠道，请在缴款期限内联系{agency_name}办理缴款。"
+    listed = ways[0] if len(ways) == 1 else "、".join(ways[:-1]) + "或" + ways[-1]
+    return f"请凭缴款码在缴款期限内通过{listed}缴款。"
 
 
 def render_bill_notice(
@@ -23,13 +32,15 @@ def render_bill_notice(
     due_date: date,
     payment_code: str,
     pay_url: str,
+    ways: Sequence[str],
     bill_no: str = "",
     issued_on: date | None = None,
     remark: str = "",
 ) -> bytes:
     """A one-page A4 payment notice (缴款通知书) with a QR code to the citizen pay URL.
 
-    `pay_url` is `{PAYGATE_PUBLIC_URL}/pay/{payment_code}`; amounts are fen.
+    `pay_url` is `{PAYGATE_PUBLIC_URL}/pay/{payment_code}`; amounts are fen. `ways` are
+    the configured ways to pay as the payer reads them (payments.ways), in print order.
     """
     sheet = Sheet(page="A4", title=f"缴款通知书 {payment_code}")
     w = sheet.width
@@ -72,7 +83,7 @@ def render_bill_notice(
     sheet.text(w - 80, y + 2, f"（小写）¥{yuan(amount_fen)}", size=10, width=58, align="R")
     y += 14
     notes = [
-        "请凭缴款码在缴款期限内通过支付宝、手机银行、网上银行、自助终端或银行柜面缴款。",
+        how_to_pay(ways, agency_name),
         "缴款成功后可凭缴款码查询并下载财政电子票据。请勿重复缴款。",
         f"在线缴款：{pay_url}",
     ]

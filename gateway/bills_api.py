@@ -36,6 +36,7 @@ from kernel.clock import SHANGHAI, shanghai_today
 from kernel.errors import Conflict, InvalidInput, MalformedBody
 from kernel.pdf import DocItem
 from payments.models import Receipt, Refund
+from payments import ways
 from payments.refunds import Payee, request_refund
 
 Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]
@@ -473,6 +474,7 @@ class BillsController(Controller):
             i.code: i
             for i in await db.scalars(select(RevenueItem).where(RevenueItem.code.in_(codes)))
         }
+        offered = await resources.pay_ways(db, bill.agency_id)
         pdf = await asyncio.to_thread(  # rendering is CPU work: keep the event loop free
             render_bill_notice,
             agency_name=agency.name,
@@ -492,6 +494,7 @@ class BillsController(Controller):
             due_date=bill.due_date,
             payment_code=bill.payment_code,
             pay_url=pay_url(resources, bill.payment_code),
+            ways=ways.labels(offered.modes),
             bill_no=bill.agency_bill_no,
             issued_on=bill.issued_at.astimezone(SHANGHAI).date(),
             remark=bill.remark or "",

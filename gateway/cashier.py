@@ -31,11 +31,12 @@ from litestar.response import Redirect
 from enotes import service as enotes
 from gateway.bills_api import pay_url, qr_svg
 from gateway.enotes import payer_notes
-from gateway.pay_api import BillSummary, bill_summary, start_attempt
+from gateway.pay_api import BillSummary, bill_summary, bill_summary_and_agency, start_attempt
 from gateway.state import Resources
 from kernel.errors import DomainError, InvalidInput, NotFound
 from kernel.pdf import yuan
-from payments import attempts
+from channels.base import PayMode
+from payments import attempts, ways
 
 REFRESH_S = 3
 """How often a waiting page reloads itself (meta refresh) to pick up the payment."""
@@ -158,12 +159,14 @@ def _channel_label(name: str) -> str:
     return name
 
 
-def _buttons(resources: Resources, code: str, *, other: bool = False) -> str:
+def _buttons(resources: Resources, code: str, offered: ways.PayWays, *, other: bool) -> str:
+    """A button per mode of each channel a payment can be started on here (configured,
+    and for a bank: registered and enabled)."""
     forms = []
-    for name in resources.channels.names():
+    for name in offered.channels:
+        if name not in resources.channels:
+            continue
         adapter = resources.channels.get(name)
-        if not getattr(adapter, "payer_facing", True):
-            continue  # a device channel (kiosk): the payer pays at the device, not here
         modes: tuple[str, ...] = getattr(adapter, "modes", ()) or ("default",)
         for mode in modes:
             label = _channel_label(name)
@@ -175,9 +178,32 @@ def _buttons(resources: Resources, code: str, *, other: bool = False) -> str:
                 f'<input type="hidden" name="mode" value="{html.escape(mode)}">'
                 f'<button type="submit">{html.escape(label)}</button></form>'
             )
+    if not forms:
+        return ""
     # While an attempt waits, the payer may still switch: a second payment is refunded.
     prompt = "未完成支付？可更换支付方式：" if other else "选择支付方式："
     return f'<div class="box"><p>{prompt}</p>' + "".join(forms) + "</div>"
+
+
+def _elsewhere(offered: ways.PayWays, code: str, agency_name: str) -> str:
+    """Where else the code can be paid: only the places that exist (banks registered and
+    enabled, kiosks with a device, the agency's counter with a card terminal)."""
+    if not offered.modes:
+        return f'<p class="err">目前暂无可用的缴款渠道，请联系{html.escape(agency_name)}办理缴款。</p>'
+    items = []
+    if offered.banks:
+        names = "、".join(html.escape(b.name) for b in offered.banks)
+        bank_ways = "、".join(ways.LABELS[m] for m in ways.BANK_MODES)
+        items.append(
+            f"<li>{bank_ways}：在{names}使用缴款码 <strong>{html.escape(code)}</strong> 缴款。</li>"
+        )
+    if PayMode.KIOSK in offered.modes:
+        items.append("<li>自助终端：在设有缴款自助终端的服务大厅，扫描缴款通知书上的二维码或输入缴款码缴款。</li>")
+    if PayMode.POS in offered.modes:
+        items.append(f"<li>执收单位柜台：到{html.escape(agency_name)}柜台刷银行卡缴款。</li>")
+    if not items:
+        return ""
+    return '<div class="box"><p>也可以通过以下方式缴款：</p><ul>' + "".join(items) + "</ul></div>"
 
 
 def _inline_svg(data: str) -> str:
@@ -286,7 +312,7 @@ class CashierController(Controller):
             except ValueError:
                 attempt = None
         try:
-            summary = await bill_summary(resources, request, payment_code)
+            summary, agency_id = await bill_summary_and_agency(resources, request, payment_code)
         except DomainError as exc:
             return _error_page(exc, payment_code)
         parts = [_summary_html(summary)]
@@ -305,7 +331,11 @@ class CashierController(Controller):
             paid, refresh = await _paid_part(resources, request, summary.payment_code, attempt)
             parts.append(paid)
         elif summary.payable:
-            parts.append(_buttons(resources, summary.payment_code, other=refresh is not None))
+            async with resources.sessions() as session:
+                offered = await resources.pay_ways(session, agency_id)
+            code = summary.payment_code
+            parts.append(_buttons(resources, code, offered, other=refresh is not None))
+            parts.append(_elsewhere(offered, code, summary.agency_name))
         else:
             text = _REFUSAL.get(summary.refusal_code or "", "该缴款通知当前不可缴款。")
             parts.append(f'<p class="err">{html.escape(text)}</p>')

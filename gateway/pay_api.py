@@ -158,7 +158,7 @@ async def _summary_of(
         ],
         refusal_code=refused[0] if refused else None,
     )
-    return _render(summary, cached, now)
+    return _render(summary, view.agency_id, cached, now)
 
 
 class _Rendered(NamedTuple):
@@ -167,6 +167,8 @@ class _Rendered(NamedTuple):
     until: datetime
     """The summary changes at the next Shanghai midnight (late fee) and at the expiry
     (deadline categories); any other change is a new cached view, i.e. a new key."""
+    agency_id: uuid.UUID
+    """Not on the wire: which agency's counter (card terminals) the bill can be paid at."""
 
 
 # A summary is a pure function of the cached view's bytes and the time, so it is memoised
@@ -177,10 +179,12 @@ _RENDERED_MAX = 4096
 _SUMMARY_JSON = msgspec.json.Encoder()
 
 
-def _render(summary: BillSummary, cached: bytes | None, now: datetime) -> _Rendered:
+def _render(
+    summary: BillSummary, agency_id: uuid.UUID, cached: bytes | None, now: datetime
+) -> _Rendered:
     _, midnight = day_bounds(shanghai_today(now))  # the late fee steps at Shanghai midnight
     until = min(midnight, summary.expires_at) if now < summary.expires_at else midnight
-    rendered = _Rendered(summary, _SUMMARY_JSON.encode(summary), until)
+    rendered = _Rendered(summary, _SUMMARY_JSON.encode(summary), until, agency_id)
     if cached is not None:
         if len(_RENDERED) >= _RENDERED_MAX:
             del _RENDERED[next(iter(_RENDERED))]
@@ -194,6 +198,14 @@ async def bill_summary(
     """The payer's view of a bill (rate-limited, check digit before any database lookup,
     cached); shared by the citizen API and the cashier page."""
     return (await _summary_of(resources, request, payment_code)).summary
+
+
+async def bill_summary_and_agency(
+    resources: Resources, request: Request[Any, Any, Any], payment_code: str
+) -> tuple[BillSummary, uuid.UUID]:
+    """`bill_summary` and the bill's agency (for the cashier page's ways to pay)."""
+    rendered = await _summary_of(resources, request, payment_code)
+    return rendered.summary, rendered.agency_id
 
 
 async def bill_summary_json(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from functools import cached_property
+from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,8 +21,10 @@ from gateway.limits import Limiter
 from gateway.settings import Settings
 from kernel import crypto
 from kernel.kv import KV
+from kiosks import devices as kiosk_devices
 from payments.confirm import APPLY_GROUPS, CONFIRM_GATE
 from payments.context import PaymentContext
+from payments import ways
 from payments.pos import terminals
 
 __all__ = [
@@ -109,6 +112,19 @@ class Resources:
             day_count=self.day_count,
             summary_cache_ttl_s=pay.summary_cache_ttl_s,
         )
+
+    async def pay_ways(self, session: AsyncSession, agency_id: UUID) -> ways.PayWays:
+        """The ways a payer of the agency's bills can pay now: the facts gathered here,
+        the decision in payments.ways."""
+        kiosk_channel = self.settings.payments.kiosk.enabled
+        facts = ways.Configured(
+            alipay=self.settings.alipay.enabled,
+            banks=tuple(ways.BankFacts(b.code, b.name, b.enabled) for b in await self.banks.all()),
+            kiosk_channel=kiosk_channel,
+            kiosk_devices=await kiosk_devices.enabled_count(session) if kiosk_channel else 0,
+            pos_terminals=await terminals.enabled_count(session, agency_id),
+        )
+        return ways.pay_ways(facts)
 
     def payment_context(self) -> PaymentContext:
         """What the payment services need, without the web layer (built once: its parts

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from billing.models import Agency
@@ -32,6 +32,7 @@ __all__ = [
     "DeviceView",
     "Issued",
     "device_key",
+    "enabled_count",
     "get_device",
     "list_devices",
     "register",
@@ -267,6 +268,12 @@ async def list_devices(session: AsyncSession, *, offline_only: bool = False) -> 
     if offline_only:
         return [d for d in devices if d.enabled and not d.online]
     return devices
+
+
+async def enabled_count(session: AsyncSession) -> int:
+    """How many devices can take a payment (a payer's notice names kiosks only if one can)."""
+    stmt = select(func.count()).select_from(KioskDevice).where(KioskDevice.enabled)
+    return int(await session.scalar(stmt) or 0)
 
 
 async def get_device(session: AsyncSession, device_id: str) -> DeviceView:

@@ -43,6 +43,7 @@ def test_bill_notice_renders_non_blank_with_chinese_text() -> None:
         due_date=date(2026, 12, 6),
         payment_code="33012601000000123457",
         pay_url="http://127.0.0.1:8000/pay/33012601000000123457",
+        ways=("支付宝", "手机银行", "网上银行"),
         bill_no="JJ-2026-0001",
     )
     assert pdf.startswith(b"%PDF-")

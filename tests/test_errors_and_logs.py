@@ -64,6 +64,7 @@ def test_pdf_rendering_writes_nothing_to_the_log(
         due_date=date(2026, 12, 20),
         payment_code=valid_code(),
         pay_url="http://127.0.0.1:8000/pay/x",
+        ways=("支付宝",),
         bill_no="JJ-1",
         issued_on=date(2026, 12, 5),
         remark="",

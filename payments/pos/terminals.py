@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,6 +32,7 @@ __all__ = [
     "Registered",
     "TerminalView",
     "credentials",
+    "enabled_count",
     "forget",
     "key_aad",
     "list_terminals",
@@ -203,6 +204,16 @@ async def list_terminals(
     if agency_id is not None:
         stmt = stmt.where(PosTerminal.agency_id == agency_id)
     return [_view(t) for t in await session.scalars(stmt)]
+
+
+async def enabled_count(session: AsyncSession, agency_id: uuid.UUID) -> int:
+    """How many enabled terminals stand at the agency's counter (its bills can be paid there)."""
+    stmt = (
+        select(func.count())
+        .select_from(PosTerminal)
+        .where(PosTerminal.agency_id == agency_id, PosTerminal.enabled)
+    )
+    return int(await session.scalar(stmt) or 0)
 
 
 @dataclass(frozen=True, slots=True)
