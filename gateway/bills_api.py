@@ -35,8 +35,8 @@ from gateway.state import Resources
 from kernel.clock import SHANGHAI, shanghai_today
 from kernel.errors import Conflict, InvalidInput, MalformedBody
 from kernel.pdf import DocItem
-from payments.models import Receipt, Refund
 from payments import ways
+from payments.models import Receipt, Refund
 from payments.refunds import Payee, request_refund
 
 Fen = Annotated[int, msgspec.Meta(gt=0, le=svc.MAX_AMOUNT)]

@@ -28,6 +28,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
+from channels.base import PayMode
 from enotes import service as enotes
 from gateway.bills_api import pay_url, qr_svg
 from gateway.enotes import payer_notes
@@ -35,7 +36,6 @@ from gateway.pay_api import BillSummary, bill_summary, bill_summary_and_agency, 
 from gateway.state import Resources
 from kernel.errors import DomainError, InvalidInput, NotFound
 from kernel.pdf import yuan
-from channels.base import PayMode
 from payments import attempts, ways
 
 REFRESH_S = 3
@@ -189,7 +189,9 @@ def _elsewhere(offered: ways.PayWays, code: str, agency_name: str) -> str:
     """Where else the code can be paid: only the places that exist (banks registered and
     enabled, kiosks with a device, the agency's counter with a card terminal)."""
     if not offered.modes:
-        return f'<p class="err">目前暂无可用的缴款渠道，请联系{html.escape(agency_name)}办理缴款。</p>'
+        return (
+            f'<p class="err">目前暂无可用的缴款渠道，请联系{html.escape(agency_name)}办理缴款。</p>'
+        )
     items = []
     if offered.banks:
         names = "、".join(html.escape(b.name) for b in offered.banks)
@@ -198,7 +200,9 @@ def _elsewhere(offered: ways.PayWays, code: str, agency_name: str) -> str:
             f"<li>{bank_ways}：在{names}使用缴款码 <strong>{html.escape(code)}</strong> 缴款。</li>"
         )
     if PayMode.KIOSK in offered.modes:
-        items.append("<li>自助终端：在设有缴款自助终端的服务大厅，扫描缴款通知书上的二维码或输入缴款码缴款。</li>")
+        items.append(
+            "<li>自助终端：在设有缴款自助终端的服务大厅，扫描缴款通知书上的二维码或输入缴款码缴款。</li>"
+        )
     if PayMode.POS in offered.modes:
         items.append(f"<li>执收单位柜台：到{html.escape(agency_name)}柜台刷银行卡缴款。</li>")
     if not items:

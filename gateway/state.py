@@ -22,9 +22,9 @@ from gateway.settings import Settings
 from kernel import crypto
 from kernel.kv import KV
 from kiosks import devices as kiosk_devices
+from payments import ways
 from payments.confirm import APPLY_GROUPS, CONFIRM_GATE
 from payments.context import PaymentContext
-from payments import ways
 from payments.pos import terminals
 
 __all__ = [

@@ -126,6 +126,7 @@ async def test_notice_and_cashier_follow_what_is_registered(
             actor=ADMIN,
             secret="s" * 40,
         )
+        await s.flush()
         await bank_registry.set_enabled(s, "105", enabled=False, actor=ADMIN)
         await s.commit()
     alipay_only = _configured(settings, alipay_settings, tmp_path, kiosk=True)
@@ -147,6 +148,7 @@ async def test_notice_and_cashier_follow_what_is_registered(
             region_code="330100",
             acquirer_merchant_id="898330170110001",
             acquirer_terminal_id="K0000001",
+            owner_hall="市民中心",
             actor=ADMIN,
         )
         await terminals.register(
