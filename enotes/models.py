@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from kernel.crypto import decrypt
 from kernel.db import Base
 
 NOTE_KINDS = ("BLUE", "RED")
@@ -93,8 +94,9 @@ class ENote(Base):
     total_amount: Mapped[int] = mapped_column(BigInteger)
     """In fen; negative on a red-letter note."""
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
-    """Canonical JSON of the note's data elements: exactly the bytes the issuer signed."""
+    content_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    """Canonical JSON of the note's data elements — exactly the bytes the issuer signed —
+    encrypted at rest, since it names the payer (`content`)."""
     signature_algorithm: Mapped[str] = mapped_column(String(16))
     issuer_signature: Mapped[bytes] = mapped_column(LargeBinary)
     issuer_key_id: Mapped[str] = mapped_column(String(64))
@@ -106,3 +108,13 @@ class ENote(Base):
     supervisor_cert_serial: Mapped[str] = mapped_column(String(64))
     supervisor_signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    @property
+    def content(self) -> bytes:
+        """The signed content in clear (DecryptError when the stored token was altered)."""
+        return decrypt(self.content_enc, aad=content_aad(self.id))
+
+
+def content_aad(note_id: uuid.UUID) -> bytes:
+    """Binds a note's encrypted content to the note: copied onto another it does not open."""
+    return f"enotes.content:{note_id}".encode()

@@ -39,13 +39,14 @@ from billing.personal import payer_name_matches, payer_name_of
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
 from channels.base import PayMode
 from enotes.document import NoteView
-from enotes.models import ENote
+from enotes.models import ENote, content_aad
 from enotes.signing import ALGORITHM, DEFAULT_SIGNER_ID, NoteSigners, Verifier, signed_by_supervisor
 from enotes.signing_lines import Signed, SigningLine, line_for
 from enotes.states import ENOTE, ENoteStatus
 from kernel import outbox
 from kernel.capitals import rmb_capitals
 from kernel.clock import SHANGHAI
+from kernel.crypto import DecryptError, encrypt
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kernel.outbox import Topic
 from kernel.pdf import DocItem
@@ -311,6 +312,12 @@ SIGN_CHUNK = 25
 writes, large enough that a hand-off (~0.1 ms) and a statement's fixed cost are noise."""
 
 
+def seal_content(note_id: uuid.UUID, content: bytes) -> bytes:
+    """The signed content as stored: encrypted at rest (it names the payer), bound to its
+    note (ENote.content reads it)."""
+    return encrypt(content, aad=content_aad(note_id))
+
+
 def _note_row(
     numbered: tuple[_Draft, str, str, uuid.UUID, str, bytes], sig: Signed, ctx: EnoteContext
 ) -> dict[str, Any]:
@@ -331,7 +338,7 @@ def _note_row(
         "original_id": draft.original_id,
         "total_amount": draft.total,
         "issued_at": draft.issued_at,
-        "content": content,
+        "content_enc": seal_content(note_id, content),
         "signature_algorithm": ALGORITHM,
         "issuer_signature": issuer_sig,
         "issuer_key_id": issuer.key_id,
@@ -803,15 +810,20 @@ def verify_note(note: ENote, keyring: dict[str, Verifier]) -> Verification:
             problems.append(f"{role}: signature does not verify")
         return ok
 
-    issuer_ok = check("issuer", note.issuer_key_id, note.content, note.issuer_signature)
-    supervisor_ok = check(
+    try:
+        signed = note.content
+    except DecryptError:
+        signed = b""
+        problems.append("content does not decrypt")
+    issuer_ok = bool(signed) and check("issuer", note.issuer_key_id, signed, note.issuer_signature)
+    supervisor_ok = bool(signed) and check(
         "supervisor",
         note.supervisor_key_id,
-        signed_by_supervisor(note.content, note.issuer_signature),
+        signed_by_supervisor(signed, note.issuer_signature),
         note.supervisor_signature,
     )
     try:
-        content: dict[str, Any] = json.loads(note.content)
+        content: dict[str, Any] = json.loads(signed)
         main = content["main"]
         expected = {
             "code": note.note_code,

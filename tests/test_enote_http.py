@@ -8,7 +8,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select, text
 
 from enotes.models import ENote
-from enotes.service import run_issue_job, run_red_job
+from enotes.service import run_issue_job, run_red_job, seal_content
 from gateway.enotes import enote_context
 from gateway.settings import Settings
 from gateway.state import Resources
@@ -84,13 +84,12 @@ async def test_verify_pdf_png_and_cashier_list(
     )
     assert item["pdf_url"].endswith(f"{base}.pdf?check={note.check_code}")
 
-    # Tampering shows as invalid, and an invalid note is not printed.
+    # Tampering shows as invalid, and an invalid note is not printed — even by someone who
+    # holds the data key and re-encrypts the altered content properly.
+    forged = seal_content(note.id, note.content.replace(b"12345", b"12346"))
     async with res.sessions() as s, s.begin():
         await s.execute(
-            text(
-                "UPDATE enotes SET content = convert_to("
-                "replace(convert_from(content, 'UTF8'), '12345', '12346'), 'UTF8')"
-            )
+            text("UPDATE enotes SET content_enc = :v WHERE id = :id"), {"v": forged, "id": note.id}
         )
     r = await client.get("/v1/enotes/verify", params=query)
     assert r.json()["status"] == "invalid"

@@ -251,9 +251,9 @@ async def test_any_one_byte_change_is_detected(res: Resources, ctx: EnoteContext
     assert gmssl_pyx.sm2_verify(issuer.point[1:], note.content, note.issuer_signature)
 
     for column, offset in [
-        ("content", 0),
-        ("content", len(note.content) // 2),
-        ("content", len(note.content) - 1),
+        ("content_enc", 0),
+        ("content_enc", len(note.content_enc) // 2),
+        ("content_enc", len(note.content_enc) - 1),
         ("issuer_signature", 10),
         ("supervisor_signature", 20),
     ]:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from billing.models import Bill
 from channels.kiosk import transforms as t
+from enotes.models import ENote
 from enotes.service import run_issue_job
 from gateway.enotes import enote_context
 from gateway.settings import Settings
@@ -105,11 +106,9 @@ async def test_a_bill_paid_at_a_kiosk(
     assert again["copy"] == "REPRINT"
     assert again["qr"]["kind"] == "ENOTE"
     assert again["qr"]["content"].startswith(f"{public}/enotes/verify?")
-    async with res.engine.connect() as conn:
-        content = (
-            await conn.execute(text("SELECT content FROM enotes WHERE kind = 'BLUE'"))
-        ).scalar_one()
-    assert json.loads(content)["main"]["pay_mode"] == "自助终端"
+    async with res.sessions() as s:
+        note = (await s.scalars(select(ENote).where(ENote.kind == "BLUE"))).one()
+    assert json.loads(note.content)["main"]["pay_mode"] == "自助终端"
     # A number the device never used has no receipt to print.
     assert (await kiosk_world.reprint(dev, 99))["code"] == t.ResultCode.UNKNOWN_SEQ
 

@@ -5,6 +5,7 @@ API, its CSV export and notice, the e-note; the citizen only ever sees it masked
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -70,6 +71,18 @@ async def test_the_name_is_stored_encrypted_and_shown_to_those_allowed(
     assert await run_issue_job(res.sessions, enote_context(settings)) == 1
     async with res.sessions() as s:
         note = (await s.scalars(select(ENote))).one()
+        note_columns = set(
+            await s.scalars(
+                text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'enotes' AND column_name LIKE 'content%'"
+                )
+            )
+        )
+    # The signed note names the payer: it is encrypted at rest too, and still verifies.
+    assert note_columns == {"content_enc"}
+    assert NAME.encode() not in note.content_enc
+    assert NAME in note.content.decode()
     r = await client.get(
         "/v1/enotes/verify",
         params={"code": note.note_code, "number": note.note_number, "check": note.check_code},
@@ -96,6 +109,8 @@ async def test_the_migration_encrypts_existing_names_and_back(settings: Settings
     scratch = create_engine(url)
     agency_id, bill_ids = uuid.uuid4(), [uuid.uuid4() for _ in range(3)]
     names = ["张三", "欧阳娜娜", "某某科技有限公司"]
+    attempt_id, receipt_id, note_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    note_content = json.dumps({"main": {"payer": {"name": names[0]}}}, ensure_ascii=False).encode()
     try:
         await asyncio.to_thread(migrate.upgrade, url, "0013")
         async with scratch.begin() as conn:
@@ -124,11 +139,48 @@ async def test_the_migration_encrypts_existing_names_and_back(settings: Settings
                         "exp": datetime.now(UTC) + timedelta(days=1),
                     },
                 )
+            # And an e-note of the first bill, whose signed content names the payer.
+            await conn.execute(
+                text(
+                    "INSERT INTO payment_attempts (id, bill_id, channel, mode, amount, expires_at)"
+                    " VALUES (:a, :b, 'alipay', 'qr', 100, now())"
+                ),
+                {"a": attempt_id, "b": bill_ids[0]},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO receipts (id, bill_id, attempt_id, channel, kind, amount,"
+                    " paid_at, business_date, pay_mode) VALUES (:r, :b, :a, 'alipay', 'PAYMENT',"
+                    " 100, now(), :day, 'ALIPAY')"
+                ),
+                {"r": receipt_id, "b": bill_ids[0], "a": attempt_id, "day": date(2026, 12, 1)},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO enotes (id, kind, note_code, note_number, check_code, agency_id,"
+                    " bill_id, receipt_id, total_amount, issued_at, content,"
+                    " signature_algorithm, issuer_signature, issuer_key_id, issuer_cert_serial,"
+                    " issuer_signed_at, supervisor_signature, supervisor_key_id,"
+                    " supervisor_cert_serial, supervisor_signed_at) VALUES (:n, 'BLUE',"
+                    " '33010326', '0000000001', '123456', :agency, :b, :r, 100, now(), :content,"
+                    " 'SM2-SM3', '\\x01', 'K1', 'C1', now(), '\\x02', 'K2', 'C2', now())"
+                ),
+                {
+                    "n": note_id,
+                    "agency": agency_id,
+                    "b": bill_ids[0],
+                    "r": receipt_id,
+                    "content": note_content,
+                },
+            )
         await asyncio.to_thread(migrate.upgrade, url)
         async with scratch.connect() as conn:
             rows = (
                 await conn.execute(text("SELECT id, payer_name_enc FROM bills ORDER BY id"))
             ).all()
+            (stored_note,) = (await conn.execute(text("SELECT content_enc FROM enotes"))).all()
+        assert names[0].encode() not in stored_note[0]
+        assert ENote(id=note_id, content_enc=stored_note[0]).content == note_content
         assert len(rows) == 3
         for bid, enc in rows:
             expected = names[bill_ids.index(bid)]
@@ -139,7 +191,9 @@ async def test_the_migration_encrypts_existing_names_and_back(settings: Settings
         await asyncio.to_thread(migrate.downgrade, url, "0013")
         async with scratch.connect() as conn:
             back = dict((await conn.execute(text("SELECT id, payer_name FROM bills"))).all())
+            note_back = await conn.scalar(text("SELECT content FROM enotes"))
         assert back == dict(zip(bill_ids, names, strict=True))
+        assert note_back == note_content
     finally:
         await scratch.dispose()
         async with admin.connect() as conn:
