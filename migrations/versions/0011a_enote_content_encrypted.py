@@ -7,7 +7,7 @@ data `enotes.content:<note id>` — the format enotes.models reads. The bytes th
 not change: signatures over them still verify.
 
 Revision ID: 0011a
-Revises: 0011
+Revises: 0010
 Create Date: 2026-12-06
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 from kernel.crypto import keyring
 
 revision = "0011a"
-down_revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
