@@ -76,6 +76,8 @@ def _bucket_of(addr: Address) -> str:
 
 def client_key(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
     """The rate-limit identity of a request: see the module doc."""
+    if not trusted and peer and ":" not in peer:
+        return peer  # the usual case, an IPv4 peer and no proxies: nothing to parse
     peer_addr = _address(peer or "")
     if peer_addr is None:
         return peer or "unknown"
