@@ -31,7 +31,7 @@ from typing import cast
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from channels.base import InboundAnswer, Outcome
 from channels.kiosk import transforms as t
@@ -39,6 +39,7 @@ from channels.kiosk.adapter import NAME as CHANNEL
 from channels.kiosk.inbound import Heartbeat, KioskAnswer, KioskConfirm, KioskUpload, Reprint
 from kiosks.slip import slip
 from payments import inbound
+from payments.confirm import DriverStatement
 from payments.context import PaymentContext
 
 __all__ = [
@@ -75,45 +76,53 @@ def _device(sent: inbound.Sent) -> str:
 
 # ------------------------------------------------------------------ confirm and upload
 
-_RECORD = text(
+_RECORD = DriverStatement.of(
     "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(seq bigint,"
     " order_id uuid, payment_code varchar, amount bigint, paid_at timestamptz,"
     " acquirer_ref varchar, method varchar, digest text)),"
+    " top AS (SELECT max(seq) AS top FROM i),"
+    # The device's highest number as this statement sees it; no row when the batch jumps
+    # too far past it (a broken counter): then nothing below writes.
+    " dev AS (SELECT last_seq FROM kiosk_devices, top WHERE id = CAST(:device AS varchar)"
+    " AND top.top <= last_seq + CAST(:jump AS bigint)),"
     " ins AS (INSERT INTO kiosk_confirmations (device_id, seq, order_id, payment_code, amount,"
     " paid_at, acquirer_ref, method, digest, uploaded)"
-    " SELECT :device, seq, order_id, payment_code, amount, paid_at, acquirer_ref, method,"
-    " decode(digest, 'hex'), :uploaded FROM i"
+    " SELECT CAST(:device AS varchar), seq, order_id, payment_code, amount, paid_at,"
+    " acquirer_ref, method, decode(digest, 'hex'), CAST(:uploaded AS boolean) FROM i, dev"
     " ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq),"
-    " top AS (SELECT max(seq) AS top FROM i),"
-    # The numbers skipped above the device's highest (read under its row lock) are gaps.
+    # The numbers skipped above the highest are gaps. A concurrent batch of the same device
+    # may make this statement's highest stale: that only adds gap rows for numbers already
+    # received, which the report leaves out (open_gaps) — never misses a gap.
     " gaps AS (INSERT INTO kiosk_gaps (device_id, seq)"
-    " SELECT :device, g FROM top, generate_series(CAST(:last_seq AS bigint) + 1, top.top - 1) AS g"
-    " WHERE g NOT IN (SELECT seq FROM i) ON CONFLICT DO NOTHING RETURNING seq),"
-    " dev AS (UPDATE kiosk_devices SET last_seq = greatest(last_seq, top.top)"
-    " FROM top WHERE id = :device RETURNING id),"
-    " closed AS (UPDATE kiosk_gaps AS k SET closed_at = now() FROM i"
-    " WHERE k.device_id = :device AND k.seq = i.seq AND k.closed_at IS NULL RETURNING k.seq)"
-    " SELECT i.seq, ins.seq IS NOT NULL AS fresh,"
+    " SELECT CAST(:device AS varchar), g FROM dev, top,"
+    " generate_series(dev.last_seq + 1, top.top - 1) AS g"
+    " WHERE g NOT IN (SELECT seq FROM i) AND NOT EXISTS (SELECT 1 FROM kiosk_confirmations"
+    " AS c WHERE c.device_id = CAST(:device AS varchar) AND c.seq = g)"
+    " ON CONFLICT DO NOTHING RETURNING seq),"
+    " up AS (UPDATE kiosk_devices AS d SET last_seq = top.top FROM top, dev"
+    " WHERE d.id = CAST(:device AS varchar) AND d.last_seq < top.top RETURNING d.id),"
+    " closed AS (UPDATE kiosk_gaps AS k SET closed_at = now() FROM i, dev"
+    " WHERE k.device_id = CAST(:device AS varchar) AND k.seq = i.seq AND k.closed_at IS NULL"
+    " RETURNING k.seq)"
+    " SELECT i.seq, EXISTS (SELECT 1 FROM dev) AS accepted, ins.seq IS NOT NULL AS fresh,"
     " coalesce(encode(k.digest, 'hex') = i.digest, true) AS same"
-    " FROM i LEFT JOIN ins ON ins.seq = i.seq"
-    " LEFT JOIN kiosk_confirmations AS k ON k.device_id = :device AND k.seq = i.seq"
+    " FROM i LEFT JOIN ins ON ins.seq = i.seq LEFT JOIN kiosk_confirmations AS k"
+    " ON k.device_id = CAST(:device AS varchar) AND k.seq = i.seq"
 )
 """Record a batch of one device's confirmations: each new sequence number once, the gaps
-it opens and closes, the device's highest number. One statement after the device's row
-lock, so the gaps are computed from a number no concurrent batch is moving."""
+it opens and closes, the device's highest number. ONE statement in its own implicit
+transaction, on the driver connection (`kiosk_devices`' row is locked only by the UPDATE
+of the highest number, for the statement's length)."""
 
 _LOCK_DEVICE = text("SELECT last_seq FROM kiosk_devices WHERE id = :device FOR UPDATE")
 
 
 async def record(
-    conn: AsyncConnection, device_id: str, items: Sequence[KioskConfirm], *, uploaded: bool
+    engine: AsyncEngine, device_id: str, items: Sequence[KioskConfirm], *, uploaded: bool
 ) -> dict[int, bool] | None:
-    """Record the confirmations in the caller's transaction: sequence → whether it agrees
-    with what is recorded for it (new, or the same facts again). None when the numbers jump
-    too far past the device's highest (nothing recorded)."""
-    last = int((await conn.execute(_LOCK_DEVICE, {"device": device_id})).scalar_one())
-    if max(c.sequence or 0 for c in items) > last + t.MAX_SEQ_JUMP:
-        return None
+    """Record the confirmations: sequence → whether it agrees with what is recorded for it
+    (new, or the same facts again). None when the numbers jump too far past the device's
+    highest (nothing recorded)."""
     payload = [
         {
             "seq": c.sequence,
@@ -127,11 +136,18 @@ async def record(
         }
         for c in items
     ]
-    rows = await conn.execute(
-        _RECORD,
-        {"items": json.dumps(payload), "device": device_id, "uploaded": uploaded, "last_seq": last},
-    )
-    return {r.seq: bool(r.fresh or r.same) for r in rows}
+    params = {
+        "items": json.dumps(payload),
+        "device": device_id,
+        "uploaded": uploaded,
+        "jump": t.MAX_SEQ_JUMP,
+    }
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        rows = await _RECORD.fetch(driver, params)
+    if not rows or not rows[0]["accepted"]:
+        return None
+    return {r["seq"]: bool(r["fresh"] or r["same"]) for r in rows}
 
 
 _JUMP = InboundAnswer(Outcome.BAD_REQUEST, "sequence number jumps too far")
@@ -143,8 +159,7 @@ async def confirm(
 ) -> InboundAnswer:
     """A live confirmation: recorded, applied, answered with the slip to print."""
     device = _device(sent)
-    async with _engine(ctx).begin() as conn:
-        agrees = await record(conn, device, [request], uploaded=False)
+    agrees = await record(_engine(ctx), device, [request], uploaded=False)
     if agrees is None:
         return _JUMP
     if not agrees[request.sequence or 0]:
@@ -179,8 +194,7 @@ async def upload(
     first: dict[int, KioskConfirm] = {}
     for c in request.items:  # the same number twice in one upload: the first copy counts
         first.setdefault(c.sequence or 0, c)
-    async with _engine(ctx).begin() as conn:
-        agrees = await record(conn, device, list(first.values()), uploaded=True)
+    agrees = await record(_engine(ctx), device, list(first.values()), uploaded=True)
     if agrees is None:
         return _JUMP
     to_apply = [c for c in first.values() if agrees[c.sequence or 0]]
@@ -266,8 +280,10 @@ _OPEN_GAPS = text(
     "SELECT device_id, min(seq) AS first, max(seq) AS last, count(*) AS n,"
     " min(detected_at) AS since FROM (SELECT device_id, seq, detected_at,"
     " seq - row_number() OVER (PARTITION BY device_id ORDER BY seq) AS island"
-    " FROM kiosk_gaps WHERE closed_at IS NULL AND (CAST(:device AS varchar) IS NULL"
-    " OR device_id = :device)) AS g GROUP BY device_id, island ORDER BY device_id, first"
+    " FROM kiosk_gaps AS k WHERE closed_at IS NULL AND (CAST(:device AS varchar) IS NULL"
+    " OR device_id = :device) AND NOT EXISTS (SELECT 1 FROM kiosk_confirmations AS c"
+    " WHERE c.device_id = k.device_id AND c.seq = k.seq)) AS g"
+    " GROUP BY device_id, island ORDER BY device_id, first"
 )
 
 

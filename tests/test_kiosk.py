@@ -270,6 +270,12 @@ async def test_conflicting_repeat_of_a_sequence_number_changes_nothing(
     answer = await _send(kiosk_world, dev, "confirm", body, secret=issued.secret)
     assert answer["code"] == t.ResultCode.CONFLICT
     assert await _counts(res) == before
+    # A number far past the device's highest is a broken counter: refused, no gaps opened.
+    jump = body | {"seq": 1 + t.MAX_SEQ_JUMP + 1, "acquirer_ref": "OTHERREF0002"}
+    answer = await _send(kiosk_world, dev, "confirm", jump, secret=issued.secret)
+    assert answer["code"] == t.ResultCode.BAD_REQUEST
+    assert await _counts(res) == before
+    assert (await _device(res, dev)).last_seq == 1
 
 
 async def _send(
