@@ -26,6 +26,7 @@ from kernel import audit, crypto
 from kernel.audit import Actor
 from kernel.errors import Conflict, InvalidInput, NotFound
 from kiosks.models import SIGN_ALGORITHMS, KioskDevice
+from payments.confirm import DriverStatement
 
 __all__ = [
     "DeviceDirectory",
@@ -283,13 +284,10 @@ async def get_device(session: AsyncSession, device_id: str) -> DeviceView:
     return view(device)
 
 
-_KEY = select(
-    KioskDevice.id,
-    KioskDevice.enabled,
-    KioskDevice.sign_alg,
-    KioskDevice.secret_enc,
-    KioskDevice.public_key,
+_KEY = DriverStatement.of(
+    "SELECT id, enabled, sign_alg, secret_enc, public_key FROM kiosk_devices WHERE id = :device"
 )
+"""One read on the driver connection (no BEGIN/ROLLBACK around it)."""
 
 
 class DeviceDirectory:
@@ -309,13 +307,14 @@ class DeviceDirectory:
         if hit is not None and hit[0] > now:
             return hit[1]
         async with self._engine.connect() as conn:
-            row = (await conn.execute(_KEY.where(KioskDevice.id == device_id))).first()
-        if row is None:
+            driver = (await conn.get_raw_connection()).driver_connection
+            rows = await _KEY.fetch(driver, {"device": device_id})
+        if not rows:
             self._cache.pop(device_id, None)
             return None
-        entry = DeviceEntry(
-            row.id, _key_of(row.id, row.sign_alg, row.secret_enc, row.public_key), row.enabled
-        )
+        r = rows[0]
+        key = _key_of(r["id"], r["sign_alg"], r["secret_enc"], r["public_key"])
+        entry = DeviceEntry(r["id"], key, r["enabled"])
         if self._ttl > 0:
             if len(self._cache) > 10_000:  # bounded: drop what has expired
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}

@@ -169,16 +169,15 @@ async def confirm(
     receipt = answer.receipt
     if answer.outcome != Outcome.OK or receipt is None or receipt.receipt_id is None:
         return answer
-    async with _engine(ctx).connect() as conn:
-        printed = await slip(
-            conn,
-            uuid.UUID(receipt.receipt_id),
-            public_url=ctx.public_url,
-            device_id=device,
-            seq=request.sequence or 0,
-            method=request.method,
-            card=request.card,
-        )
+    printed = await slip(
+        _engine(ctx),
+        uuid.UUID(receipt.receipt_id),
+        public_url=ctx.public_url,
+        device_id=device,
+        seq=request.sequence or 0,
+        method=request.method,
+        card=request.card,
+    )
     return KioskAnswer(answer.outcome, answer.detail, receipt=receipt, slip=printed)
 
 
@@ -232,17 +231,17 @@ async def reprint(
                 _RECEIPT_OF_SEQ, {"channel": CHANNEL, "device": device, "seq": request.sequence}
             )
         ).first()
-        printed = None
-        if row is not None:
-            printed = await slip(
-                conn,
-                row.receipt_id,
-                public_url=ctx.public_url,
-                device_id=device,
-                seq=request.sequence,
-                method=row.method,
-                reprint=True,
-            )
+    printed = None
+    if row is not None:
+        printed = await slip(
+            _engine(ctx),
+            row.receipt_id,
+            public_url=ctx.public_url,
+            device_id=device,
+            seq=request.sequence,
+            method=row.method,
+            reprint=True,
+        )
     if printed is None:
         return InboundAnswer(Outcome.NOT_CONFIRMED, "no receipt for this sequence number")
     return KioskAnswer(Outcome.OK, slip=printed)

@@ -8,59 +8,49 @@ This room sits above `enotes` for exactly this reason.
 from __future__ import annotations
 
 import uuid
-from typing import cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing.models import Agency, Bill
 from billing.payer import mask_name
 from billing.personal import open_payer_name
 from channels.kiosk.transforms import Slip, format_time
 from channels.money import fen_to_yuan
-from enotes.models import ENote
 from enotes.service import verify_url
 from kernel.capitals import rmb_capitals
-from payments.models import Receipt
+from payments.confirm import DriverStatement
 
 __all__ = [
     "slip",
 ]
 
-_R = cast(Table, Receipt.__table__)
-_B = cast(Table, Bill.__table__)
-_AG = cast(Table, Agency.__table__)
-_N = cast(Table, ENote.__table__)
-
-_SLIP = (
-    select(
-        _R.c.id,
-        _R.c.kind,
-        _R.c.amount,
-        _R.c.late_fee_amount,
-        _R.c.paid_at,
-        _R.c.channel_trade_no,
-        _B.c.payment_code,
-        _B.c.id.label("bill_id"),
-        _B.c.payer_name_enc,
-        _AG.c.name.label("agency_name"),
-        _N.c.note_code,
-        _N.c.note_number,
-        _N.c.check_code,
-    )
-    .select_from(
-        _R.join(_B, _B.c.id == _R.c.bill_id)
-        .join(_AG, _AG.c.id == _B.c.agency_id)
-        .outerjoin(_N, (_N.c.receipt_id == _R.c.id) & _N.c.refund_id.is_(None))
-    )
-    .where(_R.c.id == bindparam("p_receipt"))
+_SLIP = DriverStatement.of(
+    "SELECT r.id, r.kind, r.amount, r.late_fee_amount, r.paid_at, r.channel_trade_no,"
+    " b.payment_code, b.id AS bill_id, b.payer_name_enc, a.name AS agency_name,"
+    " n.note_code, n.note_number, n.check_code"
+    " FROM receipts AS r JOIN bills AS b ON b.id = r.bill_id"
+    " JOIN agencies AS a ON a.id = b.agency_id"
+    " LEFT JOIN enotes AS n ON n.receipt_id = r.id AND n.refund_id IS NULL"
+    " WHERE r.id = :receipt"
 )
+"""The receipt, its bill and agency, and its e-note if issued: one read on the driver
+connection (no BEGIN/ROLLBACK around it)."""
 
 _METHODS = {"CARD": "银行卡", "QR": "扫码"}
 
 
+class _Row:
+    """Attribute access to a driver record."""
+
+    def __init__(self, record: Any) -> None:
+        self._r = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._r[name]
+
+
 async def slip(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     receipt_id: uuid.UUID,
     *,
     public_url: str,
@@ -70,9 +60,12 @@ async def slip(
     card: str | None = None,
     reprint: bool = False,
 ) -> Slip | None:
-    row = (await conn.execute(_SLIP, {"p_receipt": receipt_id})).first()
-    if row is None:
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        rows = await _SLIP.fetch(driver, {"receipt": receipt_id})
+    if not rows:
         return None
+    row = _Row(rows[0])
     lines = [
         "非税收入缴款凭证" + ("（补打）" if reprint else ""),
         f"执收单位：{row.agency_name}",

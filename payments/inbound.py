@@ -37,7 +37,7 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import payer as bills
 from billing.models import Bill
@@ -83,6 +83,7 @@ from payments.confirm import (
     AttemptFacts,
     ConfirmOutcome,
     ConfirmResult,
+    DriverStatement,
     Opening,
     Paying,
     after_commit,
@@ -418,6 +419,25 @@ _ORDER_AND_REFERENCE = select(
     .scalar_subquery()
     .label("known_id"),
 )
+_ORDER_AND_REFERENCE_DRIVER = DriverStatement.of(
+    "SELECT a.bill_id, a.channel, a.amount, a.channel_trade_no, b.payment_code,"
+    " (SELECT k.id FROM payment_attempts AS k WHERE k.channel = :p_channel"
+    " AND k.channel_trade_no = :p_serial) AS known_id"
+    " FROM payment_attempts AS a JOIN bills AS b ON b.id = a.bill_id WHERE a.id = :p_order_id"
+)
+"""_ORDER_AND_REFERENCE as text, for the driver connection."""
+
+
+class _Record:
+    """Attribute access to a driver record."""
+
+    def __init__(self, record: Any) -> None:
+        self._r = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._r[name]
+
+
 # The usual message (no prior query): ONE locking read answers "which bill, what is due"
 # and "is this reference known already (and for which payment code)".
 _BILL_AND_REFERENCE = (
@@ -477,8 +497,16 @@ async def _confirm_order(
     confirm_payment (the grouped one-statement path when its guards hold). None: the
     reference is known already; the general path answers the repeat."""
     params = {"p_order_id": order_id, "p_channel": channel, "p_serial": request.reference}
-    async with ctx.sessions() as s:
-        row = (await s.execute(_ORDER_AND_REFERENCE, params)).first()
+    engine = ctx.sessions.kw.get("bind")
+    if isinstance(engine, AsyncEngine):
+        # One read on the driver connection: no BEGIN/ROLLBACK around it, no session.
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            found = await _ORDER_AND_REFERENCE_DRIVER.fetch(driver, params)
+        row: Any = _Record(found[0]) if found else None
+    else:
+        async with ctx.sessions() as s:
+            row = (await s.execute(_ORDER_AND_REFERENCE, params)).first()
     if row is None or row.channel != channel or row.payment_code != request.payment_code:
         return _UNKNOWN_ORDER
     if row.known_id is not None:
