@@ -302,7 +302,7 @@ def _new_attempt(
         id=uuid.uuid4(),
         bill_id=view.bill_id,
         channel=channel,
-        mode="query",
+        mode=PayMode.for_channel(channel).value,  # the payer has not said how yet
         status=AttemptStatus.PENDING,
         amount=amount,
         expires_at=expires_at,
