@@ -385,6 +385,13 @@ def test_signature_vector() -> None:
     assert t.mac(key, canonical) == SIGNATURE_VECTOR
 
 
+def test_every_outcome_has_a_terminal_code() -> None:
+    from channels.base import Outcome
+
+    assert set(t.CODES) == set(Outcome)
+    assert set(t.CODES.values()) | {t.BATCH_MISMATCH} == set(t.MESSAGES)
+
+
 SIGNATURE_VECTOR = "1647db6483e42c6ff113db18d5b1e7c13b0a8cd7cf12f8fa7eb30f0df9f21a7a"
 
 

@@ -133,6 +133,10 @@ CODES: Mapping[Outcome, str] = {
     Outcome.UNKNOWN_ORDER: "B1",
     Outcome.ALREADY_PAID: "B2",
     Outcome.REVERSED: "B3",
+    # A bank's day-end check and versions: a terminal's messages never lead to them.
+    Outcome.UNSUPPORTED_VERSION: "30",
+    Outcome.SENT_TWICE: "94",
+    Outcome.CHECK_DIFFERS: "95",
 }
 """Every outcome's code on the wire (the protocol's own, docs/channels/pos.md)."""
 BATCH_MISMATCH = "95"
@@ -400,7 +404,8 @@ def _yuan_or_none(fen: int | None) -> str | None:
 def code_of(answer: InboundAnswer) -> str:
     if answer.outcome == Outcome.OK and answer.batch is not None and not answer.batch.balanced:
         return BATCH_MISMATCH
-    return CODES[answer.outcome]
+    # An outcome added to the seam after this table: a system error, never a crash.
+    return CODES.get(answer.outcome, "96")
 
 
 def answer_doc(answer: InboundAnswer, request: InboundRequest | None) -> dict[str, Any]:
