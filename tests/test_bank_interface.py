@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from billing.models import Bill
 from channels.bank import transforms as t
 from channels.bank.signing import Sm2Signing
+from channels.bank.simulator import Bank
 from channels.bank.simulator import create_app as create_simulator
 from channels.base import PayMode, TradeState
 from channels.money import fen_to_yuan
@@ -72,13 +73,8 @@ async def _finance(res: Resources) -> dict[str, str]:
 # ------------------------------------------------------------------ SM2 banks, disabled banks
 
 
-@pytest.fixture(scope="module")
-def sm2_keys() -> dict[str, Any]:
-    return {}
-
-
 @pytest.fixture
-def sm2_bank(sm2_keys: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+def sm2_bank() -> Iterator[tuple[str, dict[str, Any]]]:
     """A simulated bank 105 signing with SM2; it learns our public key once registered."""
     app = create_simulator({})
     with ServerThread(app) as server:
@@ -105,8 +101,6 @@ async def test_an_sm2_bank_registered_through_the_api_pays_and_is_refused_once_d
     assert r.status_code == 201, r.text
     ours = PublicKey(r.json()["our_public_key"])
     # The bank keeps its own key and our public key: it verifies every answer with it.
-    from channels.bank.simulator import Bank
-
     holder["app"].banks["105"] = Bank("105", Sm2Signing(own=SM2_BANK_KEY, peer=ours))
 
     async with res.sessions() as s:
