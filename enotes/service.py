@@ -1,4 +1,4 @@
-"""Issuing, red-lettering and verifying fiscal e-notes (财政电子票据, DOMAIN §7).
+"""Issuing, red-lettering and verifying fiscal e-notes (财政电子票据).
 
 A note is issued by the worker from the outbox (topic `enote.issue`), never in a payment's
 request path. One issuing transaction: lock the note code's counter row, skip receipts that

@@ -286,7 +286,8 @@ class EnoteSettings:
 
 @dataclass(frozen=True, slots=True)
 class BankSettings:
-    """One bank on the DOMAIN §5 interface: its code, its HMAC secret and where it listens."""
+    """One bank on the bank interface (docs/channels/bank.md): its code, its HMAC secret and
+    where it listens."""
 
     code: str
     """The bank's 3-digit code (e.g. ICBC 102, ABC 103); the channel is `bank:<code>`."""
