@@ -5,10 +5,16 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gateway gateway
-COPY billing billing
+# Every room (the packages `[tool.importlinter] root_packages` names; tests/test_dockerfile.py).
+COPY kernel kernel
 COPY channels channels
+COPY billing billing
+COPY ledger ledger
+COPY payments payments
+COPY enotes enotes
+COPY kiosks kiosks
 COPY settlement settlement
+COPY gateway gateway
 COPY bench bench
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
