@@ -86,11 +86,7 @@ class BanksController(Controller):
         resources: NamedDependency[Resources],
         code: FromPath[str],
     ) -> dict[str, Any]:
-        bank = await registry.set_enabled(db, code, enabled=False, actor=_actor(request))
-        out = registry.view(bank)
-        await db.commit()
-        await resources.banks.refresh()
-        return out
+        return await _set_enabled(request, db, resources, code, enabled=False)
 
     @post("/{code:str}/enable", guards=[WRITE], status_code=200, summary="Accept it again")
     async def enable(
@@ -100,11 +96,7 @@ class BanksController(Controller):
         resources: NamedDependency[Resources],
         code: FromPath[str],
     ) -> dict[str, Any]:
-        bank = await registry.set_enabled(db, code, enabled=True, actor=_actor(request))
-        out = registry.view(bank)
-        await db.commit()
-        await resources.banks.refresh()
-        return out
+        return await _set_enabled(request, db, resources, code, enabled=True)
 
     @post("/{code:str}/rotate", guards=[WRITE], status_code=200, summary="New keys")
     async def rotate(
@@ -128,3 +120,19 @@ class BanksController(Controller):
         await db.commit()
         await resources.banks.refresh()
         return asdict(made)
+
+
+async def _set_enabled(
+    request: Request[Any, Any, Any],
+    db: AsyncSession,
+    resources: Resources,
+    code: str,
+    *,
+    enabled: bool,
+) -> dict[str, Any]:
+    """Disable or enable, commit, and make this process's directory see it at once."""
+    bank = await registry.set_enabled(db, code, enabled=enabled, actor=_actor(request))
+    out = registry.view(bank)
+    await db.commit()
+    await resources.banks.refresh()
+    return out
