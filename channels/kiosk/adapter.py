@@ -1,7 +1,8 @@
 """The kiosk channel's calls: we ask the kiosks' acquirer about a charge and refund one.
 (The kiosks' own messages to us are the inbound half, `channels.kiosk.inbound`.)
 
-HTTP failures towards the acquirer map to the three channel errors in `_call` only.
+HTTP failures towards the acquirer map to the three channel errors in the shared
+`channels.acquirer.AcquirerClient` only.
 
 The acquirer knows a kiosk charge by our order id (the kiosk passes it as the merchant
 order number) and by its own reference; refunds go back through it, keyed by our refund id.
@@ -10,22 +11,19 @@ order number) and by its own reference; refunds go back through it, keyed by our
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any
 
 import httpx
-import structlog
 
+from channels.acquirer import AcquirerClient, HmacScheme
 from channels.base import (
     Ack,
     CreatedPayment,
     CreatePayment,
     InvalidNotification,
     Notification,
-    OutcomeUnknown,
     PaymentStatus,
     RefundRequest,
     RefundResult,
@@ -34,7 +32,6 @@ from channels.base import (
     StatementKind,
     StatementLine,
     TradeState,
-    Unavailable,
 )
 from channels.kiosk import transforms as t
 from channels.money import fen_to_yuan, yuan_to_fen
@@ -46,10 +43,7 @@ __all__ = [
     "acquirer_verify",
 ]
 
-log = structlog.get_logger(__name__)
-
 NAME = "kiosk"
-ACQUIRER_OK = "00"
 ACQUIRER_NOT_FOUND = "25"
 
 
@@ -66,26 +60,21 @@ _REFUND_STATES = {
 }
 
 
+def _scheme(secret: bytes) -> HmacScheme:
+    """The kiosk canonical string with the platform as the device `kiosk`."""
+    return HmacScheme(
+        prefix="X-Kiosk", caller_header="Device", version=t.VERSION, caller=NAME, secret=secret
+    )
+
+
 def acquirer_headers(secret: bytes, operation: str, body: bytes) -> dict[str, str]:
-    """Our requests to the acquirer (and its answers, operation "RESPONSE:<op>"): the kiosk
-    canonical string with the platform as the device, HMAC under the acquirer's secret."""
-    ts, nonce = str(int(time.time())), secrets.token_hex(12)
-    message = t.canonical(operation, NAME, ts, nonce, body)
-    return {
-        "X-Kiosk-Device": NAME,
-        "X-Kiosk-Timestamp": ts,
-        "X-Kiosk-Nonce": nonce,
-        "X-Kiosk-Signature": t.hmac_sign(secret, message),
-        "Content-Type": "application/json",
-    }
+    """Our requests to the acquirer (and its answers, operation "RESPONSE:<op>"), HMAC under
+    the acquirer's secret."""
+    return _scheme(secret).headers(operation, body)
 
 
 def acquirer_verify(secret: bytes, operation: str, headers: Mapping[str, str], body: bytes) -> bool:
-    try:
-        env = t.envelope(headers)
-    except InvalidNotification:
-        return False
-    return t.within_window(env) and t.verify(t.DeviceKey("HMAC", secret), operation, env, body)
+    return _scheme(secret).verify(operation, headers, body)
 
 
 class KioskAdapter:
@@ -103,16 +92,16 @@ class KioskAdapter:
         timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._base = httpx.URL(acquirer_url.rstrip("/") + "/")
-        self._secret = acquirer_secret
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=2.0),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        self._acquirer = AcquirerClient(
+            label="kiosk acquirer",
+            base_url=acquirer_url,
+            scheme=_scheme(acquirer_secret),
+            timeout_s=timeout_s,
             transport=transport,
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._acquirer.aclose()
 
     # ------------------------------------------------------------------ ChannelAdapter
 
@@ -122,7 +111,7 @@ class KioskAdapter:
 
     async def query_payment(self, attempt_id: str) -> PaymentStatus:
         try:
-            data = await self._call("query", {"order_id": attempt_id})
+            data = await self._acquirer.call("query", {"order_id": attempt_id})
         except Rejected as exc:
             if exc.code == ACQUIRER_NOT_FOUND:
                 return PaymentStatus(attempt_id=attempt_id, state=TradeState.NOT_FOUND)
@@ -144,7 +133,7 @@ class KioskAdapter:
             raise Rejected("the acquirer charged this order", code="charged")
 
     async def refund(self, req: RefundRequest) -> RefundResult:
-        data = await self._call(
+        data = await self._acquirer.call(
             "refund",
             {
                 "refund_id": req.refund_id,
@@ -159,7 +148,7 @@ class KioskAdapter:
     async def query_refund(self, refund_id: str, attempt_id: str) -> RefundResult:
         del attempt_id  # the acquirer finds a refund by its idempotency key
         try:
-            data = await self._call("refund_query", {"refund_id": refund_id})
+            data = await self._acquirer.call("refund_query", {"refund_id": refund_id})
         except Rejected as exc:
             if exc.code == ACQUIRER_NOT_FOUND:
                 return RefundResult(refund_id=refund_id, state=RefundState.NOT_FOUND)
@@ -176,7 +165,7 @@ class KioskAdapter:
         return Ack(body=b'{"code":"0000","msg":"ok"}', media_type="application/json")
 
     async def fetch_statement(self, day: date) -> bytes:
-        resp = await self._send("statement", {"date": day.isoformat()})
+        resp = await self._acquirer.send("statement", {"date": day.isoformat()})
         return resp.content
 
     def parse_statement(self, raw: bytes) -> Iterable[StatementLine]:
@@ -196,38 +185,6 @@ class KioskAdapter:
                 occurred_at=t.parse_time(row["time"]),
                 refund_id=row.get("refund_id") or None,
             )
-
-    # ------------------------------------------------------------------ the one place for I/O
-
-    async def _send(self, operation: str, payload: dict[str, Any]) -> httpx.Response:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = acquirer_headers(self._secret, operation, body)
-        try:
-            resp = await self._client.post(
-                self._base.join(operation), content=body, headers=headers
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise Unavailable(f"kiosk acquirer unreachable: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:  # sent, no answer: it may have taken effect
-            raise OutcomeUnknown(f"kiosk acquirer: {type(exc).__name__}") from exc
-        if resp.status_code >= 500:
-            raise OutcomeUnknown(f"kiosk acquirer answered HTTP {resp.status_code}")
-        if not acquirer_verify(self._secret, f"RESPONSE:{operation}", resp.headers, resp.content):
-            # An answer we cannot trust tells us nothing about the outcome.
-            raise OutcomeUnknown("kiosk acquirer answer unverifiable")
-        return resp
-
-    async def _call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
-        resp = await self._send(operation, payload)
-        try:
-            doc = resp.json()
-        except ValueError as exc:
-            raise OutcomeUnknown("kiosk acquirer answered non-JSON") from exc
-        code = str(doc.get("code", ""))
-        if code != ACQUIRER_OK:
-            log.info("kiosk acquirer refused", code=code)
-            raise Rejected(str(doc.get("msg", "refused")), code=code)
-        return dict(doc.get("data") or {})
 
     @staticmethod
     def _refund_result(refund_id: str, data: Mapping[str, Any]) -> RefundResult:
