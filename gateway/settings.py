@@ -341,6 +341,29 @@ class KioskSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PosAcquirerSettings:
+    """The card terminals' acquirer (docs/channels/pos.md, "The acquirer"): refunds of card
+    sales and the daily settlement file. Unset, the channel `pos` still takes terminals'
+    messages, but its duplicates' refunds fail for finance and there is no statement."""
+
+    url: str = ""
+    """`PAYGATE_POS_ACQUIRER_URL`, e.g. http://acquirer.example/pos-acquirer."""
+    secret: bytes = b""
+    """`PAYGATE_POS_ACQUIRER_SECRET`: HMAC secret shared with the acquirer."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    @classmethod
+    def from_env(cls) -> PosAcquirerSettings:
+        return cls(
+            url=_env("PAYGATE_POS_ACQUIRER_URL").rstrip("/"),
+            secret=_env("PAYGATE_POS_ACQUIRER_SECRET").encode(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentSettings:
     attempt_ttl_s: int
     """How long a payment attempt stays open before the worker closes it."""
@@ -357,6 +380,7 @@ class PaymentSettings:
     guess_window_s: int = 3600
     banks: tuple[BankSettings, ...] = ()
     kiosk: KioskSettings = field(default_factory=KioskSettings.from_env)
+    pos_acquirer: PosAcquirerSettings = field(default_factory=PosAcquirerSettings.from_env)
 
     @classmethod
     def from_env(cls) -> PaymentSettings:
@@ -370,6 +394,7 @@ class PaymentSettings:
             guess_window_s=_env_int("PAYGATE_GUESS_WINDOW_S", 3600),
             banks=_parse_banks(_env("PAYGATE_BANKS")),
             kiosk=KioskSettings.from_env(),
+            pos_acquirer=PosAcquirerSettings.from_env(),
         )
 
 

@@ -152,10 +152,14 @@ def build_channels(settings: Settings) -> ChannelRegistry:
         registry.register(
             BankAdapter(bank_code=bank.code, secret=bank.secret, base_url=bank.base_url)
         )
-    # Card terminals (docs/channels/pos.md): the worker closes a sale's expired open attempt.
+    # Card terminals (docs/channels/pos.md): the worker closes a sale's expired open attempt;
+    # refunds and the settlement file go through their acquirer when one is configured.
     from channels.pos.adapter import PosAdapter
 
-    registry.register(PosAdapter())
+    acquirer = settings.payments.pos_acquirer
+    if settings.is_production and acquirer.enabled and not acquirer.secret:
+        raise RuntimeError("PAYGATE_POS_ACQUIRER_SECRET must be set with its URL")
+    registry.register(PosAdapter(acquirer_url=acquirer.url, acquirer_secret=acquirer.secret))
     kiosk = settings.payments.kiosk
     if kiosk.enabled:
         from channels.kiosk.adapter import KioskAdapter

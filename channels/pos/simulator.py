@@ -13,6 +13,12 @@ terminals and networks do:
 - `replay`: the very same signed request sent again (same nonce) — a replay.
 - `forge`: signed with a wrong key.
 
+Given an acquirer (`acquirer_url`, the simulated one of `channels.pos.simulator_acquirer`),
+the terminal books every card transaction there first, as a real terminal's authorisation
+reaches its acquirer before the terminal tells us; a sale we refuse for its content (13,
+57, B1, 12) it reverses there at once. A `B2` is left to the clerk: the sale may have been
+recorded as a duplicate that we refund through the acquirer.
+
 Used by the tests (in process, over real HTTP) and by `paygate simulator pos`.
 """
 
@@ -38,6 +44,10 @@ __all__ = [
     "SimTerminal",
     "TerminalState",
 ]
+
+
+_TAKE_BACK = frozenset({"13", "57", "B1", "12"})
+"""Our refusals of a sale that leave nothing recorded: the terminal reverses the card sale."""
 
 
 @dataclass
@@ -80,12 +90,14 @@ class SimTerminal:
         key: bytes,
         state: TerminalState | None = None,
         timeout_s: float = 30.0,
+        acquirer_url: str | None = None,
     ) -> None:
         self.gateway_url = gateway_url.rstrip("/")
         self.merchant = merchant
         self.terminal = terminal
         self.key = key
         self.state = state or TerminalState()
+        self.acquirer_url = acquirer_url.rstrip("/") if acquirer_url else None
         self._client = httpx.AsyncClient(timeout=timeout_s)
 
     async def aclose(self) -> None:
@@ -127,6 +139,15 @@ class SimTerminal:
     ) -> Sent:
         body, headers = self.signed(operation, doc, forge=forge)
         return await self.post_signed(operation, body, headers, lose_answer=lose_answer)
+
+    async def book(self, operation: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Tell the acquirer (card network side) about a card transaction; None without one."""
+        if self.acquirer_url is None:
+            return None
+        ids = {"merchant_id": self.merchant, "terminal_id": self.terminal}
+        resp = await self._client.post(f"{self.acquirer_url}/card/{operation}", json=ids | doc)
+        answer: dict[str, Any] = resp.json()
+        return answer
 
     # ------------------------------------------------------------------ operations
 
@@ -187,7 +208,10 @@ class SimTerminal:
         line = JournalLine("SALE", doc["batch_no"], trace, amount, payment_code, "PENDING")
         self.state.journal.append(line)
         out: dict[str, Any] = {"trace_no": trace, "batch_no": doc["batch_no"]}
+        out["acquirer"] = await self.book("sale", doc)
         body, headers = self.signed("sale", doc, forge=forge)
+        if reversal_first or concurrent_reversal or lose_answer:
+            await self.book("reversal", doc)
         if reversal_first:
             out["reversal"] = asdict(await self.send("reversal", self.reversal_doc(doc)))
             out["sale"] = asdict(await self.post_signed("sale", body, headers))
@@ -213,6 +237,8 @@ class SimTerminal:
         out["duplicates"] = [asdict(await self.send("sale", doc)) for _ in range(duplicates)]
         answer = first.answer or {}
         line.state = "APPROVED" if answer.get("code") == "00" else f"DECLINED {answer.get('code')}"
+        if answer.get("code") in _TAKE_BACK:
+            out["acquirer_reversal"] = await self.book("reversal", doc)
         return out
 
     def _find(self, trace_no: str, batch_no: str | None = None) -> JournalLine:
@@ -236,26 +262,25 @@ class SimTerminal:
         )
         if (sent.answer or {}).get("code") == "00":
             line.state = "REVERSED"
+            await self.book("reversal", {"batch_no": line.batch_no, "trace_no": line.trace_no})
         return sent
 
     async def void(self, trace_no: str, **switches: Any) -> Sent:
         """撤销 a sale of the current batch."""
         line = self._find(trace_no, self.state.batch_no)
         trace = self._trace()
-        sent = await self.send(
-            "void",
-            {
-                "batch_no": self.state.batch_no,
-                "trace_no": trace,
-                "original_trace_no": trace_no,
-                "amount": fen_to_yuan(line.amount),
-                "rrn": f"{secrets.randbelow(10**12):012d}",
-                "time": self._now(),
-                "operator": "01",
-            },
-            **switches,
-        )
+        doc = {
+            "batch_no": self.state.batch_no,
+            "trace_no": trace,
+            "original_trace_no": trace_no,
+            "amount": fen_to_yuan(line.amount),
+            "rrn": f"{secrets.randbelow(10**12):012d}",
+            "time": self._now(),
+            "operator": "01",
+        }
+        sent = await self.send("void", doc, **switches)
         if (sent.answer or {}).get("code") == "00":
+            await self.book("void", doc)
             line.state = "VOIDED"
             self.state.journal.append(
                 JournalLine(
@@ -274,19 +299,20 @@ class SimTerminal:
         """退货 (part of) a sale of a settled batch."""
         line = self._find(trace_no, batch_no)
         trace = self._trace()
-        sent = await self.send(
-            "refund",
-            {
-                "batch_no": self.state.batch_no,
-                "trace_no": trace,
-                "original_batch_no": batch_no,
-                "original_trace_no": trace_no,
-                "amount": fen_to_yuan(amount),
-                "rrn": f"{secrets.randbelow(10**12):012d}",
-                "time": self._now(),
-                "operator": "01",
-            },
-        )
+        doc = {
+            "batch_no": self.state.batch_no,
+            "trace_no": trace,
+            "original_batch_no": batch_no,
+            "original_trace_no": trace_no,
+            "amount": fen_to_yuan(amount),
+            "rrn": f"{secrets.randbelow(10**12):012d}",
+            "time": self._now(),
+            "operator": "01",
+        }
+        booked = await self.book("refund", doc)
+        if booked is not None and booked.get("code") != "00":
+            return Sent("refund", doc, answer=booked)  # the acquirer gave nothing back
+        sent = await self.send("refund", doc)
         if (sent.answer or {}).get("code") == "00":
             self.state.journal.append(
                 JournalLine(

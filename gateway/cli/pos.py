@@ -193,7 +193,16 @@ def pos_batches(mismatched: bool) -> None:
 @click.option("--duplicates", type=int, default=0, help="Sale: send it again this many times.")
 @click.option("--replay", is_flag=True, help="Sale: replay the identical signed request.")
 @click.option("--forge", is_flag=True, help="Sign with a wrong key.")
-@click.argument("operation", type=click.Choice(["inquiry", "sale", "void", "reverse", "settle"]))
+@click.option(
+    "--acquirer",
+    "acquirer_url",
+    default=None,
+    help="The simulated acquirer (`paygate simulator pos-acquirer`) to book each card"
+    " transaction with first, e.g. http://127.0.0.1:8103.",
+)
+@click.argument(
+    "operation", type=click.Choice(["inquiry", "sale", "void", "reverse", "refund", "settle"])
+)
 @click.argument("args", nargs=-1)
 def simulator_pos(
     *,
@@ -208,6 +217,7 @@ def simulator_pos(
     duplicates: int,
     replay: bool,
     forge: bool,
+    acquirer_url: str | None,
     operation: str,
     args: tuple[str, ...],
 ) -> None:
@@ -219,6 +229,7 @@ def simulator_pos(
       sale PAYMENT_CODE AMOUNT_FEN
       void TRACE_NO            (a sale of the current batch)
       reverse TRACE_NO
+      refund BATCH_NO TRACE_NO AMOUNT_FEN  (退货 of a sale of a settled batch)
       settle [SKIP_TRACE ...]  (skipped lines make a mismatch)
     """
     import asyncio
@@ -236,6 +247,7 @@ def simulator_pos(
             terminal=terminal_id,
             key=key.encode(),
             state=SimTerminal.load(path),
+            acquirer_url=acquirer_url,
         )
         try:
             if operation == "inquiry":
@@ -255,6 +267,8 @@ def simulator_pos(
                 return dataclasses.asdict(await sim.void(args[0], forge=forge))
             if operation == "reverse":
                 return dataclasses.asdict(await sim.reverse(args[0]))
+            if operation == "refund":
+                return dataclasses.asdict(await sim.refund(args[0], args[1], int(args[2])))
             return dataclasses.asdict(await sim.settle(skip_traces=args, forge=forge))
         finally:
             sim.save(path)
@@ -264,4 +278,30 @@ def simulator_pos(
         raise click.UsageError(f"{operation} takes one argument")
     if operation == "sale" and len(args) != 2:
         raise click.UsageError("sale takes PAYMENT_CODE AMOUNT_FEN")
+    if operation == "refund" and len(args) != 3:
+        raise click.UsageError("refund takes BATCH_NO TRACE_NO AMOUNT_FEN")
     click.echo(json.dumps(asyncio.run(run()), ensure_ascii=False, indent=1))
+
+
+@simulator.command("pos-acquirer")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8103, show_default=True)
+def simulator_pos_acquirer(host: str, port: int) -> None:
+    """Run the card terminals' simulated acquirer (its HMAC secret from
+    PAYGATE_POS_ACQUIRER_SECRET; point paygate's PAYGATE_POS_ACQUIRER_URL at
+    http://HOST:PORT/acquirer, and `paygate simulator pos --acquirer http://HOST:PORT`).
+    Switches through POST /control/faults and /control/statement (channels/pos/
+    simulator_acquirer.py)."""
+    import uvicorn
+
+    click.secho(f"POS acquirer simulator on http://{host}:{port}", fg="green", bold=True)
+    click.echo(f"  export PAYGATE_POS_ACQUIRER_URL=http://{host}:{port}/acquirer")
+    uvicorn.run(
+        "channels.pos.simulator_acquirer:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+    )
