@@ -265,7 +265,7 @@ class WebhookEvent(Base):
         CheckConstraint("status IN ('PENDING', 'DELIVERED', 'FAILED')", name="status_known"),
         CheckConstraint(
             "event IN ('bill.paid', 'bill.refunded', 'bill.expired', 'bill.cancelled',"
-            " 'enote.issued')",
+            " 'enote.issued', 'bill.payment_reversed')",
             name="event_known",
         ),
         CheckConstraint(

@@ -86,7 +86,14 @@ log = structlog.get_logger(__name__)
 
 TOPIC: Final = Topic.WEBHOOK
 EVENTS: Final = frozenset(
-    {"bill.paid", "bill.refunded", "bill.expired", "bill.cancelled", "enote.issued"}
+    {
+        "bill.paid",
+        "bill.payment_reversed",
+        "bill.refunded",
+        "bill.expired",
+        "bill.cancelled",
+        "enote.issued",
+    }
 )
 STATUSES: Final = ("PENDING", "DELIVERED", "FAILED")
 RETRY_SCHEDULE: Final = (

@@ -1,7 +1,8 @@
 """Fiscal e-notes (财政电子票据) and their gap-free number counters.
 
-Exactly-once is the database's job: one original note per receipt
-(`uq_enotes_receipt_original`), one red-letter note and at most one re-issue per refund
+Exactly-once is the database's job: one original note per receipt and at most one red
+note cancelling it when the channel took the payment back (`uq_enotes_receipt_original`,
+by kind), one red-letter note and at most one re-issue per refund
 (`uq_enotes_refund_kind`), and (code, number) unique. Numbers come from one counter row per
 note code, bumped inside the issuing transaction: a rollback hands the number back, so the
 sequence has no gaps (a SEQUENCE would leave one on every rollback).
@@ -57,14 +58,16 @@ class ENote(Base):
         CheckConstraint("note_number ~ '^[0-9]{10}$'", name="note_number_10_digits"),
         CheckConstraint("check_code ~ '^[0-9]{6}$'", name="check_code_6_digits"),
         CheckConstraint(
-            "(kind = 'RED' AND total_amount < 0 AND original_id IS NOT NULL"
-            " AND refund_id IS NOT NULL) OR (kind = 'BLUE' AND total_amount > 0"
+            # A red note without a refund cancels a payment the channel took back.
+            "(kind = 'RED' AND total_amount < 0 AND original_id IS NOT NULL)"
+            " OR (kind = 'BLUE' AND total_amount > 0"
             " AND (refund_id IS NULL) = (original_id IS NULL))",
             name="shape_by_kind",
         ),
         Index(
             "uq_enotes_receipt_original",
             "receipt_id",
+            "kind",
             unique=True,
             postgresql_where=text("refund_id IS NULL"),
         ),

@@ -7,6 +7,10 @@ canonically, sign (issuer, then the finance department's supervisory countersign
 insert, enqueue the agency webhook, mark the outbox messages done. A crash anywhere before
 the commit rolls all of it back, numbers included; the unique indexes are the last guard.
 
+A payment the channel takes back (payments.reversal) is noted by kind REVERSED on its
+receipt: an issuer that reads it so issues nothing; one that read it before (and commits
+after) leaves a note that the `enote.red` request queued with the take-back red-letters.
+
 Content is canonical JSON: UTF-8, keys sorted, no insignificant whitespace, integers only
 (amounts in fen) — the same bytes on every platform, so a signature can be re-checked by
 anyone holding the stored bytes and the public keys.
@@ -70,6 +74,7 @@ __all__ = [
     "notes_for_bill",
     "notes_for_payer",
     "red_letter_for_refund",
+    "red_letter_for_reversal",
     "run_issue_job",
     "run_red_job",
     "valid_query",
@@ -546,6 +551,45 @@ async def issue_for_receipts(
     return issued
 
 
+def _red_draft(
+    current: ENote,
+    original: dict[str, Any],
+    *,
+    receipt: Receipt,
+    refund_id: uuid.UUID | None,
+    code: str,
+    reason: str,
+    now: datetime,
+) -> _Draft:
+    """The red note cancelling `current` in full (its signed content is `original`)."""
+    original_main = original["main"]
+    return _Draft(
+        kind="RED",
+        agency_id=current.agency_id,
+        bill_id=current.bill_id,
+        receipt_id=receipt.id,
+        refund_id=refund_id,
+        original_id=current.id,
+        code=code,
+        main={
+            **original_main,
+            "name": original_main["name"] + "（红字）",
+            "remark": f"冲红 {current.note_code}-{current.note_number}：{reason}",
+            "original": {
+                "code": current.note_code,
+                "number": current.note_number,
+                "total": current.total_amount,
+            },
+        },
+        items=[
+            {**i, "quantity": -int(i["quantity"]), "amount": -int(i["amount"])}
+            for i in original["details"]
+        ],
+        total=-current.total_amount,
+        issued_at=now,
+    )
+
+
 async def red_letter_for_refund(
     session: AsyncSession, refund_id: uuid.UUID, ctx: EnoteContext
 ) -> list[IssuedNote]:
@@ -588,33 +632,15 @@ async def red_letter_for_refund(
         raise NotReady(f"receipt {receipt.id} has no valid note yet")
     original = json.loads(current.content)
     original_main = original["main"]
-    main = {
-        **original_main,
-        "name": original_main["name"] + "（红字）",
-        "remark": f"冲红 {current.note_code}-{current.note_number}：{refund.reason}",
-        "original": {
-            "code": current.note_code,
-            "number": current.note_number,
-            "total": current.total_amount,
-        },
-    }
-    red_items = [
-        {**i, "quantity": -int(i["quantity"]), "amount": -int(i["amount"])}
-        for i in original["details"]
-    ]
     drafts = [
-        _Draft(
-            kind="RED",
-            agency_id=agency.id,
-            bill_id=bill.id,
-            receipt_id=receipt.id,
+        _red_draft(
+            current,
+            original,
+            receipt=receipt,
             refund_id=refund.id,
-            original_id=current.id,
             code=code,
-            main=main,
-            items=red_items,
-            total=-current.total_amount,
-            issued_at=now,
+            reason=refund.reason,
+            now=now,
         )
     ]
     remainder = current.total_amount - refund.amount
@@ -647,6 +673,65 @@ async def red_letter_for_refund(
     )
     issued = await _insert_drafts(session, drafts, ctx)
     log.info("enote red-lettered", refund_id=str(refund.id), reissued=bool(remainder))
+    return issued
+
+
+_ISSUE_PENDING = text("SELECT 1 FROM outbox WHERE key = :key AND processed_at IS NULL")
+
+
+async def red_letter_for_reversal(
+    session: AsyncSession, receipt_id: uuid.UUID, reason: str, ctx: EnoteContext
+) -> list[IssuedNote]:
+    """Red-letter the note of a payment the channel took back (receipt kind REVERSED): a red
+    note cancelling it in full, nothing re-issued (nothing remains paid).
+
+    Idempotent per receipt. Raises NotReady while the note's issue job is still open (a
+    worker took it before the payment was taken back and may yet commit the note); once
+    that job is closed with no note, there is nothing to red-letter.
+    """
+    receipt = await session.get(Receipt, receipt_id)
+    if receipt is None:
+        raise NotFound("receipt not found", code="receipt_not_found")
+    if receipt.kind != "REVERSED":
+        raise InvalidInput("only a taken-back payment is red-lettered", code="receipt_not_reversed")
+    bill = await session.get(Bill, receipt.bill_id)
+    assert bill is not None
+    agency = await session.get(Agency, bill.agency_id)
+    assert agency is not None
+    now = datetime.now(UTC)
+    code = note_code(
+        agency.region_code, ctx.config.note_class, KIND_BY_CATEGORY.get(bill.category, "01"), now
+    )
+    await _lock_codes(session, [code])
+    # The issue job first, the note second: the job is closed in the transaction that
+    # writes the note, so a closed job read before the note means the note is visible.
+    if (await session.execute(_ISSUE_PENDING, {"key": f"{ISSUE_TOPIC}:{receipt.id}"})).first():
+        raise NotReady(f"receipt {receipt.id}'s note may still be issued")
+    notes = (
+        await session.scalars(
+            select(ENote)
+            .where(ENote.receipt_id == receipt.id, ENote.refund_id.is_(None))
+            .with_for_update()
+        )
+    ).all()
+    current = next((n for n in notes if n.kind == "BLUE"), None)
+    if current is None or any(n.kind == "RED" for n in notes):
+        return []
+    ENOTE.check(current.status, ENoteStatus.RED_LETTERED)
+    draft = _red_draft(
+        current,
+        json.loads(current.content),
+        receipt=receipt,
+        refund_id=None,
+        code=code,
+        reason=reason,
+        now=now,
+    )
+    await session.execute(
+        update(ENote).where(ENote.id == current.id).values(status=ENoteStatus.RED_LETTERED.value)
+    )
+    issued = await _insert_drafts(session, [draft], ctx)
+    log.info("enote red-lettered for a taken-back payment", receipt_id=str(receipt.id))
     return issued
 
 
@@ -720,22 +805,28 @@ async def run_issue_job(
 
 
 async def _issue_one(sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext) -> bool:
-    async def issue(session: AsyncSession, receipt_id: uuid.UUID) -> None:
-        await issue_for_receipts(session, [receipt_id], ctx)
+    async def issue(session: AsyncSession, payload: dict[str, Any]) -> None:
+        if (receipt_id := _uuid_of(payload, "receipt_id")) is not None:
+            await issue_for_receipts(session, [receipt_id], ctx)
 
-    return await _one_message(sessions, ISSUE_TOPIC, "receipt_id", issue, "issue")
+    return await _one_message(sessions, ISSUE_TOPIC, issue, "issue")
 
 
 async def run_red_job(
     sessions: async_sessionmaker[AsyncSession], ctx: EnoteContext, limit: int = 20
 ) -> int:
-    async def red_letter(session: AsyncSession, refund_id: uuid.UUID) -> None:
-        await red_letter_for_refund(session, refund_id, ctx)
+    """Red-letter notes: a succeeded refund's (`refund_id`), or a taken-back payment's
+    (`receipt_id`, queued by payments.reversal)."""
+
+    async def red_letter(session: AsyncSession, payload: dict[str, Any]) -> None:
+        if (refund_id := _uuid_of(payload, "refund_id")) is not None:
+            await red_letter_for_refund(session, refund_id, ctx)
+        elif (receipt_id := _uuid_of(payload, "receipt_id")) is not None:
+            reason = str(payload.get("reason") or "渠道冲正")
+            await red_letter_for_reversal(session, receipt_id, reason, ctx)
 
     handled = 0
-    while handled < limit and await _one_message(
-        sessions, RED_TOPIC, "refund_id", red_letter, "red-letter"
-    ):
+    while handled < limit and await _one_message(sessions, RED_TOPIC, red_letter, "red-letter"):
         handled += 1
     return handled
 
@@ -743,8 +834,7 @@ async def run_red_job(
 async def _one_message(
     sessions: async_sessionmaker[AsyncSession],
     topic: str,
-    field_name: str,
-    handle: Callable[[AsyncSession, uuid.UUID], Awaitable[None]],
+    handle: Callable[[AsyncSession, dict[str, Any]], Awaitable[None]],
     what: str,
 ) -> bool:
     """Handle the next due message of `topic` alone (False: none is due). A failure that is
@@ -755,18 +845,16 @@ async def _one_message(
         if not messages:
             return False
         message = messages[0]
-        target = _uuid_of(message.payload, field_name)
         now = datetime.now(UTC)
         try:
             async with session.begin_nested():
-                if target is not None:
-                    await handle(session, target)
+                await handle(session, message.payload)
         except NotReady as exc:
             outbox.retry_later(message, now, timedelta(seconds=30), str(exc))
         except (IntegrityError, Conflict, InvalidInput, NotFound) as exc:
             delay = timedelta(seconds=min(3600, 30 * 2**message.attempts))
             outbox.retry_later(message, now, delay, f"{type(exc).__name__}: {exc}")
-            log.error("enote message failed", job=what, **{field_name: str(target)}, error=str(exc))
+            log.error("enote message failed", job=what, key=message.key, error=str(exc))
         else:
             outbox.done(message, now)
         return True

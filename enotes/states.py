@@ -17,7 +17,8 @@ class ENoteStatus(StrEnum):
 E = ENoteStatus
 ENOTE = StateMachine(
     "enote",
-    # A refund red-letters the note: a red note referencing it is issued, it stays on file.
+    # A refund, or the channel taking the payment back, red-letters the note: a red note
+    # referencing it is issued, it stays on file.
     edges((E.VALID, E.RED_LETTERED)),
     terminal=frozenset({E.RED_LETTERED}),
     initial=frozenset({E.VALID}),

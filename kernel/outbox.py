@@ -40,7 +40,8 @@ class Topic(StrEnum):
     ENOTE_ISSUE = "enote.issue"
     """A PAYMENT receipt awaiting its fiscal e-note (enotes.run_issue_job)."""
     ENOTE_RED = "enote.red"
-    """A succeeded refund whose e-note is red-lettered (enotes.run_red_job)."""
+    """A succeeded refund, or a payment the channel took back (payments.reversal), whose
+    e-note is red-lettered (enotes.run_red_job)."""
     REFUND_EXECUTE = "refund.execute"
     """A refund to send to its channel (payments.refunds)."""
 

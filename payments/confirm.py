@@ -87,6 +87,7 @@ __all__ = [
     "APPLY_GROUPS",
     "BILL_COLUMNS",
     "CONFIRM_GATE",
+    "PAID_EVENT",
     "AttemptFacts",
     "BillFacts",
     "ConfirmGate",
@@ -100,6 +101,7 @@ __all__ = [
     "bill_facts",
     "confirm_payment",
     "core_transaction",
+    "paid_event_key",
 ]
 
 log = structlog.get_logger(__name__)
@@ -715,6 +717,15 @@ class DriverStatement:
         return list(await driver.fetch(self.sql, *(params[n] for n in self.names)))
 
 
+PAID_EVENT = "bill.paid:"
+"""Key prefix of a payment's `bill.paid` webhook (+ its receipt id): per payment, not per
+bill, so a bill paid again after its payment was taken back is announced again."""
+
+
+def paid_event_key(receipt_id: uuid.UUID) -> str:
+    return f"{PAID_EVENT}{receipt_id}"
+
+
 _PAID = BillStatus.PAID.value
 (_PAYABLE,) = BILL.sources(_PAID)  # one source: the statement's events name it
 _PAID_EVENTS = bill_events.insert_sql(
@@ -745,7 +756,7 @@ _PAY_WRITES = (
     " RETURNING id),"
     # The agency's webhook (billing.webhooks) and the payer's e-note (enotes).
     " ob AS (INSERT INTO outbox (topic, key, payload)"
-    f" SELECT '{WEBHOOK_TOPIC}', 'bill.paid:' || CAST(paid_bill AS text), jsonb_build_object("
+    f" SELECT '{WEBHOOK_TOPIC}', '{PAID_EVENT}' || CAST(receipt_id AS text), jsonb_build_object("
     " 'event', 'bill.paid', 'agency_id', CAST(agency_id AS text),"
     " 'bill_id', CAST(paid_bill AS text), 'data', jsonb_build_object("
     " 'agency_bill_no', agency_bill_no, 'payment_code', payment_code, 'amount', amount,"

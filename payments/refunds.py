@@ -69,7 +69,8 @@ log = structlog.get_logger(__name__)
 TOPIC_EXECUTE = Topic.REFUND_EXECUTE
 """Channel refunds to send; consumed by `execute_refunds` below."""
 TOPIC_RED_LETTER = Topic.ENOTE_RED
-"""Red-letter (冲红) e-note requests for the e-note issuer (enotes)."""
+"""Red-letter (冲红) e-note requests for the e-note issuer (enotes): a refund's, or a taken-back
+payment's (payments.reversal)."""
 
 LEASE = timedelta(minutes=2)
 STALE_PROCESSING = timedelta(minutes=5)

@@ -7,6 +7,13 @@
   becomes kind REVERSED (kept as the record; it no longer counts as a payment, so the bill
   can be paid again), the receipt's ledger entry is reversed by its mirror image, and the
   e-note and the agency's `bill.paid` webhook still waiting in the outbox are withdrawn.
+- what the payment's messages already set going is followed up, in the same transaction:
+  an e-note issue job already done or in a worker's hands → an `enote.red` message (the
+  e-note worker red-letters the note once it exists; a worker that reads the receipt after
+  this commits sees it REVERSED and issues nothing); a `bill.paid` webhook already taken
+  → a `bill.payment_reversed` webhook telling the agency the bill is payable again.
+  Messages a worker holds are skipped, never waited for: the worker's own writes (the
+  note's foreign keys) wait for the locks this transaction holds.
 
 Only a payment still CONFIRMED (not swept to the treasury, nothing refunded) of a PAID
 bill can be taken back; later, money goes back as a refund. Runs inside the caller's
@@ -18,6 +25,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 import structlog
@@ -29,16 +37,24 @@ from billing import events as bill_events
 from billing.events import Sql
 from billing.states import BILL, BillStatus
 from billing.webhooks import TOPIC as WEBHOOK_TOPIC
+from kernel import outbox
+from kernel.clock import SHANGHAI
 from kernel.outbox import Topic
+from payments.confirm import paid_event_key
+from payments.refunds import TOPIC_RED_LETTER
 from payments.states import ATTEMPT, AttemptStatus
 
 __all__ = [
+    "REVERSED_EVENT",
     "UndoResult",
     "Undone",
     "undo_payment",
 ]
 
 log = structlog.get_logger(__name__)
+
+REVERSED_EVENT = "bill.payment_reversed"
+"""The agency's webhook when a payment it was told of (`bill.paid`) is taken back."""
 
 
 class Undone(StrEnum):
@@ -61,12 +77,14 @@ class UndoResult:
 
 
 _LOCK = text(
-    "SELECT b.id AS bill_id, b.status AS bill_status, b.payment_code, a.status, a.channel"
+    "SELECT b.id AS bill_id, b.status AS bill_status, b.payment_code, b.agency_id,"
+    " b.agency_bill_no, a.status, a.channel"
     " FROM bills b JOIN payment_attempts a ON a.bill_id = b.id"
     " WHERE a.id = :attempt_id ORDER BY b.id FOR UPDATE OF b, a"
 )
 _RECEIPT = text(
-    "SELECT id, kind, status, refunded_amount FROM receipts WHERE attempt_id = :attempt_id"
+    "SELECT id, kind, status, refunded_amount, amount FROM receipts"
+    " WHERE attempt_id = :attempt_id"
     " FOR UPDATE"
 )
 _ENTRY = text(
@@ -92,16 +110,27 @@ _UNDO = text(
         reason="payment taken back by the channel",
         detail=Sql("CAST(:detail AS jsonb)"),
     )
-    + "),"
+    + "),"  # noqa: S608 - constants only
     " au AS (INSERT INTO audit_log (actor_type, actor_id, action, object_type,"
     " object_id, detail) VALUES ('system', :actor, 'payment.reversed', 'bill',"
-    " :bill_text, CAST(:detail AS jsonb)))"
-    # What the payment queued and nobody has taken yet is withdrawn (a webhook already
-    # delivered stays delivered; see docs/channels/pos.md).
-    " DELETE FROM outbox WHERE processed_at IS NULL AND ((topic = :webhook AND"
-    " key = :webhook_key) OR (topic = :enote AND key = :enote_key))"
+    " :bill_text, CAST(:detail AS jsonb))),"
+    # What the payment queued and nobody has taken yet is withdrawn; one a worker holds
+    # is skipped (SKIP LOCKED: waiting for it could deadlock with the worker's writes).
+    " gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+    " WHERE processed_at IS NULL AND key IN (:webhook_key, :enote_key)"
+    " FOR UPDATE SKIP LOCKED) RETURNING id)"
+    # Every part of one statement reads the same snapshot: `outbox` below still shows the
+    # rows `gone` deleted, so what is left over is what a worker took or has done.
+    " INSERT INTO outbox (topic, key, payload)"
+    " SELECT CAST(:webhook AS varchar), :reversed_key, CAST(:reversed AS jsonb) FROM outbox o"
+    " WHERE o.key = :webhook_key AND o.id NOT IN (SELECT id FROM gone)"
+    " UNION ALL"
+    " SELECT CAST(:red AS varchar), :red_key, CAST(:red_payload AS jsonb) FROM outbox o"
+    " WHERE o.key = :enote_key AND o.id NOT IN (SELECT id FROM gone)"
+    f" ON CONFLICT ON CONSTRAINT {outbox.KEY_CONSTRAINT} DO NOTHING RETURNING topic"
 )
-"""The payment's writes undone as one statement (see the module doc)."""
+"""The payment's writes undone as one statement (see the module doc); returns the topics of
+the follow-up messages it queued."""
 
 
 async def undo_payment(
@@ -131,22 +160,50 @@ async def undo_payment(
     BILL.check(BillStatus.PAID, BillStatus.ISSUED)
     await _attempt_reversed(conn, attempt_id, AttemptStatus.SUCCEEDED)
     detail = {"attempt_id": str(attempt_id), "receipt_id": str(receipt.id), "reason": reason}
-    await conn.execute(
-        _UNDO,
-        {
-            "receipt_id": receipt.id,
-            "bill_id": bill_id,
-            "actor": actor[:64],
-            "detail": json.dumps(detail, ensure_ascii=False),
-            "bill_text": str(bill_id),
-            "webhook": WEBHOOK_TOPIC.value,
-            "webhook_key": f"bill.paid:{bill_id}",
-            "enote": Topic.ENOTE_ISSUE.value,
-            "enote_key": f"{Topic.ENOTE_ISSUE.value}:{receipt.id}",
+    reversed_event = {
+        "event": REVERSED_EVENT,
+        "agency_id": str(row.agency_id),
+        "bill_id": str(bill_id),
+        "data": {
+            "bill_id": str(bill_id),
+            "agency_bill_no": row.agency_bill_no,
+            "payment_code": code,
+            "amount": int(receipt.amount),
+            "channel": row.channel,
+            "attempt_id": str(attempt_id),
+            "receipt_id": str(receipt.id),
+            "reason": reason[:200],
+            "reversed_at": datetime.now(SHANGHAI).isoformat(timespec="seconds"),
+            "bill_status": BillStatus.ISSUED.value,
         },
-    )
+    }
+    queued = (
+        await conn.execute(
+            _UNDO,
+            {
+                "receipt_id": receipt.id,
+                "bill_id": bill_id,
+                "actor": actor[:64],
+                "detail": json.dumps(detail, ensure_ascii=False),
+                "bill_text": str(bill_id),
+                "webhook": WEBHOOK_TOPIC.value,
+                "webhook_key": paid_event_key(receipt.id),
+                "enote_key": f"{Topic.ENOTE_ISSUE.value}:{receipt.id}",
+                "reversed_key": f"{REVERSED_EVENT}:{receipt.id}",
+                "reversed": json.dumps(reversed_event, ensure_ascii=False),
+                "red": TOPIC_RED_LETTER.value,
+                "red_key": f"{TOPIC_RED_LETTER.value}:reversal:{receipt.id}",
+                "red_payload": json.dumps({"receipt_id": str(receipt.id), "reason": reason}),
+            },
+        )
+    ).scalars()
     await _mirror_entry(conn, receipt.id, reason)
-    log.info("payment taken back", bill_id=str(bill_id), attempt_id=str(attempt_id))
+    log.info(
+        "payment taken back",
+        bill_id=str(bill_id),
+        attempt_id=str(attempt_id),
+        followed_up=sorted(queued),
+    )
     return UndoResult(Undone.UNDONE, bill_id, code, receipt.id)
 
 

@@ -85,7 +85,7 @@ class PosWorld:
             pending = await s.scalar(
                 text(
                     "SELECT count(*) FROM outbox WHERE processed_at IS NULL"
-                    " AND key IN ('bill.paid:' || CAST(:b AS text))"
+                    " AND payload->>'event' = 'bill.paid' AND payload->>'bill_id' = :b"
                 ),
                 {"b": str(bill_id)},
             )

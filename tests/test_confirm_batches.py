@@ -141,7 +141,7 @@ async def test_concurrent_payments_of_many_bills_go_in_batches(
         # Each bill's webhook carries its own facts, as the general path writes them.
         first, bill = results[0], bills[0]
         hook = await s.scalar(
-            select(OutboxMessage).where(OutboxMessage.key == f"bill.paid:{bill.id}")
+            select(OutboxMessage).where(OutboxMessage.key == f"bill.paid:{first.receipt_id}")
         )
         assert hook is not None
         assert hook.payload == {

@@ -90,7 +90,7 @@ async def test_twenty_concurrent_confirmations_make_one_receipt(res: Resources) 
         topics = sorted((await s.scalars(select(OutboxMessage.key))).all())
         receipt = await s.scalar(select(Receipt))
         assert receipt is not None
-        assert topics == sorted([f"bill.paid:{bill.id}", f"enote.issue:{receipt.id}"])
+        assert topics == sorted([f"bill.paid:{receipt.id}", f"enote.issue:{receipt.id}"])
         assert await s.scalar(select(func.count()).select_from(AuditEntry)) == 1
 
 
