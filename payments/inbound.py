@@ -15,6 +15,10 @@ Decisions (the national practice does not settle them):
   reference.
 - Idempotency is by the channel's reference: an identical repeat answers OK; the same
   reference with another payment code or amount answers DUPLICATE.
+- An order id already confirmed under another reference (the device charged twice for one
+  order) is a second payment, not a conflict: it is recorded by its own reference like a
+  confirmation without an order — a DUPLICATE receipt and an automatic refund when the
+  bill is paid — and its repeats answer the same.
 - A confirmation is money already taken from the payer. Refused outright (nothing recorded,
   the channel reverses its debit) only when the message is wrong: unknown code, check digit,
   amount not the amount due, conflicting repeat. A bill that can no longer take the money
@@ -313,6 +317,8 @@ def _new_attempt(
 # ------------------------------------------------------------------ confirm
 
 _CONFLICT = InboundAnswer(Outcome.DUPLICATE, "conflicting confirmation")
+_SECOND_CHARGE = InboundAnswer(Outcome.OK, "second charge under a confirmed order")
+"""Internal, never sent: the order is confirmed under another reference (see _confirm)."""
 _UNKNOWN_ORDER = InboundAnswer(Outcome.UNKNOWN_ORDER, "unknown order")
 _AMOUNT_DIFFERS = InboundAnswer(Outcome.AMOUNT_DIFFERS, "amount differs from the amount due")
 
@@ -348,9 +354,14 @@ async def _confirm(  # noqa: PLR0911 - one answer per outcome of a confirmation
     bound = log.bind(channel=channel, reference=request.reference)
     if order_id is not None:
         answered = await _confirm_order(ctx, channel, request, order_id)
-        if answered is not None:
+        if answered is _SECOND_CHARGE:
+            # The order was paid under another reference: this is a second charge, recorded
+            # as a payment of the bill by its own reference (a duplicate, refunded).
+            bound.warning("second charge under a confirmed order", order_id=str(order_id))
+            order_id = None
+        elif answered is not None:
             return answered
-    else:
+    if order_id is None:
         made = await _open_and_confirm(ctx, channel, request, now)
         if made is not None:
             return _answer(made, request)
@@ -495,7 +506,8 @@ async def _confirm_order(
 ) -> InboundAnswer | None:
     """A confirmation of an order we issued: checked by one read, then confirmed by
     confirm_payment (the grouped one-statement path when its guards hold). None: the
-    reference is known already; the general path answers the repeat."""
+    reference is known already; the general path answers the repeat. _SECOND_CHARGE: the
+    order is confirmed under another reference (the same read tells)."""
     params = {"p_order_id": order_id, "p_channel": channel, "p_serial": request.reference}
     engine = ctx.sessions.kw.get("bind")
     if isinstance(engine, AsyncEngine):
@@ -514,7 +526,7 @@ async def _confirm_order(
     if row.amount != request.amount:
         return _AMOUNT_DIFFERS
     if row.channel_trade_no not in (None, request.reference):
-        return _CONFLICT
+        return _SECOND_CHARGE
     result = await confirm_payment(
         ctx.sessions,
         ctx.redis,
@@ -594,12 +606,18 @@ async def _confirm_in(  # noqa: PLR0911 - one answer per outcome of a confirmati
             return None, _UNKNOWN_ORDER, code
         if row.amount != amount:
             return None, _AMOUNT_DIFFERS, code
-        if row.channel_trade_no not in (None, serial):
-            return None, _CONFLICT, code
-        result, pc = await apply_confirmation(
-            conn, attempt_id=order_id, bill_id=row.bill_id, **confirm_args
-        )
-        return result, None, pc
+        if row.channel_trade_no in (None, serial):
+            result, pc = await apply_confirmation(
+                conn, attempt_id=order_id, bill_id=row.bill_id, **confirm_args
+            )
+            return result, None, pc
+        # A second charge under an order confirmed under another reference: a payment of
+        # the bill by its own reference, as below (its reference is not known: see above).
+        rows = (
+            await conn.execute(
+                _BILL_AND_REFERENCE, {"p_code": code, "p_channel": channel, "p_serial": serial}
+            )
+        ).all()
     # No prior query (accepted, see the module doc): lock the bill, open an attempt keyed
     # by the reference and confirm it — the attempt row is inserted by the confirmation's
     # write.

@@ -15,7 +15,8 @@ Control API (unsigned: the test or the demo playing a payer at a kiosk, or its o
                                         "platform_public_pem"}  load a registered device
     POST /control/<device>/pay         {"payment_code", "gateway_url", "method",
                                         "offline", "lost_answer", "duplicates",
-                                        "forged", "replay", "no_order", "amount_delta"}
+                                        "forged", "replay", "no_order", "amount_delta",
+                                        "charge_twice"}
     POST /control/<device>/upload      {"gateway_url", "batch", "reorder", "twice",
                                         "withhold": [seq…], "forged"}
     POST /control/<device>/heartbeat   {"gateway_url"}
@@ -26,7 +27,9 @@ Control API (unsigned: the test or the demo playing a payer at a kiosk, or its o
 Switches: `offline` keeps the confirmation instead of sending it (store and forward);
 `lost_answer` sends it but drops our answer, so it stays stored and goes again in the next
 upload; `duplicates` sends it again n times; `forged` signs with a wrong key; `replay`
-sends the very same signed message twice; `reorder` shuffles an upload; `twice` uploads
+sends the very same signed message twice; `charge_twice` charges the card a second time
+under the same order id (a faulty kiosk) and confirms that too, with its own sequence
+number and reference, and once more (a repeat); `reorder` shuffles an upload; `twice` uploads
 every batch a second time; `withhold` keeps some numbers back (a gap) for a later upload.
 """
 
@@ -164,9 +167,13 @@ class KioskSimulator:
             refund_id = str(req["refund_id"])
             if refund_id in self.refunds:  # idempotent by our refund id
                 return answer("00", "ok", self._refund_doc(self.refunds[refund_id]))
+            # The reference names the charge, unless the refund names another charge's
+            # order; an order id we never issued (the platform's own id for a charge made
+            # under none, or under an order another charge had used) does not overrule it.
             charge = self.charges.get(str(req.get("reference")))
-            if charge is None or charge.order_id not in (None, req.get("order_id")):
-                charge = self.by_order.get(str(req.get("order_id")))
+            order = str(req.get("order_id"))
+            if charge is None or (charge.order_id not in (None, order) and order in self.by_order):
+                charge = self.by_order.get(order)
             amount = yuan_to_fen(str(req["amount"]))
             if charge is None:
                 return answer("25", "no such charge")
@@ -352,18 +359,23 @@ class KioskSimulator:
         """A payer at the kiosk: query, charge through the acquirer, confirm (or store)."""
         code = str(req["payment_code"])
         result: dict[str, Any] = {}
-        query = await self.send(device, gw, "query", {"payment_code": code})
-        result["query"] = query
-        if query.get("code") != t.ResultCode.OK or not query.get("signature_ok"):
-            return result  # the kiosk takes no money for a bill it cannot pay
-        order_id = None if req.get("no_order") else query["data"]["order_id"]
-        amount = yuan_to_fen(query["data"]["amount"]) + int(req.get("amount_delta", 0))
+        order_id: str | None
+        if (again := req.get("again_under")) is not None:
+            # A faulty kiosk charging the card once more under an order it already used.
+            order_id, amount = str(again["order_id"]), int(again["amount"])
+        else:
+            query = await self.send(device, gw, "query", {"payment_code": code})
+            result["query"] = query
+            if query.get("code") != t.ResultCode.OK or not query.get("signature_ok"):
+                return result  # the kiosk takes no money for a bill it cannot pay
+            order_id = None if req.get("no_order") else query["data"]["order_id"]
+            amount = yuan_to_fen(query["data"]["amount"]) + int(req.get("amount_delta", 0))
         reference = f"{datetime.now(UTC):%m%d}{secrets.randbelow(10**8):08d}"
         paid_at = t.format_time(datetime.now(UTC))
         charge = Charge(reference, order_id, device.device_id, code, amount, paid_at)
         self.charges[reference] = charge
         if order_id is not None:
-            self.by_order[order_id] = charge
+            self.by_order.setdefault(order_id, charge)  # the order's first charge
         seq = device.next_seq
         device.next_seq += 1
         confirm: dict[str, Any] = {
@@ -377,7 +389,7 @@ class KioskSimulator:
         }
         if confirm["method"] == "CARD":
             confirm["card"] = "622202******" + f"{secrets.randbelow(10**4):04d}"
-        result |= {"seq": seq, "acquirer_ref": reference, "order_id": order_id}
+        result |= {"seq": seq, "acquirer_ref": reference, "order_id": order_id, "sent": confirm}
         device.stored[seq] = confirm
         if req.get("offline"):
             result["confirms"] = []
@@ -395,6 +407,10 @@ class KioskSimulator:
         if any(a.get("code") == t.ResultCode.OK and a.get("signature_ok") for a in answers):
             device.stored.pop(seq, None)
         result["confirms"] = answers
+        if req.get("charge_twice") and order_id is not None:
+            again_req = {"payment_code": code, "gateway_url": gw, "duplicates": 1}
+            again_req["again_under"] = {"order_id": order_id, "amount": amount}
+            result["again"] = await self.pay(device, gw, again_req)
         return result
 
     async def upload(self, device: Device, gw: str, req: dict[str, Any]) -> dict[str, Any]:
