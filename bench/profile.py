@@ -1,4 +1,4 @@
-"""Profile one hot path in-process: `python -m bench.profile lookup|confirm [seconds]`.
+"""Profile one hot path in-process: `python -m bench.profile lookup|confirm|kiosk|pos [seconds]`.
 
 Starts the embedded PostgreSQL/Redis of the bench, seeds bills, runs `paygate serve` under
 pyinstrument while bench.load drives it, and prints the profile (text) on stop. Not a
@@ -20,6 +20,20 @@ from bench.runner import _ensure_servers, load, wait_http
 from gateway.procs import free_port
 
 
+def _confirmations(what: str, codes: list[str], tmp: Path) -> Path:
+    """One confirmation per bill, as the scenario of that channel sends them."""
+    path = tmp / "req.jsonl"
+    if what == "kiosk":
+        from bench.scenarios import kiosk_confirm
+
+        return kiosk_confirm.Kiosks().requests(codes, path)
+    if what == "pos":
+        from bench.scenarios import pos_sale
+
+        return pos_sale.sales(codes, path)
+    return confirm_requests(codes, path)
+
+
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else "lookup"
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
@@ -37,7 +51,7 @@ def main() -> None:
                 warm: Path | None = req
             else:
                 codes = seed_bills(3000)
-                req = confirm_requests(codes, Path(tmp) / "req.jsonl")
+                req = _confirmations(what, codes, Path(tmp))
                 warm = None
             port = free_port()
             banks = f"{BANK_CODE}={BANK_SECRET}@http://127.0.0.1:9/banks/{BANK_CODE}"
@@ -46,6 +60,9 @@ def main() -> None:
                 PAYGATE_LOG_LEVEL="WARNING",
                 PAYGATE_LOOKUP_RATE_LIMIT="1000000000",
                 PAYGATE_BANKS=banks,
+                PAYGATE_KIOSK_ACQUIRER_URL="http://127.0.0.1:9/acquirer",
+                PAYGATE_KIOSK_ACQUIRER_SECRET=BANK_SECRET,
+                PAYGATE_KIOSK_KEY_DIR=tmp,
             ):
                 out = Path(tmp) / "profile.txt"
                 proc = subprocess.Popen(

@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,7 @@ __all__ = [
     "Issued",
     "device_key",
     "enabled_count",
+    "forget",
     "get_device",
     "list_devices",
     "register",
@@ -232,6 +234,7 @@ async def set_enabled(
     session: AsyncSession, device_id: str, *, enabled: bool, actor: Actor
 ) -> DeviceView:
     device = await _locked(session, device_id)
+    forget(device_id)
     if device.enabled != enabled:
         device.enabled = enabled
         _audit(session, actor, "kiosk.enabled" if enabled else "kiosk.disabled", device_id)
@@ -249,6 +252,7 @@ async def rotate(
 ) -> Issued:
     """A new key, effective at once: the old one verifies nothing from now on."""
     device = await _locked(session, device_id)
+    forget(device_id)
     alg = sign_alg or device.sign_alg
     secret_enc, pem, secret = _key_material(device_id, alg, public_key)
     device.sign_alg, device.secret_enc, device.public_key = alg, secret_enc, pem
@@ -290,16 +294,39 @@ _KEY = DriverStatement.of(
 """One read on the driver connection (no BEGIN/ROLLBACK around it)."""
 
 
+_DIRECTORIES: weakref.WeakSet[DeviceDirectory] = weakref.WeakSet()
+
+
+def forget(device_id: str) -> None:
+    """Drop what this process's directories hold of a device (it was disabled, enabled or
+    given a new key here)."""
+    for directory in list(_DIRECTORIES):
+        directory.forget(device_id)
+
+
 class DeviceDirectory:
     """The kiosk adapter's view of the registry (channels.kiosk.inbound.Devices): a device's
     key and whether it is enabled, each kept `ttl_s` seconds per process (a kiosk's message
-    and our signed answer need it twice; a busy hall sends many). A disable or a rotation
-    therefore takes effect within `ttl_s` in every process."""
+    and our signed answer need it twice; a busy hall sends many).
+
+    How stale it can be: a disable or a rotation made through this process (set_enabled,
+    rotate) is seen by its next message; in other processes within `ttl_s`. A disabled
+    device's confirmations and uploads are refused at once everywhere all the same: the
+    statement that records them checks `enabled` (kiosks.kiosk)."""
 
     def __init__(self, engine: AsyncEngine, ttl_s: float = 5.0) -> None:
         self._engine = engine
         self._ttl = ttl_s
         self._cache: dict[str, tuple[float, DeviceEntry]] = {}
+        self._uncached: dict[str, float] = {}
+        """Devices changed here lately: read afresh, not cached, for `ttl_s` — a message
+        read between the change and its commit must not cache the old key."""
+        _DIRECTORIES.add(self)
+
+    def forget(self, device_id: str) -> None:
+        self._cache.pop(device_id, None)
+        if self._ttl > 0:
+            self._uncached[device_id] = time.monotonic() + self._ttl
 
     async def get(self, device_id: str) -> DeviceEntry | None:
         now = time.monotonic()
@@ -315,6 +342,9 @@ class DeviceDirectory:
         r = rows[0]
         key = _key_of(r["id"], r["sign_alg"], r["secret_enc"], r["public_key"])
         entry = DeviceEntry(r["id"], key, r["enabled"])
+        if self._uncached and self._uncached.get(device_id, now) > now:
+            return entry
+        self._uncached.pop(device_id, None)
         if self._ttl > 0:
             if len(self._cache) > 10_000:  # bounded: drop what has expired
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}

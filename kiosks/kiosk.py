@@ -27,23 +27,27 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, NamedTuple, cast
 
+import asyncpg
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from channels.base import InboundAnswer, Outcome
+from channels.base import ConfirmationReceipt, Disposition, InboundAnswer, Outcome
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import NAME as CHANNEL
 from channels.kiosk.inbound import Heartbeat, KioskAnswer, KioskConfirm, KioskUpload, Reprint
-from kiosks.slip import slip
+from kernel.group_commit import GroupCommit
+from kiosks.slip import SlipFacts, slip, slip_of
 from payments import inbound
-from payments.confirm import DriverStatement
+from payments.confirm import ConfirmOutcome, DriverStatement, confirm_payment
 from payments.context import PaymentContext
 
 __all__ = [
+    "RECORD_GROUPS",
     "GapRange",
+    "Recorded",
     "confirm",
     "heartbeat",
     "install",
@@ -77,94 +81,183 @@ def _device(sent: inbound.Sent) -> str:
 # ------------------------------------------------------------------ confirm and upload
 
 _RECORD = DriverStatement.of(
-    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(seq bigint,"
-    " order_id uuid, payment_code varchar, amount bigint, paid_at timestamptz,"
-    " acquirer_ref varchar, method varchar, digest text)),"
-    " top AS (SELECT max(seq) AS top FROM i),"
-    # The device's highest number as this statement sees it; no row when the batch jumps
-    # too far past it (a broken counter): then nothing below writes.
-    " dev AS (SELECT last_seq FROM kiosk_devices, top WHERE id = CAST(:device AS varchar)"
-    " AND top.top <= last_seq + CAST(:jump AS bigint)),"
-    " ins AS (INSERT INTO kiosk_confirmations (device_id, seq, order_id, payment_code, amount,"
-    " paid_at, acquirer_ref, method, digest, uploaded)"
-    " SELECT CAST(:device AS varchar), seq, order_id, payment_code, amount, paid_at,"
-    " acquirer_ref, method, decode(digest, 'hex'), CAST(:uploaded AS boolean) FROM i, dev"
-    " ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq),"
-    # The numbers skipped above the highest are gaps. A concurrent batch of the same device
-    # may make this statement's highest stale: that only adds gap rows for numbers already
-    # received, which the report leaves out (open_gaps) — never misses a gap.
+    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(device varchar,"  # noqa: S608 - constants only
+    " seq bigint, order_id uuid, payment_code varchar, amount bigint, paid_at timestamptz,"
+    " acquirer_ref varchar, method varchar, digest text, uploaded boolean)),"
+    " top AS (SELECT device, max(seq) AS top FROM i GROUP BY device),"
+    # Each device's row, locked in id order (as every batch locks them: no deadlock
+    # between batches): its writes below are serialised with any other batch's.
+    " dev AS (SELECT d.id AS device, d.last_seq, d.enabled, top.top FROM kiosk_devices AS d"
+    " JOIN top ON top.device = d.id ORDER BY d.id FOR UPDATE OF d),"
+    # The devices whose numbers are recorded: enabled (a disable is seen here at once, in
+    # every process, whatever a key cache holds), and not jumping too far past the
+    # highest number (a broken counter). For the others nothing below writes.
+    " ok AS (SELECT * FROM dev WHERE enabled AND top <= last_seq + CAST(:jump AS bigint)),"
+    # Returned: a new number, or one recorded already with the same facts; a number
+    # recorded with other facts is not. ON CONFLICT judges the latest committed row (the
+    # statement's snapshot may predate a concurrent record of the same number).
+    " ins AS (INSERT INTO kiosk_confirmations AS c (device_id, seq, order_id, payment_code,"
+    " amount, paid_at, acquirer_ref, method, digest, uploaded)"
+    " SELECT i.device, seq, order_id, payment_code, amount, paid_at, acquirer_ref, method,"
+    " decode(digest, 'hex'), uploaded FROM i JOIN ok ON ok.device = i.device"
+    " ON CONFLICT (device_id, seq) DO UPDATE SET uploaded = c.uploaded"
+    " WHERE c.digest = excluded.digest RETURNING c.device_id, c.seq),"
+    # The numbers skipped above the highest are gaps.
     " gaps AS (INSERT INTO kiosk_gaps (device_id, seq)"
-    " SELECT CAST(:device AS varchar), g FROM dev, top,"
-    " generate_series(dev.last_seq + 1, top.top - 1) AS g"
-    " WHERE g NOT IN (SELECT seq FROM i) AND NOT EXISTS (SELECT 1 FROM kiosk_confirmations"
-    " AS c WHERE c.device_id = CAST(:device AS varchar) AND c.seq = g)"
-    " ON CONFLICT DO NOTHING RETURNING seq),"
-    " up AS (UPDATE kiosk_devices AS d SET last_seq = top.top FROM top, dev"
-    " WHERE d.id = CAST(:device AS varchar) AND d.last_seq < top.top RETURNING d.id),"
-    " closed AS (UPDATE kiosk_gaps AS k SET closed_at = now() FROM i, dev"
-    " WHERE k.device_id = CAST(:device AS varchar) AND k.seq = i.seq AND k.closed_at IS NULL"
-    " RETURNING k.seq)"
-    " SELECT i.seq, EXISTS (SELECT 1 FROM dev) AS accepted, ins.seq IS NOT NULL AS fresh,"
-    " coalesce(encode(k.digest, 'hex') = i.digest, true) AS same"
-    " FROM i LEFT JOIN ins ON ins.seq = i.seq LEFT JOIN kiosk_confirmations AS k"
-    " ON k.device_id = CAST(:device AS varchar) AND k.seq = i.seq"
+    " SELECT ok.device, g FROM ok, generate_series(ok.last_seq + 1, ok.top - 1) AS g"
+    " WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.device = ok.device AND i.seq = g)"
+    " AND NOT EXISTS (SELECT 1 FROM kiosk_confirmations AS c WHERE c.device_id = ok.device"
+    " AND c.seq = g) ON CONFLICT DO NOTHING RETURNING seq),"
+    " up AS (UPDATE kiosk_devices AS d SET last_seq = ok.top FROM ok"
+    " WHERE d.id = ok.device AND d.last_seq < ok.top RETURNING d.id),"
+    " closed AS (UPDATE kiosk_gaps AS k SET closed_at = now() FROM i JOIN ok"
+    " ON ok.device = i.device WHERE k.device_id = i.device AND k.seq = i.seq"
+    " AND k.closed_at IS NULL RETURNING k.seq)"
+    " SELECT i.device, i.seq, coalesce(dev.enabled, false) AS enabled,"
+    " ok.device IS NOT NULL AS accepted, ins.seq IS NOT NULL AS agrees,"
+    # The order the confirmation names, in the same read: whether it is the usual case
+    # (our kiosk order for this bill and amount, its reference not seen before), and what
+    # the slip prints of its bill.
+    " a.bill_id, b.principal_amount, b.payer_name_enc, ag.name AS agency_name,"
+    f" (a.channel = '{CHANNEL}' AND b.payment_code = i.payment_code AND a.amount = i.amount"
+    " AND a.channel_trade_no IS NULL AND NOT EXISTS (SELECT 1 FROM payment_attempts AS r"
+    f" WHERE r.channel = '{CHANNEL}' AND r.channel_trade_no = i.acquirer_ref)) AS usual"
+    " FROM i LEFT JOIN dev ON dev.device = i.device LEFT JOIN ok ON ok.device = i.device"
+    " LEFT JOIN ins ON ins.device_id = i.device AND ins.seq = i.seq"
+    " LEFT JOIN payment_attempts AS a ON a.id = i.order_id"
+    " LEFT JOIN bills AS b ON b.id = a.bill_id LEFT JOIN agencies AS ag ON ag.id = b.agency_id"
 )
-"""Record a batch of one device's confirmations: each new sequence number once, the gaps
-it opens and closes, the device's highest number. ONE statement in its own implicit
-transaction, on the driver connection (`kiosk_devices`' row is locked only by the UPDATE
-of the highest number, for the statement's length)."""
+"""Record confirmations, of one device or several: each new sequence number once, the
+gaps it opens and closes, each device's highest number; and read the order each names.
+ONE statement in its own implicit transaction, on the driver connection; the live
+confirmations that arrive together share it (RECORD_GROUPS)."""
 
 _LOCK_DEVICE = text("SELECT last_seq FROM kiosk_devices WHERE id = :device FOR UPDATE")
+
+
+class Recorded(NamedTuple):
+    """What recording one confirmation found."""
+
+    enabled: bool
+    """The device is registered and enabled (else nothing was recorded)."""
+    accepted: bool
+    """Recorded, or known already: enabled, and not too far past the highest number."""
+    agrees: bool
+    """New, or recorded before with the same facts."""
+    bill_id: uuid.UUID | None
+    usual: bool
+    """Its order is ours, of this channel, bill and amount, and its reference is new:
+    confirm_payment can take it straight away."""
+    principal: int | None
+    payer_name_enc: bytes | None
+    agency_name: str | None
+
+
+def _item(device_id: str, c: KioskConfirm, *, uploaded: bool) -> dict[str, Any]:
+    return {
+        "device": device_id,
+        "seq": c.sequence,
+        "order_id": c.order_id,
+        "payment_code": c.payment_code,
+        "amount": c.amount,
+        "paid_at": c.paid_at.isoformat(),
+        "acquirer_ref": c.reference,
+        "method": c.method,
+        "digest": c.digest.hex(),
+        "uploaded": uploaded,
+    }
+
+
+async def _record_items(engine: AsyncEngine, items: list[dict[str, Any]]) -> list[Recorded]:
+    """`_RECORD` for these items (distinct (device, seq) each), one result per item."""
+    params = {"items": json.dumps(items), "jump": t.MAX_SEQ_JUMP}
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        rows = await _RECORD.fetch(driver, params)
+    by_key = {
+        (r["device"], r["seq"]): Recorded(
+            r["enabled"],
+            r["accepted"],
+            r["agrees"],
+            r["bill_id"],
+            bool(r["usual"]),
+            r["principal_amount"],
+            r["payer_name_enc"],
+            r["agency_name"],
+        )
+        for r in rows
+    }
+    return [by_key[item["device"], item["seq"]] for item in items]
+
+
+async def _record_batch(batch: list[tuple[AsyncEngine, dict[str, Any]]]) -> list[Recorded]:
+    """One `_RECORD` per engine of the batch (one, outside tests). A batch that fails as a
+    whole (one bad item, a deadlock) wrote nothing and is retried item by item: each
+    caller gets its own result or its own error."""
+    out: dict[int, Recorded] = {}
+    for engine in {id(e): e for e, _ in batch}.values():
+        mine = [(n, item) for n, (e, item) in enumerate(batch) if e is engine]
+        try:
+            found = await _record_items(engine, [item for _, item in mine])
+        except asyncpg.PostgresError:
+            if len(mine) == 1:
+                raise
+            found = [(await _record_items(engine, [item]))[0] for _, item in mine]
+        out |= {n: r for (n, _), r in zip(mine, found, strict=True)}
+    return [out[n] for n in range(len(batch))]
+
+
+RECORD_GROUPS: GroupCommit[tuple[AsyncEngine, dict[str, Any]], Recorded] = GroupCommit(
+    _record_batch,
+    lanes=4,
+    max_batch=32,
+    key=lambda item: (id(item[0]), item[1]["device"], item[1]["seq"]),
+)
+"""Live confirmations recorded together: one statement (and one commit) for the devices
+that confirm meanwhile, as kernel.group_commit groups payments."""
 
 
 async def record(
     engine: AsyncEngine, device_id: str, items: Sequence[KioskConfirm], *, uploaded: bool
 ) -> dict[int, bool] | None:
     """Record the confirmations: sequence → whether it agrees with what is recorded for it
-    (new, or the same facts again). None when the numbers jump too far past the device's
-    highest (nothing recorded)."""
-    payload = [
-        {
-            "seq": c.sequence,
-            "order_id": c.order_id,
-            "payment_code": c.payment_code,
-            "amount": c.amount,
-            "paid_at": c.paid_at.isoformat(),
-            "acquirer_ref": c.reference,
-            "method": c.method,
-            "digest": c.digest.hex(),
-        }
-        for c in items
-    ]
-    params = {
-        "items": json.dumps(payload),
-        "device": device_id,
-        "uploaded": uploaded,
-        "jump": t.MAX_SEQ_JUMP,
-    }
-    async with engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        rows = await _RECORD.fetch(driver, params)
-    if not rows or not rows[0]["accepted"]:
+    (new, or the same facts again). None when the device is disabled or the numbers jump
+    too far past its highest (nothing recorded)."""
+    found = await _record_items(engine, [_item(device_id, c, uploaded=uploaded) for c in items])
+    if not found or not found[0].accepted:
         return None
-    return {r["seq"]: bool(r["fresh"] or r["same"]) for r in rows}
+    return {c.sequence or 0: r.agrees for c, r in zip(items, found, strict=True)}
 
 
 _JUMP = InboundAnswer(Outcome.BAD_REQUEST, "sequence number jumps too far")
 _USED = InboundAnswer(Outcome.DUPLICATE, "sequence number recorded with other facts")
 
 
+_DISABLED = InboundAnswer(Outcome.UNKNOWN_SENDER, "device disabled")
+
+
 async def confirm(
     ctx: PaymentContext, sent: inbound.Sent, request: KioskConfirm, now: datetime
 ) -> InboundAnswer:
-    """A live confirmation: recorded, applied, answered with the slip to print."""
+    """A live confirmation: recorded, applied, answered with the slip to print.
+
+    The usual one — its order ours and open, its reference new — is paid by
+    confirm_payment at once (the grouped one-statement path) and its slip made from the
+    facts in hand. Anything else, and a payment this call did not make itself (a repeat,
+    a duplicate, a race), is answered by the seam's confirmation, which reads afresh."""
     device = _device(sent)
-    agrees = await record(_engine(ctx), device, [request], uploaded=False)
-    if agrees is None:
+    found = await RECORD_GROUPS.submit((_engine(ctx), _item(device, request, uploaded=False)))
+    if not found.enabled:
+        return _DISABLED
+    if not found.accepted:
         return _JUMP
-    if not agrees[request.sequence or 0]:
+    if not found.agrees:
         log.warning("kiosk sequence number reused", device_id=device, seq=request.sequence)
         return _USED
+    if found.usual and found.bill_id is not None and request.order_id:
+        made = await _pay_at_once(ctx, sent, request, found)
+        if made is not None:
+            return made
     answer = await inbound.confirm(ctx, sent, request, now)
     receipt = answer.receipt
     if answer.outcome != Outcome.OK or receipt is None or receipt.receipt_id is None:
@@ -181,6 +274,63 @@ async def confirm(
     return KioskAnswer(answer.outcome, answer.detail, receipt=receipt, slip=printed)
 
 
+async def _pay_at_once(
+    ctx: PaymentContext, sent: inbound.Sent, request: KioskConfirm, found: Recorded
+) -> KioskAnswer | None:
+    """Pay the order as payments.inbound does a confirmation of one of its orders; the
+    answer when this call made the payment, else None (the seam decides)."""
+    assert request.order_id is not None
+    assert found.bill_id is not None
+    result = await confirm_payment(
+        ctx.sessions,
+        ctx.redis,
+        attempt_id=uuid.UUID(request.order_id),
+        bill_id=found.bill_id,
+        channel=sent.channel,
+        channel_trade_no=request.reference,
+        amount=request.amount,
+        paid_at=request.paid_at,
+        source=f"confirm:{sent.channel}",
+        cutoff=ctx.cutoff,
+        pay_mode=request.pay_mode,
+    )
+    if result.outcome != ConfirmOutcome.APPLIED or result.receipt_id is None:
+        return None
+    assert found.principal is not None
+    assert found.payer_name_enc is not None
+    # The receipt was written just now by this call, with these facts (payments.confirm
+    # `_APPLY`: the late fee is what the amount holds above the principal); its e-note is
+    # not issued yet, so the slip links to the payer's page.
+    facts = SlipFacts(
+        receipt_id=result.receipt_id,
+        kind="PAYMENT",
+        amount=request.amount,
+        late_fee_amount=max(0, request.amount - found.principal),
+        paid_at=request.paid_at,
+        channel_trade_no=request.reference,
+        payment_code=request.payment_code,
+        bill_id=found.bill_id,
+        payer_name_enc=found.payer_name_enc,
+        agency_name=found.agency_name or "",
+    )
+    printed = slip_of(
+        facts,
+        public_url=ctx.public_url,
+        device_id=_device(sent),
+        seq=request.sequence or 0,
+        method=request.method,
+        card=request.card,
+    )
+    receipt = ConfirmationReceipt(
+        order_id=request.order_id,
+        reference=request.reference,
+        receipt_id=str(result.receipt_id),
+        disposition=Disposition.PAID,
+        sequence=request.sequence,
+    )
+    return KioskAnswer(Outcome.OK, receipt=receipt, slip=printed)
+
+
 async def upload(
     ctx: PaymentContext, sent: inbound.Sent, request: KioskUpload, now: datetime
 ) -> InboundAnswer:
@@ -193,10 +343,13 @@ async def upload(
     first: dict[int, KioskConfirm] = {}
     for c in request.items:  # the same number twice in one upload: the first copy counts
         first.setdefault(c.sequence or 0, c)
-    agrees = await record(_engine(ctx), device, list(first.values()), uploaded=True)
-    if agrees is None:
+    firsts = list(first.values())
+    found = await _record_items(_engine(ctx), [_item(device, c, uploaded=True) for c in firsts])
+    if not found[0].enabled:
+        return _DISABLED
+    if not found[0].accepted:
         return _JUMP
-    to_apply = [c for c in first.values() if agrees[c.sequence or 0]]
+    to_apply = [c for c, r in zip(firsts, found, strict=True) if r.agrees]
     # Concurrently: the confirmations of different bills share grouped statements.
     applied = await asyncio.gather(*(inbound.confirm(ctx, sent, c, now) for c in to_apply))
     by_seq = {c.sequence: a for c, a in zip(to_apply, applied, strict=True)}

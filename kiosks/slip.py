@@ -8,7 +8,8 @@ This room sits above `enotes` for exactly this reason.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,7 +22,9 @@ from kernel.capitals import rmb_capitals
 from payments.confirm import DriverStatement
 
 __all__ = [
+    "SlipFacts",
     "slip",
+    "slip_of",
 ]
 
 _SLIP = DriverStatement.of(
@@ -39,14 +42,23 @@ connection (no BEGIN/ROLLBACK around it)."""
 _METHODS = {"CARD": "银行卡", "QR": "扫码"}
 
 
-class _Row:
-    """Attribute access to a driver record."""
+@dataclass(frozen=True, slots=True)
+class SlipFacts:
+    """What a slip prints of a receipt, its bill and its e-note."""
 
-    def __init__(self, record: Any) -> None:
-        self._r = record
-
-    def __getattr__(self, name: str) -> Any:
-        return self._r[name]
+    receipt_id: uuid.UUID
+    kind: str
+    amount: int
+    late_fee_amount: int
+    paid_at: datetime
+    channel_trade_no: str | None
+    payment_code: str
+    bill_id: uuid.UUID
+    payer_name_enc: bytes
+    agency_name: str
+    note_code: str | None = None
+    note_number: str | None = None
+    check_code: str | None = None
 
 
 async def slip(
@@ -60,12 +72,50 @@ async def slip(
     card: str | None = None,
     reprint: bool = False,
 ) -> Slip | None:
+    """The slip of a recorded receipt, read afresh (a reprint, a repeat)."""
     async with engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         rows = await _SLIP.fetch(driver, {"receipt": receipt_id})
     if not rows:
         return None
-    row = _Row(rows[0])
+    r = rows[0]
+    facts = SlipFacts(
+        receipt_id=r["id"],
+        kind=r["kind"],
+        amount=r["amount"],
+        late_fee_amount=r["late_fee_amount"],
+        paid_at=r["paid_at"],
+        channel_trade_no=r["channel_trade_no"],
+        payment_code=r["payment_code"],
+        bill_id=r["bill_id"],
+        payer_name_enc=r["payer_name_enc"],
+        agency_name=r["agency_name"],
+        note_code=r["note_code"],
+        note_number=r["note_number"],
+        check_code=r["check_code"],
+    )
+    return slip_of(
+        facts,
+        public_url=public_url,
+        device_id=device_id,
+        seq=seq,
+        method=method,
+        card=card,
+        reprint=reprint,
+    )
+
+
+def slip_of(
+    row: SlipFacts,
+    *,
+    public_url: str,
+    device_id: str,
+    seq: int,
+    method: str,
+    card: str | None = None,
+    reprint: bool = False,
+) -> Slip:
+    """The slip of these facts (a live confirmation has them in hand: no read)."""
     lines = [
         "非税收入缴款凭证" + ("（补打）" if reprint else ""),
         f"执收单位：{row.agency_name}",
@@ -87,7 +137,7 @@ async def slip(
         lines.append("状态：已缴款")
     else:
         lines.append("状态：该缴款书已缴清，本笔款项将原路退回")
-    if row.note_code is not None:
+    if row.note_code is not None and row.note_number is not None and row.check_code is not None:
         qr_kind, qr = (
             "ENOTE",
             verify_url(public_url, row.note_code, row.note_number, row.check_code),
@@ -96,4 +146,6 @@ async def slip(
     else:
         qr_kind, qr = "LINK", f"{public_url}/pay/{row.payment_code}"
         lines.append("电子票据开具后扫码查看")
-    return Slip(receipt_id=row.id, lines=tuple(lines), qr_kind=qr_kind, qr=qr, reprint=reprint)
+    return Slip(
+        receipt_id=row.receipt_id, lines=tuple(lines), qr_kind=qr_kind, qr=qr, reprint=reprint
+    )

@@ -12,7 +12,9 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from billing.models import Bill
+from channels.base import Outcome
 from channels.kiosk import transforms as t
+from channels.kiosk.inbound import KioskConfirm, KioskUpload
 from enotes.models import ENote
 from enotes.service import run_issue_job
 from gateway.enotes import enote_context
@@ -20,6 +22,7 @@ from gateway.settings import Settings
 from gateway.state import Resources
 from kiosks import devices, kiosk
 from kiosks.models import KioskConfirmation, KioskDevice, KioskGap
+from payments import inbound
 from payments.confirm import confirm_payment
 from payments.models import PaymentAttempt, Receipt, Refund
 from payments.refunds import execute_refunds
@@ -97,6 +100,16 @@ async def test_a_bill_paid_at_a_kiosk(
         by_channel = await reports.totals(s, group_by="channel_pay_mode", start=day, end=day)
     assert [(r["key"], r["count"], r["amount"]) for r in by_mode] == [("KIOSK", 1, 12_345)]
     assert [r["key"] for r in by_channel] == ["kiosk/KIOSK"]
+
+    # Made from the facts in hand, the live slip says what the receipt read afresh says
+    # (a reprint has no card number: only the live message carries it).
+    early = (await kiosk_world.reprint(dev, 1))["data"]["receipt"]
+    assert early["lines"][0] == slip["lines"][0] + "（补打）"
+    assert early["qr"] == slip["qr"]
+    paid_by = next(n for n, line in enumerate(slip["lines"]) if line.startswith("支付方式"))
+    assert slip["lines"][paid_by].startswith(early["lines"][paid_by] + " 622202")
+    del early["lines"][paid_by], slip["lines"][paid_by]
+    assert early["lines"][1:] == slip["lines"][1:]
 
     # The e-note is issued by the worker; the reprint (补打) then carries its QR.
     assert await run_issue_job(res.sessions, enote_context(settings)) == 1
@@ -373,6 +386,59 @@ async def test_unknown_disabled_forged_and_replayed_messages_write_nothing(
     )
     assert answer["code"] == t.ResultCode.BAD_SIGNATURE
     assert (await _device(res, issued.device.id)).last_heartbeat_at is None
+
+
+async def test_a_cached_device_disabled_is_refused_at_once(
+    res: Resources, kiosk_world: KioskWorld
+) -> None:
+    """The directory keeps a device's key and enabled flag `ttl_s` (PAYGATE_KIOSK_KEY_CACHE_S);
+    a disable through this process is seen at once, and one made elsewhere — which only
+    `ttl_s` bounds here — still records nothing."""
+    kiosk.install()
+    dev = _device_id()
+    await kiosk_world.register(dev, load=False)
+    here = devices.DeviceDirectory(res.engine, ttl_s=60)
+    assert (await here.get(dev)) is not None
+    async with res.sessions() as s:
+        await devices.set_enabled(s, dev, enabled=False, actor=ADMIN)
+        await s.commit()
+    entry = await here.get(dev)
+    assert entry is not None
+    assert not entry.enabled
+
+    async with res.sessions() as s:
+        await devices.set_enabled(s, dev, enabled=True, actor=ADMIN)
+        await s.commit()
+        _, _, bill = await bill_for_test(s)
+    cached = devices.DeviceDirectory(res.engine, ttl_s=60)
+    assert (await cached.get(dev)) is not None
+    # Disabled by another process (its `forget` does not reach this one): the cached entry
+    # is stale for up to ttl_s, but the confirmation's own statement refuses the device.
+    async with res.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE kiosk_devices SET enabled = false WHERE id = :d"), {"d": dev}
+        )
+    stale = await cached.get(dev)
+    assert stale is not None
+    assert stale.enabled
+    before = await _counts(res)
+    confirmation = KioskConfirm(
+        payment_code=bill.payment_code,
+        reference=f"{secrets.randbelow(10**12):012d}",
+        amount=bill.principal_amount,
+        paid_at=datetime.now(UTC),
+        sequence=1,
+        digest=b"d" * 32,
+    )
+    live = await inbound.handle(kiosk_world.ctx, "kiosk", confirmation, sender=dev)
+    uploaded = await inbound.handle(
+        kiosk_world.ctx, "kiosk", KioskUpload((confirmation,)), sender=dev
+    )
+    assert (live.outcome, uploaded.outcome) == (Outcome.UNKNOWN_SENDER, Outcome.UNKNOWN_SENDER)
+    assert await _counts(res) == before
+    assert (await _device(res, dev)).last_seq == 0
+    async with res.sessions() as s:
+        assert (await s.get_one(Bill, bill.id)).status == "ISSUED"
 
 
 async def test_an_sm2_device_pays_and_its_rotated_key_replaces_the_old(

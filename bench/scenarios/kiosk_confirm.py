@@ -70,7 +70,7 @@ async def _open_attempts(codes: list[str]) -> list[tuple[str, str]]:
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
-class _Kiosks:
+class Kiosks:
     """The bench's devices and their next sequence numbers."""
 
     def __init__(self) -> None:
@@ -110,7 +110,7 @@ class _Kiosks:
 
 
 def run(*, quick: bool) -> list[Row]:
-    kiosks = _Kiosks()
+    kiosks = Kiosks()
     with tempfile.TemporaryDirectory() as keydir:
         server_env = {
             # Never called: a confirmation needs no round trip to the acquirer.

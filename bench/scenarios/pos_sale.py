@@ -60,7 +60,7 @@ async def _register(code: str) -> None:
     _TERMINAL.update(merchant=merchant, terminal=terminal, key=made.key)
 
 
-def _requests(codes: list[str], path: Path) -> Path:
+def sales(codes: list[str], path: Path) -> Path:
     """One signed sale per bill, each under its own batch and trace number."""
     if not _TERMINAL:
         asyncio.run(_register(codes[0]))
@@ -100,4 +100,4 @@ def _requests(codes: list[str], path: Path) -> Path:
 def run(*, quick: bool) -> list[Row]:
     _TERMINAL.clear()
     _BATCH[0] = 0
-    return confirm_scenario("pos_sale", quick=quick, server_env={}, make_requests=_requests)
+    return confirm_scenario("pos_sale", quick=quick, server_env={}, make_requests=sales)
