@@ -3,10 +3,12 @@ channel): confirmations recorded once per (device, sequence number), store-and-f
 uploads, reprints, heartbeats, the gaps reported to finance.
 
 Decisions (the kiosk protocol is ours; docs/channels/kiosk.md is the device's side):
-- A confirmation is recorded once per (device, sequence number) — `record` — and then
-  applied by the seam's channel-agnostic confirmation (payments.inbound.confirm): with its
-  order id through confirm_payment (the grouped one-statement path when the bill is simply
-  payable), without one by an attempt opened for the acquirer's reference. The acquirer's
+- A confirmation is recorded once per (device, sequence number) — `_RECORD`, one statement
+  for the devices confirming meanwhile, which also reads the order it names — and then
+  applied: the usual one (our open kiosk order, its reference new) by confirm_payment at
+  once (the grouped one-statement path), anything else by the seam's channel-agnostic
+  confirmation (payments.inbound.confirm): with its order id through confirm_payment,
+  without one by an attempt opened for the acquirer's reference. The acquirer's
   reference is the channel trade number, so a charge pays at most once whatever sequence
   number carries it. A bill paid meanwhile elsewhere → a DUPLICATE receipt and a refund
   through the acquirer.

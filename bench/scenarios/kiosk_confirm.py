@@ -2,10 +2,12 @@
 
 Each request is a real kiosk confirmation (HMAC-signed by its device, with the order id a
 query opened and the device's next sequence number) for a bill of its own: the service
-loads the device and its key, verifies, checks the nonce in Redis, records the sequence
-number (gaps closed), confirms by payments.confirm's grouped one-statement path and
-answers with the receipt slip. Devices are many (as kiosks are: each serves one payer at
-a time), and the messages are signed before the load starts.
+finds the device and its key (kept PAYGATE_KIOSK_KEY_CACHE_S per process), verifies,
+checks the nonce in Redis, records the sequence number (gaps closed) and reads the order
+in one statement shared by the devices confirming meanwhile, pays by payments.confirm's
+grouped one-statement path and answers with the receipt slip, made from the facts in
+hand. Devices are many (as kiosks are: each serves one payer at a time), and the messages
+are signed before the load starts.
 """
 
 from __future__ import annotations
