@@ -13,12 +13,14 @@ Control API (unsigned, for the test or the demo playing a customer at the bank):
 
     POST /control/<code>/pay  {"payment_code", "gateway_url", "pay_mode", "drop_confirm",
                                "lose_answer", "duplicates", "bad_signature", "amount_delta",
-                               "skip_query", "as_bank", "version"}
+                               "skip_query", "amount", "order_id", "as_bank", "version"}
         The bank queries the gateway, takes the money, then confirms (signed) — unless
         `drop_confirm` (a lost confirmation the gateway must find by querying us).
         `pay_mode`: app (default), web, counter, ecny. `lose_answer`: the confirmation
         reaches the gateway but its answer is lost (the bank learns nothing).
         `duplicates`: send it n more times. `bad_signature`: forged. `version`: sent as is.
+        `skip_query` (with `amount`): no query first; with `order_id` too, the bank debits
+        again under an order it used before (a second debit for one order).
     POST /control/<code>/reverse  {"gateway_url", "bank_serial", "amount_delta", "reason"}
         The teller's transaction failed after confirming: reverse (冲正) it.
     POST /control/<code>/daycheck {"gateway_url", "date", "only", "drop", "extra",
@@ -336,7 +338,7 @@ class BankSimulator:
         gw = str(req["gateway_url"])
         code = str(req["payment_code"])
         result: dict[str, Any] = {}
-        order_id: str | None = None
+        order_id: str | None = req.get("order_id")  # with skip_query: an order used before
         amount: int | None = req.get("amount")
         if not req.get("skip_query"):
             query = await self._to_gateway(bank, gw, "query", {"payment_code": code})
@@ -358,7 +360,10 @@ class BankSimulator:
             paid_at=t.format_time(datetime.now(UTC)),
             pay_mode=str(req.get("pay_mode", "app")),
         )
-        bank.orders[order.order_id] = order
+        if req.get("order_id"):  # a second debit under an order: the order keeps its first
+            bank.orders.setdefault(order.order_id, order)
+        else:
+            bank.orders[order.order_id] = order
         bank.by_serial[serial] = order
         result.update(order_id=order_id, bank_serial=serial, amount=fen_to_yuan(amount))
         if req.get("drop_confirm"):
