@@ -58,7 +58,9 @@ async def test_a_duplicate_sale_is_refunded_through_the_acquirer(
     state = await acquirer.state()
     # The card sale the acquirer booked, named by terminal, batch and trace, is given back.
     assert _given_back(state) == [(str(refund.id), dup.channel_trade_no, 10_000)]
-    assert dup.channel_trade_no in {s["ref"] for s in state["sales"]}
+    # Told B2 with the disposition REFUND, the terminal left its card sale alone.
+    booked = {s["ref"]: s["state"] for s in state["sales"]}
+    assert booked[dup.channel_trade_no] == "APPROVED"
     assert await execute_refunds(acquirer.ctx) == 0
     assert len((await acquirer.state())["refunds"]) == 1
 

@@ -15,9 +15,9 @@ terminals and networks do:
 
 Given an acquirer (`acquirer_url`, the simulated one of `channels.pos.simulator_acquirer`),
 the terminal books every card transaction there first, as a real terminal's authorisation
-reaches its acquirer before the terminal tells us; a sale we refuse for its content (13,
-57, B1, 12) it reverses there at once. A `B2` is left to the clerk: the sale may have been
-recorded as a duplicate that we refund through the acquirer.
+reaches its acquirer before the terminal tells us; a sale we refuse (13, 57, B1, B2, 12)
+it reverses there at once — except a B2 with `"disposition": "REFUND"`: that sale was
+recorded as a duplicate, and we give it back through the acquirer.
 
 Used by the tests (in process, over real HTTP) and by `paygate simulator pos`.
 """
@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 
-_TAKE_BACK = frozenset({"13", "57", "B1", "12"})
-"""Our refusals of a sale that leave nothing recorded: the terminal reverses the card sale."""
+_TAKE_BACK = frozenset({"13", "57", "B1", "B2", "12"})
+"""Our refusals of a sale: the terminal reverses the card sale (but not a B2 whose data
+says the sale was recorded and is being given back: disposition REFUND)."""
 
 
 @dataclass
@@ -237,7 +238,8 @@ class SimTerminal:
         out["duplicates"] = [asdict(await self.send("sale", doc)) for _ in range(duplicates)]
         answer = first.answer or {}
         line.state = "APPROVED" if answer.get("code") == "00" else f"DECLINED {answer.get('code')}"
-        if answer.get("code") in _TAKE_BACK:
+        given_back = (answer.get("data") or {}).get("disposition") == "REFUND"
+        if answer.get("code") in _TAKE_BACK and not given_back:
             out["acquirer_reversal"] = await self.book("reversal", doc)
         return out
 

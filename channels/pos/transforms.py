@@ -39,6 +39,7 @@ from channels.base import (
     CardSale,
     CardVoid,
     CountTotal,
+    Disposition,
     InboundAnswer,
     InboundRequest,
     InvalidNotification,
@@ -440,6 +441,18 @@ def answer_doc(answer: InboundAnswer, request: InboundRequest | None) -> dict[st
                 }
                 for x in c.differences
             ],
+        }
+    elif (
+        isinstance(request, CardSale)
+        and answer.receipt is not None
+        and answer.receipt.disposition == Disposition.REFUND
+    ):
+        # B2 for a sale recorded as a duplicate: refunded through the acquirer, not reversed.
+        data = {
+            "batch_no": request.batch_no,
+            "trace_no": request.trace_no,
+            "receipt_id": answer.receipt.receipt_id,
+            "disposition": Disposition.REFUND.value,
         }
     elif code == "00" and isinstance(request, CardSale | CardReversal | CardVoid | CardRefund):
         after = {CardSale: "PAID", CardReversal: "ISSUED", CardVoid: "ISSUED"}

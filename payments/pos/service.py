@@ -381,8 +381,11 @@ async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> InboundA
         return _no(R.REVERSED)  # a reversal came first and closed the attempt
     if result.outcome == ConfirmOutcome.DUPLICATE_REFUNDING:
         # Paid elsewhere between our check and the confirmation: recorded as a duplicate
-        # with its refund (as every channel's); the terminal is told the bill was paid.
-        return _no(R.ALREADY_PAID)
+        # with its refund through the acquirer (as every channel's). The terminal is told
+        # the bill was paid, and that this sale is given back already: it must not reverse.
+        ref = f"{msg.batch_no}{msg.trace_no}"
+        kept = ConfirmationReceipt("", ref, str(result.receipt_id), Disposition.REFUND)
+        return InboundAnswer(R.ALREADY_PAID, receipt=kept)
     log.error("pos sale not confirmed", outcome=result.outcome)
     return _no(R.SYSTEM_ERROR)
 
