@@ -106,7 +106,10 @@ DISCREPANCY_CLASSES = (
     "STATUS_MISMATCH",
     "DUPLICATE_PAYMENT",
     "FEE_MISMATCH",
+    "REVERSED_SETTLED",
 )
+"""What `settlement.reconcile` can find (its docstring says what each means); the table's
+check constraint is made from this list."""
 
 
 class ReconRun(Base):
@@ -138,8 +141,7 @@ class Discrepancy(Base):
     __table_args__ = (
         UniqueConstraint("channel", "business_date", "klass", "match_key"),
         CheckConstraint(
-            "klass IN ('PLATFORM_ONLY', 'CHANNEL_ONLY', 'AMOUNT_MISMATCH', 'STATUS_MISMATCH',"
-            " 'DUPLICATE_PAYMENT', 'FEE_MISMATCH')",
+            "klass IN (" + ", ".join(f"'{k}'" for k in DISCREPANCY_CLASSES) + ")",
             name="klass_known",
         ),
         CheckConstraint("status IN ('HELD', 'OPEN', 'RESOLVED', 'ACCEPTED')", name="status_known"),

@@ -24,6 +24,14 @@ Flow per channel + business day, all set-based in SQL:
    - DUPLICATE_PAYMENT: the channel line is a duplicate payment of an already paid bill.
      Resolved automatically when its refund is already under way.
    - FEE_MISMATCH: the fee differs from the configured rate for the channel.
+   - REVERSED_SETTLED: the channel settled a payment we recorded as taken back — a card
+     sale its terminal reversed (冲正) or voided (撤销), still in the acquirer's file. Not
+     healed: the payer was charged and we hold no payment; a person has the acquirer
+     correct it or returns the money.
+
+   Refund lines are matched by our refund id, or — for a refund the channel's own device
+   made (a card terminal's 退货), which carries none — by the channel's number we recorded
+   for it.
 
 3. The whole run is one transaction guarded by an advisory lock on (channel, day): it is
    idempotent and can be re-run at will; a failed run leaves nothing half-done behind and is
@@ -330,6 +338,18 @@ WHERE p.receipt_id IS NULL
                   WHERE x.attempt_id = coalesce(a.id, t.id)
                      OR (x.channel = :ch AND x.channel_trade_no = p.s_trade))
 UNION ALL
+-- the channel settled money we recorded as taken back (a reversal or a void: the receipt is
+-- REVERSED), found by our order id or the channel's number; not healed, a person decides
+SELECT 'REVERSED_SETTLED', p.s_key, coalesce(xo.attempt_id, xt.attempt_id),
+       coalesce(xo.id, xt.id), p.s_trade, coalesce(xo.amount, xt.amount), p.s_amount,
+       p.s_fee, NULL, p.s_at, NULL
+FROM recon_pay p
+LEFT JOIN receipts xo ON xo.kind = 'REVERSED' AND xo.channel = :ch
+                     AND xo.attempt_id::text = p.s_key
+LEFT JOIN receipts xt ON xt.kind = 'REVERSED' AND xt.channel = :ch
+                     AND xt.channel_trade_no = p.s_trade AND p.s_trade <> ''
+WHERE p.receipt_id IS NULL AND p.s_key IS NOT NULL AND coalesce(xo.id, xt.id) IS NOT NULL
+UNION ALL
 SELECT 'AMOUNT_MISMATCH', r_attempt::text, r_attempt, receipt_id, s_trade, r_amount, s_amount,
        s_fee, NULL, s_at, NULL
 FROM recon_pay WHERE s_key IS NOT NULL AND receipt_id IS NOT NULL AND s_amount <> r_amount
@@ -349,10 +369,17 @@ SELECT CASE WHEN f.id IS NOT NULL AND f.amount <> -s.amount THEN 'AMOUNT_MISMATC
             ELSE 'STATUS_MISMATCH' END,
        coalesce(s.refund_id, s.channel_trade_no), NULL, f.receipt_id, s.channel_trade_no,
        f.amount, -s.amount, s.fee, NULL, s.occurred_at, NULL
-FROM statement_lines s
-LEFT JOIN refunds f ON f.id::text = s.refund_id
-WHERE s.file_id = :file AND s.kind = 'REFUND'
-  AND (f.id IS NULL OR f.status <> 'SUCCEEDED' OR f.amount <> -s.amount)
+FROM (SELECT s.*, coalesce(fi.id, fr.id) AS fid
+      FROM statement_lines s
+      LEFT JOIN refunds fi ON fi.id::text = s.refund_id
+      -- a refund the channel's own device made (a card terminal's 退货) carries no refund
+      -- id of ours: it is known by the channel's number we recorded for it
+      LEFT JOIN refunds fr ON s.refund_id IS NULL AND fr.channel_refund_no = s.channel_trade_no
+                          AND EXISTS (SELECT 1 FROM receipts rr
+                                      WHERE rr.id = fr.receipt_id AND rr.channel = :ch)
+      WHERE s.file_id = :file AND s.kind = 'REFUND') s
+LEFT JOIN refunds f ON f.id = s.fid
+WHERE (f.id IS NULL OR f.status <> 'SUCCEEDED' OR f.amount <> -s.amount)
 UNION ALL
 -- refunds we completed at this channel during the day that the channel does not list
 SELECT 'PLATFORM_ONLY', f.id::text, r.attempt_id, f.receipt_id, r.channel_trade_no,
@@ -361,7 +388,8 @@ FROM refunds f JOIN receipts r ON r.id = f.receipt_id
 WHERE f.route = 'CHANNEL' AND f.status = 'SUCCEEDED' AND r.channel = :ch
   AND f.completed_at >= :start AND f.completed_at < :end
   AND NOT EXISTS (SELECT 1 FROM statement_lines s WHERE s.file_id = :file AND s.kind = 'REFUND'
-                  AND s.refund_id = f.id::text)
+                  AND (s.refund_id = f.id::text
+                       OR (s.refund_id IS NULL AND s.channel_trade_no = f.channel_refund_no)))
 """
 
 _UPSERT = f"""
