@@ -4,9 +4,12 @@ adapter against the simulated acquirer over real HTTP)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -16,6 +19,7 @@ from channels.pos import transforms as t
 from channels.pos.adapter import (
     PosAdapter,
     SettlementRow,
+    acquirer_scheme,
     parse_settlement_file,
     render_settlement_file,
 )
@@ -186,3 +190,27 @@ def test_the_settlement_file_reads_back_and_a_cut_file_is_refused() -> None:
     with pytest.raises(Rejected) as refused:
         list(parse_settlement_file(cut))
     assert refused.value.code == "statement_malformed"
+
+
+def test_acquirer_signature_vector() -> None:
+    """The vector in docs/channels/pos.md ("Requests and signing"), computed with OpenSSL."""
+    key = b"3f1c0a9e5b7d2c4e6a8b0d1f3e5c7a9b1d3f5e7c9a0b2d4f6e8a0c2e4b6d8f01"
+    body = b'{"refund_id":"068c44cc-44ad-4c1a-9821-3c3ca3d19c6e"}'
+    want = "8e76983e20da9c1c6449dc757a871b942738c3ddd28f00063a06383830ff647a"
+    scheme = acquirer_scheme(key)
+    message = scheme.canonical("refund_query", "paygate", "1765000000", "0123456789abcdef", body)
+    assert hmac.new(key, message, hashlib.sha256).hexdigest() == want
+    headers = httpx.Headers(
+        {
+            "X-Acq-Caller": "paygate",
+            "X-Acq-Timestamp": "1765000000",
+            "X-Acq-Nonce": "0123456789abcdef",
+            "X-Acq-Signature": want,
+        }
+    )
+    assert scheme.verify("refund_query", headers, body, now=1765000000)
+    assert not scheme.verify("refund_query", headers, body + b" ", now=1765000000)
+    assert not scheme.verify("refund_query", headers, body, now=1765000000 + 301)
+    signed = httpx.Headers(scheme.headers("refund", body))
+    assert scheme.verify("refund", signed, body)
+    assert not scheme.verify("RESPONSE:refund", signed, body)
