@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,9 @@ def test_serve_embedded_ready_and_no_orphans(tmp_path: Path, how: signal.Signals
         assert "postgres" in cmds, "embedded postgres should be running"
         assert "gateway.cli worker" in cmds, "demo mode starts the worker"
         assert "simulator alipay" in cmds, "demo mode starts the Alipay simulator"
+        assert "simulator kiosk" in cmds, "demo mode starts the kiosk simulator"
+        assert "simulator pos-terminal" in cmds, "demo mode starts the card terminal page"
+        _demo_devices_answer(log.read_text())
     finally:
         proc.send_signal(how)
         proc.wait(timeout=60)
@@ -67,3 +71,21 @@ def test_serve_embedded_ready_and_no_orphans(tmp_path: Path, how: signal.Signals
     while _processes_using(tmp_path, proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_using(tmp_path, proc.pid) == []
+
+
+def _demo_devices_answer(log: str) -> None:
+    """The printed kiosk and terminal pages are up, hold the demo keys the seed made (a bill
+    lookup is a signed message the service verifies) and show a demo bill."""
+    kiosk = re.search(r"kiosk \(demo\): (\S+)", log)
+    terminal = re.search(r"card terminal \(demo\): (\S+)", log)
+    codes = re.findall(r"demo bill DEMO-JJ-\d+: payment code (\d{20})", log)
+    assert kiosk is not None, log
+    assert terminal is not None, log
+    assert codes, log
+    for url, lookup in ((kiosk[1], "query"), (f"{terminal[1]}/POS00001", "inquiry")):
+        wait_http(url, timeout=30)
+        body = f"code={codes[0]}".encode()
+        with urllib.request.urlopen(f"{url}/{lookup}", data=body, timeout=30) as resp:
+            page = resp.read().decode()
+        assert codes[0] in page, page
+        assert "¥200.00" in page, page  # DEMO-JJ-0001's fine; a refused lookup shows no bill

@@ -12,7 +12,8 @@ The acquirer answers our signed calls (docs/channels/kiosk.md, "The acquirer"):
 Control API (unsigned: the test or the demo playing a payer at a kiosk, or its operator):
 
     POST /control/devices              {"device_id", "secret" | "private_pem",
-                                        "platform_public_pem"}  load a registered device
+                                        "platform_public_pem", "next_seq",
+                                        "gateway_url"}  load a registered device
     POST /control/<device>/pay         {"payment_code", "gateway_url", "method",
                                         "offline", "lost_answer", "duplicates",
                                         "forged", "replay", "no_order", "amount_delta",
@@ -31,6 +32,11 @@ sends the very same signed message twice; `charge_twice` charges the card a seco
 under the same order id (a faulty kiosk) and confirms that too, with its own sequence
 number and reference, and once more (a repeat); `reorder` shuffles an upload; `twice` uploads
 every batch a second time; `withhold` keeps some numbers back (a gap) for a later upload.
+
+The kiosk's screen, for a person (the demo): `GET /kiosk/<device>` takes a typed or scanned
+payment code, shows the bill with today's amount due, pays it by card and prints the slip
+on screen, with reprint (`channels.kiosk.screen`). It talks to the device's `gateway_url`
+through the very methods above (`send`, `pay`, `upload`): one implementation of the protocol.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from typing import Any
 
 import httpx
 
+from channels import sim_page
+from channels.kiosk import screen
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import acquirer_headers, acquirer_verify
 from channels.money import fen_to_yuan, yuan_to_fen
@@ -85,6 +93,8 @@ class Device:
     next_seq: int = 1
     stored: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Confirmations taken but not (known to be) received: seq → wire body."""
+    gateway_url: str | None = None
+    """The platform its screen talks to (the control API names one per call)."""
 
 
 def _json(doc: Any) -> bytes:
@@ -127,7 +137,9 @@ class KioskSimulator:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status, out, extra = await self.handle(scope["method"], scope["path"], headers, body)
-        hdrs = [(b"content-length", str(len(out)).encode()), (b"content-type", b"application/json")]
+        extra = dict(extra)
+        ctype = extra.pop("content-type", "application/json")
+        hdrs = [(b"content-length", str(len(out)).encode()), (b"content-type", ctype.encode())]
         hdrs += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": out})
@@ -142,6 +154,8 @@ class KioskSimulator:
             return self._acquirer(parts[1], headers, body)
         if parts[0] == "control":
             return await self._control(method, parts[1:], body)
+        if parts[0] == "kiosk":
+            return await self._screen(method, parts[1:], body)
         return 404, b'{"error":"not found"}', {}
 
     # ------------------------------------------------------------------ the acquirer
@@ -249,6 +263,7 @@ class KioskSimulator:
                 private_pem=req.get("private_pem"),
                 platform_public_pem=req.get("platform_public_pem"),
                 next_seq=int(req.get("next_seq", 1)),
+                gateway_url=req.get("gateway_url"),
             )
             return 200, _json({"device_id": device.device_id}), {}
         if len(parts) != 2 or parts[0] not in self.devices:
@@ -283,6 +298,7 @@ class KioskSimulator:
         private_pem: str | None = None,
         platform_public_pem: str | None = None,
         next_seq: int = 1,
+        gateway_url: str | None = None,
     ) -> Device:
         device = Device(
             device_id,
@@ -290,6 +306,7 @@ class KioskSimulator:
             private_pem,
             platform_public_pem,
             next_seq=next_seq,
+            gateway_url=gateway_url,
         )
         self.devices[device_id] = device
         return device
@@ -297,6 +314,78 @@ class KioskSimulator:
     @staticmethod
     def _hb(device: Device) -> dict[str, Any]:
         return {"last_seq": device.next_seq - 1, "status": "OK"}
+
+    # ------------------------------------------------------------------ the screen
+
+    async def _screen(  # noqa: PLR0911 - one page per step of the payer's journey
+        self, method: str, parts: list[str], body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        if not parts or not parts[0]:
+            if len(self.devices) == 1:
+                return sim_page.redirect(f"/kiosk/{next(iter(self.devices))}")
+            return 200, screen.devices(sorted(self.devices)), dict(sim_page.HTML)
+        device = self.devices.get(parts[0])
+        if device is None:
+            return 404, screen.devices(sorted(self.devices)), dict(sim_page.HTML)
+        step = parts[1] if len(parts) == 2 else ""
+        if method == "GET" and step == "":
+            page = screen.start(device.device_id, stored=sorted(device.stored))
+            return 200, page, dict(sim_page.HTML)
+        if method != "POST" or device.gateway_url is None:
+            return 404, b"not found", dict(sim_page.HTML)
+        form = sim_page.parse_form(body)
+        gw = device.gateway_url
+        try:
+            out = await self._screen_step(device, gw, step, form)
+        except httpx.HTTPError as exc:
+            # The link to the platform failed; a taken payment stays stored (upload later).
+            answer = {"code": "-", "msg": f"无法连接平台 ({type(exc).__name__})"}
+            out = screen.problem(device.device_id, answer, "通信失败 Link down")
+        if out is None:
+            return 404, b"not found", dict(sim_page.HTML)
+        return 200, out, dict(sim_page.HTML)
+
+    async def _screen_step(
+        self, device: Device, gw: str, step: str, form: dict[str, str]
+    ) -> bytes | None:
+        steps = {
+            "query": self._s_query,
+            "pay": self._s_pay,
+            "reprint": self._s_reprint,
+            "upload": self._s_upload,
+        }
+        return await steps[step](device, gw, form) if step in steps else None
+
+    async def _s_query(self, device: Device, gw: str, form: dict[str, str]) -> bytes:
+        code = sim_page.payment_code_from(form.get("code", ""))
+        answer = await self.send(device, gw, "query", {"payment_code": code})
+        if answer.get("code") != t.ResultCode.OK or not answer.get("signature_ok"):
+            return screen.problem(device.device_id, answer, "查询 Look-up")
+        return screen.bill(device.device_id, answer["data"])
+
+    async def _s_pay(self, device: Device, gw: str, form: dict[str, str]) -> bytes:
+        code = sim_page.payment_code_from(form.get("code", ""))
+        result = await self.pay(device, gw, {"payment_code": code, "method": "CARD"})
+        answer = (result.get("confirms") or [result["query"]])[-1]
+        data = answer.get("data") or {}
+        if answer.get("code") != t.ResultCode.OK or not answer.get("signature_ok"):
+            return screen.problem(device.device_id, answer, "支付 Payment")
+        if "receipt" not in data:  # the confirmation's own result refused it
+            return screen.problem(device.device_id, data | {"signature_ok": True}, "支付 Payment")
+        seq, disposition = int(data["seq"]), data.get("disposition")
+        return screen.slip(device.device_id, data["receipt"], seq=seq, disposition=disposition)
+
+    async def _s_reprint(self, device: Device, gw: str, form: dict[str, str]) -> bytes:
+        seq = int(form["seq"]) if form.get("seq", "").isdigit() else 0
+        answer = await self.send(device, gw, "reprint", {"seq": seq})
+        if answer.get("code") != t.ResultCode.OK or not answer.get("signature_ok"):
+            return screen.problem(device.device_id, answer, "补打 Reprint")
+        return screen.slip(device.device_id, answer["data"]["receipt"], seq=seq, disposition=None)
+
+    async def _s_upload(self, device: Device, gw: str, form: dict[str, str]) -> bytes:
+        del form
+        await self.upload(device, gw, {})
+        return screen.start(device.device_id, stored=sorted(device.stored))
 
     # ------------------------------------------------------------------ the kiosk's side
 
@@ -442,8 +531,21 @@ class KioskSimulator:
         return {"uploads": answers, "stored": sorted(device.stored)}
 
 
-def create_app(acquirer_secret: bytes | None = None) -> KioskSimulator:
+def create_app(
+    acquirer_secret: bytes | None = None, devices: list[dict[str, Any]] | None = None
+) -> KioskSimulator:
+    """The simulator; `devices` are loaded as through POST /control/devices."""
     secret = acquirer_secret or os.environ.get("PAYGATE_KIOSK_ACQUIRER_SECRET", "").encode()
     if not secret:
         raise ValueError("the simulated acquirer needs PAYGATE_KIOSK_ACQUIRER_SECRET")
-    return KioskSimulator(secret)
+    sim = KioskSimulator(secret)
+    for d in devices or []:
+        sim.add_device(
+            str(d["device_id"]),
+            secret=d.get("secret"),
+            private_pem=d.get("private_pem"),
+            platform_public_pem=d.get("platform_public_pem"),
+            next_seq=int(d.get("next_seq", 1)),
+            gateway_url=d.get("gateway_url"),
+        )
+    return sim

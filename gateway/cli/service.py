@@ -12,7 +12,7 @@ import click
 from gateway import __version__
 from gateway import logging as app_logging
 from gateway.cli.base import main, prepare, with_resources
-from gateway.procs import exit_with_parent, spawn_child, stop_children
+from gateway.procs import exit_with_parent, free_port, spawn_child, stop_children
 from gateway.settings import Settings
 
 
@@ -43,20 +43,38 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
     port = port or settings.server.port
     workers = workers or settings.server.workers
     children: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
     if demo:
-        from gateway.demo import seed
+        from gateway.demo import KIOSK_DEVICE, KIOSK_DEVICES_FILE, POS_TERMINALS_FILE, seed
 
         if not settings.alipay.enabled:
             children.append(_start_alipay_simulator())
-            settings = Settings.from_env()  # now pointing at the simulator
+        kiosk_port = None if settings.payments.kiosk.enabled else _point_at_kiosk_simulator()
+        settings = Settings.from_env()  # now pointing at the simulators
         for line in with_resources(settings, seed):
             click.echo(line)
         # A demo's webhook receiver runs on this machine; production never allows that.
         os.environ.setdefault("PAYGATE_WEBHOOK_ALLOW_PRIVATE", "1")
         # Children inherit DATABASE_URL/REDIS_URL and stop when we stop, even on SIGKILL.
         children.append(spawn_child("worker"))
+        if kiosk_port is not None:
+            devices = str(KIOSK_DEVICES_FILE)
+            children.append(
+                spawn_child("simulator", "kiosk", "--port", str(kiosk_port), "--devices", devices)
+            )
+            urls.append(f"  kiosk (demo): http://127.0.0.1:{kiosk_port}/kiosk/{KIOSK_DEVICE}")
+        pos_port = free_port()
+        terminals = str(POS_TERMINALS_FILE)
+        children.append(
+            spawn_child(
+                "simulator", "pos-terminal", "--port", str(pos_port), "--terminals", terminals
+            )
+        )
+        urls.append(f"  card terminal (demo): http://127.0.0.1:{pos_port}/pos")
     click.secho(f"paygate {__version__} serving on http://{host}:{port}", fg="green", bold=True)
     click.echo(f"  API reference: http://{host}:{port}/schema   readiness: /health/ready")
+    for url in urls:
+        click.echo(url)
     try:
         uvicorn.run(
             "gateway.app:create_served_app",
@@ -81,7 +99,6 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
 def _start_alipay_simulator() -> subprocess.Popen[bytes]:
     """Demo mode without an Alipay account: run the simulator and point the adapter at it."""
     from channels.alipay.keys import ensure_keys
-    from gateway.procs import free_port
 
     keys_dir = Path("var/alipay").resolve()
     keys = ensure_keys(keys_dir)
@@ -98,6 +115,19 @@ def _start_alipay_simulator() -> subprocess.Popen[bytes]:
     )
     click.echo(f"  Alipay simulator (demo): http://127.0.0.1:{port}/sim/cashier/<attempt id>")
     return child
+
+
+def _point_at_kiosk_simulator() -> int:
+    """Demo mode without a kiosk acquirer: the kiosk simulator (started after the seed has
+    registered the demo kiosk) plays it, under a secret made for this run."""
+    import secrets
+
+    port = free_port()
+    os.environ |= {
+        "PAYGATE_KIOSK_ACQUIRER_URL": f"http://127.0.0.1:{port}/acquirer",
+        "PAYGATE_KIOSK_ACQUIRER_SECRET": secrets.token_hex(32),
+    }
+    return port
 
 
 @main.command()
@@ -256,23 +286,64 @@ def simulator_bank(host: str, port: int) -> None:
 @simulator.command("kiosk")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8102, show_default=True)
-def simulator_kiosk(host: str, port: int) -> None:
+@click.option(
+    "--devices",
+    "devices_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Load these devices at start: a JSON list of POST /control/devices bodies.",
+)
+@click.option("--parent", type=int, default=None, help="Exit when this process id exits.")
+def simulator_kiosk(host: str, port: int, devices_file: Path | None, parent: int | None) -> None:
     """Run simulated kiosks and their acquirer (the acquirer's HMAC secret from
     PAYGATE_KIOSK_ACQUIRER_SECRET; point paygate's PAYGATE_KIOSK_ACQUIRER_URL at
-    http://HOST:PORT/acquirer). Devices are loaded through POST /control/devices."""
+    http://HOST:PORT/acquirer). Devices are loaded through POST /control/devices or
+    --devices; each device's screen is at http://HOST:PORT/kiosk/<device id>."""
+    import json
+
     import uvicorn
 
+    from channels.kiosk.simulator import create_app
+
+    if parent is not None:
+        exit_with_parent(parent)
+    devices = json.loads(devices_file.read_text()) if devices_file else []
+    app = create_app(devices=devices)
     click.secho(f"kiosk simulator on http://{host}:{port}", fg="green", bold=True)
     click.echo(f"  export PAYGATE_KIOSK_ACQUIRER_URL=http://{host}:{port}/acquirer")
-    uvicorn.run(
-        "channels.kiosk.simulator:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        http="httptools",
-        log_config=None,
-        access_log=False,
-    )
+    for d in devices:
+        click.echo(f"  kiosk screen: http://{host}:{port}/kiosk/{d['device_id']}")
+    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
+
+
+@simulator.command("pos-terminal")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8104, show_default=True)
+@click.option(
+    "--terminals",
+    "terminals_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help='A JSON list of {"merchant", "terminal", "key", "gateway_url"} (the terminals\' keys'
+    " as `paygate pos register` gave them).",
+)
+@click.option("--parent", type=int, default=None, help="Exit when this process id exits.")
+def simulator_pos_terminal(host: str, port: int, terminals_file: Path, parent: int | None) -> None:
+    """Serve card terminals' displays for a person: inquiry, sale and voucher, void of the
+    last sale, settle (http://HOST:PORT/pos/<terminal id>), through the same terminal
+    client and journal as `paygate simulator pos`."""
+    import json
+
+    import uvicorn
+
+    from channels.pos.terminal_page import create_app
+
+    if parent is not None:
+        exit_with_parent(parent)
+    terminals = json.loads(terminals_file.read_text())
+    app = create_app(terminals)
+    click.secho(f"POS terminal page on http://{host}:{port}/pos", fg="green", bold=True)
+    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
