@@ -20,8 +20,10 @@ from playwright.async_api import Browser, Page, async_playwright
 from sqlalchemy import select
 
 from billing.models import Bill
+from channels.pos import simulator_acquirer
 from channels.pos.terminal_page import create_app as create_terminal_page
 from gateway.demo import KIOSK_DEVICE, KIOSK_DEVICES_FILE, POS_TERMINALS_FILE, seed
+from gateway.procs import free_port
 from gateway.settings import Settings
 from gateway.state import Resources
 from payments.models import Receipt
@@ -54,7 +56,9 @@ async def demo(
 ) -> AsyncIterator[tuple[Resources, str]]:
     """The demo seeded as `make run` seeds it (the kiosk channel on, our service's URL as
     the public one), its kiosk loaded into the simulator from the seed's file; yields the
-    resources and the terminal page's URL, served from the seed's terminals file."""
+    resources and the terminal page's URL, served from the seed's terminals file with the
+    terminals' acquirer in the same process (`paygate simulator pos-terminal
+    --with-acquirer`, as `make run` starts it)."""
     monkeypatch.chdir(tmp_path)  # the seed's key files land here, not in the checkout
     server = replace(kiosk_settings.server, public_url=kiosk_gateway.url)
     demo_res = replace(res, settings=replace(kiosk_settings, server=server))
@@ -63,8 +67,13 @@ async def demo(
         for device in json.loads(KIOSK_DEVICES_FILE.read_text()):
             r = await c.post(f"{kiosk_simulator.url}/control/devices", json=device)
             r.raise_for_status()
-    terminals = json.loads(POS_TERMINALS_FILE.read_text())
-    with ServerThread(create_terminal_page(terminals)) as page_server:
+    port = free_port()
+    terminals = [
+        x | {"acquirer_url": f"http://127.0.0.1:{port}"}
+        for x in json.loads(POS_TERMINALS_FILE.read_text())
+    ]
+    acquirer = simulator_acquirer.create_app(b"demo-page-test-acquirer")
+    with ServerThread(create_terminal_page(terminals, acquirer), port) as page_server:
         yield demo_res, page_server.url
 
 
@@ -86,6 +95,13 @@ async def _paid_with(res: Resources, bill: Bill) -> tuple[str, list[tuple[str, s
             )
         ).all()
     return str(status), [tuple(r) for r in receipts]  # type: ignore[misc]
+
+
+async def _card_sales(terminal_url: str) -> list[tuple[int, str]]:
+    """What the terminals' acquirer booked, served by the page's process."""
+    async with httpx.AsyncClient() as c:
+        sales = (await c.get(f"{terminal_url}/control/state")).json()["sales"]
+    return [(x["amount"], x["state"]) for x in sales]
 
 
 async def _text(page: Page, selector: str) -> str:
@@ -159,6 +175,7 @@ async def test_demo_bill_paid_at_the_card_terminal_page(
     status, receipts = await _paid_with(res, bill)
     assert status == "PAID"
     assert receipts == [("PAYMENT", "pos", "POS", 20_000)]
+    assert await _card_sales(terminal_url) == [(20_000, "APPROVED")]
 
     # Void the last sale from the terminal's home page: the bill is unpaid again.
     await page.get_by_role("link", name="← 首页 Home").click()
@@ -167,6 +184,7 @@ async def test_demo_bill_paid_at_the_card_terminal_page(
     status, receipts = await _paid_with(res, bill)
     assert status == "ISSUED"
     assert receipts == [("REVERSED", "pos", "POS", 20_000)]
+    assert await _card_sales(terminal_url) == [(20_000, "VOIDED")]
 
     # Pay it again, then settle: the batch balances (one sale voided, one standing).
     await page.get_by_role("link", name="← 首页 Home").click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -89,3 +90,7 @@ def _demo_devices_answer(log: str) -> None:
             page = resp.read().decode()
         assert codes[0] in page, page
         assert "¥200.00" in page, page  # DEMO-JJ-0001's fine; a refused lookup shows no bill
+    # The terminals' acquirer is played in the terminal page's process.
+    acquirer = terminal[1].removesuffix("/pos")
+    with urllib.request.urlopen(f"{acquirer}/control/state", timeout=30) as resp:
+        assert json.loads(resp.read())["sales"] == []

@@ -15,6 +15,10 @@ can take turns on one terminal:
     POST /pos/<terminal>/void        {trace_no}       → the void's voucher
     POST /pos/<terminal>/settle                       → the settlement report
     GET  /health/live
+
+Given the terminals' simulated acquirer (`channels.pos.simulator_acquirer`), the same
+process serves it under its own paths (/card, /acquirer, /control) and the terminals book
+every card transaction with it first, as `paygate simulator pos --acquirer` does.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Answer = tuple[int, bytes, dict[str, str]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CODES = {
     "00": "交易成功 Approved",
@@ -69,11 +74,16 @@ class LoadedTerminal:
 
 
 class TerminalPage:
-    def __init__(self, terminals: list[LoadedTerminal]) -> None:
+    def __init__(self, terminals: list[LoadedTerminal], acquirer: ASGIApp | None = None) -> None:
         self.terminals = {x.terminal: x for x in terminals}
         self._locks = {x.terminal: asyncio.Lock() for x in terminals}
+        self.acquirer = acquirer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if self.acquirer is not None and scope["type"] == "http" and path.split("/")[1] != "pos":
+            await self.acquirer(scope, receive, send)
+            return
         if scope["type"] == "lifespan":
             while True:
                 msg = await receive()
@@ -135,16 +145,13 @@ class TerminalPage:
     def _terminal(loaded: LoadedTerminal) -> SimTerminal:
         """The terminal with its journal as the file has it now (the command line may have
         used the terminal since)."""
-        extra: dict[str, Any] = {}
-        if loaded.acquirer_url:
-            extra["acquirer_url"] = loaded.acquirer_url
         return SimTerminal(
             gateway_url=loaded.gateway_url,
             merchant=loaded.merchant,
             terminal=loaded.terminal,
             key=loaded.key.encode(),
             state=SimTerminal.load(loaded.journal),
-            **extra,
+            acquirer_url=loaded.acquirer_url,
         )
 
     async def _step(
@@ -349,9 +356,10 @@ def _last_sale(lines: list[JournalLine]) -> JournalLine | None:
     return None
 
 
-def create_app(terminals: list[dict[str, Any]]) -> TerminalPage:
+def create_app(terminals: list[dict[str, Any]], acquirer: ASGIApp | None = None) -> TerminalPage:
     """The page for these terminals: `{"merchant", "terminal", "key", "gateway_url",
-    "journal"?, "acquirer_url"?}` each (the journal defaults to var/pos-sim/<terminal>.json)."""
+    "journal"?, "acquirer_url"?}` each (the journal defaults to var/pos-sim/<terminal>.json);
+    with `acquirer`, served alongside (the terminals' `acquirer_url` then points here)."""
     return TerminalPage(
         [
             LoadedTerminal(
@@ -363,5 +371,6 @@ def create_app(terminals: list[dict[str, Any]]) -> TerminalPage:
                 acquirer_url=x.get("acquirer_url"),
             )
             for x in terminals
-        ]
+        ],
+        acquirer,
     )

@@ -50,6 +50,8 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
         if not settings.alipay.enabled:
             children.append(_start_alipay_simulator())
         kiosk_port = None if settings.payments.kiosk.enabled else _point_at_kiosk_simulator()
+        pos_acquirer = not settings.payments.pos_acquirer.enabled
+        pos_port = _point_at_pos_acquirer() if pos_acquirer else free_port()
         settings = Settings.from_env()  # now pointing at the simulators
         for line in with_resources(settings, seed):
             click.echo(line)
@@ -63,13 +65,10 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
                 spawn_child("simulator", "kiosk", "--port", str(kiosk_port), "--devices", devices)
             )
             urls.append(f"  kiosk (demo): http://127.0.0.1:{kiosk_port}/kiosk/{KIOSK_DEVICE}")
-        pos_port = free_port()
-        terminals = str(POS_TERMINALS_FILE)
-        children.append(
-            spawn_child(
-                "simulator", "pos-terminal", "--port", str(pos_port), "--terminals", terminals
-            )
-        )
+        terminals = ["--port", str(pos_port), "--terminals", str(POS_TERMINALS_FILE)]
+        if pos_acquirer:
+            terminals.append("--with-acquirer")
+        children.append(spawn_child("simulator", "pos-terminal", *terminals))
         urls.append(f"  card terminal (demo): http://127.0.0.1:{pos_port}/pos")
     click.secho(f"paygate {__version__} serving on http://{host}:{port}", fg="green", bold=True)
     click.echo(f"  API reference: http://{host}:{port}/schema   readiness: /health/ready")
@@ -126,6 +125,19 @@ def _point_at_kiosk_simulator() -> int:
     os.environ |= {
         "PAYGATE_KIOSK_ACQUIRER_URL": f"http://127.0.0.1:{port}/acquirer",
         "PAYGATE_KIOSK_ACQUIRER_SECRET": secrets.token_hex(32),
+    }
+    return port
+
+
+def _point_at_pos_acquirer() -> int:
+    """Demo mode without a card acquirer: the terminal page's process plays it too (so a
+    duplicate card sale's refund goes back to the card)."""
+    import secrets
+
+    port = free_port()
+    os.environ |= {
+        "PAYGATE_POS_ACQUIRER_URL": f"http://127.0.0.1:{port}/acquirer",
+        "PAYGATE_POS_ACQUIRER_SECRET": secrets.token_hex(32),
     }
     return port
 
@@ -327,8 +339,18 @@ def simulator_kiosk(host: str, port: int, devices_file: Path | None, parent: int
     help='A JSON list of {"merchant", "terminal", "key", "gateway_url"} (the terminals\' keys'
     " as `paygate pos register` gave them).",
 )
+@click.option(
+    "--with-acquirer",
+    is_flag=True,
+    help="Also play the terminals' acquirer in this process (as `paygate simulator"
+    " pos-acquirer`; its secret from PAYGATE_POS_ACQUIRER_SECRET): the terminals book"
+    " every card transaction there, and paygate's PAYGATE_POS_ACQUIRER_URL is"
+    " http://HOST:PORT/acquirer.",
+)
 @click.option("--parent", type=int, default=None, help="Exit when this process id exits.")
-def simulator_pos_terminal(host: str, port: int, terminals_file: Path, parent: int | None) -> None:
+def simulator_pos_terminal(
+    host: str, port: int, terminals_file: Path, with_acquirer: bool, parent: int | None
+) -> None:
     """Serve card terminals' displays for a person: inquiry, sale and voucher, void of the
     last sale, settle (http://HOST:PORT/pos/<terminal id>), through the same terminal
     client and journal as `paygate simulator pos`."""
@@ -336,13 +358,21 @@ def simulator_pos_terminal(host: str, port: int, terminals_file: Path, parent: i
 
     import uvicorn
 
+    from channels.pos import simulator_acquirer
     from channels.pos.terminal_page import create_app
 
     if parent is not None:
         exit_with_parent(parent)
     terminals = json.loads(terminals_file.read_text())
-    app = create_app(terminals)
+    acquirer = simulator_acquirer.create_app() if with_acquirer else None
+    if acquirer is not None:
+        terminals = [{"acquirer_url": f"http://{host}:{port}"} | x for x in terminals]
+    app = create_app(terminals, acquirer)
     click.secho(f"POS terminal page on http://{host}:{port}/pos", fg="green", bold=True)
+    if acquirer is not None:
+        click.echo(
+            f"  and their acquirer: export PAYGATE_POS_ACQUIRER_URL=http://{host}:{port}/acquirer"
+        )
     uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
 
 
