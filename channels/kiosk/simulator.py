@@ -58,6 +58,8 @@ from channels.kiosk import transforms as t
 from channels.kiosk.adapter import acquirer_headers, acquirer_verify
 from channels.money import fen_to_yuan, yuan_to_fen
 
+__all__ = ["Charge", "Device", "KioskSimulator", "SimRefund", "create_app"]
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
