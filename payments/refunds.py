@@ -114,6 +114,18 @@ def _payee_aad(refund_id: uuid.UUID) -> bytes:
     return b"refund_payee:" + refund_id.bytes
 
 
+def _refundable(receipt: Receipt | None, receipt_id: uuid.UUID) -> Receipt:
+    if receipt is None:
+        raise NotFound(f"no receipt {receipt_id}", code="receipt_not_found")
+    if receipt.kind == "REVERSED":
+        # The channel gave the money back already (void, reversal): a refund would pay twice.
+        raise Conflict(
+            "this payment was taken back by the channel: there is nothing to refund",
+            code="payment_reversed",
+        )
+    return receipt
+
+
 async def request_refund(
     session: AsyncSession,
     *,
@@ -149,8 +161,7 @@ async def request_refund(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    if receipt is None:
-        raise NotFound(f"no receipt {receipt_id}", code="receipt_not_found")
+    receipt = _refundable(receipt, receipt_id)
     if refund_id is not None:
         existing = await session.get(Refund, refund_id, populate_existing=True)
         if existing is not None:

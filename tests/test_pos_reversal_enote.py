@@ -16,7 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import func, select, text
 
 from billing.webhook_delivery import ingest
 from enotes.models import ENote
@@ -24,11 +25,16 @@ from enotes.service import EnoteContext, run_issue_job, run_red_job
 from enotes.signing_lines import Signed, SigningLine
 from gateway.enotes import enote_context
 from gateway.settings import Settings
+from kernel.audit import Actor
+from kernel.errors import Conflict
 from kernel.models import OutboxMessage
-from payments.models import Receipt
+from payments.models import Receipt, Refund
+from payments.refunds import request_refund
 from tests.pos_support import UNPAID, PosWorld, pos, unpaid
 
 __all__ = ["pos"]  # the fixture, used by name below
+
+ADMIN = Actor("finance", "test")
 
 
 def code(sent: dict[str, Any]) -> str:
@@ -210,6 +216,17 @@ async def test_taken_back_before_the_worker_issues_no_note_at_all(
     assert await _messages(pos, "enote.red:") == []
     assert await run_issue_job(pos.res.sessions, ctx) == 0
     assert await _notes(pos, receipt.id) == []
+
+    # The void gave the money back: a refund of it is refused and writes nothing.
+    async with pos.res.sessions() as s, s.begin():
+        with pytest.raises(Conflict) as refused:
+            await request_refund(
+                s, receipt_id=receipt.id, amount=receipt.amount, reason="t", actor=ADMIN
+            )
+    assert refused.value.code == "payment_reversed"
+    async with pos.res.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(Refund)) == 0
+        assert (await s.get_one(Receipt, receipt.id)).refunded_amount == 0
 
 
 class _GatedLine:
