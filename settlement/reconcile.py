@@ -339,16 +339,19 @@ WHERE p.receipt_id IS NULL
                      OR (x.channel = :ch AND x.channel_trade_no = p.s_trade))
 UNION ALL
 -- the channel settled money we recorded as taken back (a reversal or a void: the receipt is
--- REVERSED), found by our order id or the channel's number; not healed, a person decides
-SELECT 'REVERSED_SETTLED', p.s_key, coalesce(xo.attempt_id, xt.attempt_id),
-       coalesce(xo.id, xt.id), p.s_trade, coalesce(xo.amount, xt.amount), p.s_amount,
+-- REVERSED), found by our order id or the channel's number; not healed, a person decides.
+-- Looked up per unmatched line through the receipts' unique indexes (few lines; no scan).
+SELECT 'REVERSED_SETTLED', p.s_key, x.attempt_id, x.id, p.s_trade, x.amount, p.s_amount,
        p.s_fee, NULL, p.s_at, NULL
 FROM recon_pay p
-LEFT JOIN receipts xo ON xo.kind = 'REVERSED' AND xo.channel = :ch
-                     AND xo.attempt_id::text = p.s_key
-LEFT JOIN receipts xt ON xt.kind = 'REVERSED' AND xt.channel = :ch
-                     AND xt.channel_trade_no = p.s_trade AND p.s_trade <> ''
-WHERE p.receipt_id IS NULL AND p.s_key IS NOT NULL AND coalesce(xo.id, xt.id) IS NOT NULL
+CROSS JOIN LATERAL (
+    SELECT y.attempt_id, y.id, y.amount FROM receipts y
+    WHERE y.kind = 'REVERSED' AND y.channel = :ch
+      AND (y.attempt_id = CASE WHEN p.s_key ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
+                               THEN p.s_key::uuid END
+           OR (y.channel_trade_no = p.s_trade AND p.s_trade <> ''))
+    LIMIT 1) x
+WHERE p.receipt_id IS NULL AND p.s_key IS NOT NULL
 UNION ALL
 SELECT 'AMOUNT_MISMATCH', r_attempt::text, r_attempt, receipt_id, s_trade, r_amount, s_amount,
        s_fee, NULL, s_at, NULL
