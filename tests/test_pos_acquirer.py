@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billing.models import Bill
-from channels.base import Rejected, StatementKind
+from channels.base import ChannelRegistry, Rejected, StatementKind
 from channels.pos import transforms as t
 from channels.pos.adapter import (
     PosAdapter,
@@ -24,9 +25,17 @@ from channels.pos.adapter import (
     render_settlement_file,
 )
 from channels.pos.simulator import SimTerminal
+from gateway.procs import free_port
+from kernel.models import OutboxMessage
 from payments.models import Receipt, Refund
 from payments.refunds import execute_refunds, recover_refunds
-from tests.pos_acquirer_support import Acquirer, acquirer, duplicate_sale, second_terminal
+from tests.pos_acquirer_support import (
+    SECRET,
+    Acquirer,
+    acquirer,
+    duplicate_sale,
+    second_terminal,
+)
 from tests.pos_support import PosWorld, pos
 
 __all__ = ["acquirer", "pos", "second_terminal"]  # fixtures, used by name below
@@ -214,3 +223,31 @@ def test_acquirer_signature_vector() -> None:
     signed = httpx.Headers(scheme.headers("refund", body))
     assert scheme.verify("refund", signed, body)
     assert not scheme.verify("RESPONSE:refund", signed, body)
+
+
+async def test_an_unreachable_acquirer_is_tried_again_when_the_lease_ends(
+    pos: PosWorld, acquirer: Acquirer, second_terminal: SimTerminal
+) -> None:
+    dup = await duplicate_sale(pos, second_terminal)
+    down = PosAdapter(
+        acquirer_url=f"http://127.0.0.1:{free_port()}/acquirer", acquirer_secret=SECRET
+    )
+    registry = ChannelRegistry()
+    registry.register(down)
+    try:
+        assert await execute_refunds(replace(acquirer.ctx, channels=registry)) == 1
+    finally:
+        await down.aclose()
+    assert (await _refund_of(pos, dup)).status == "PROCESSING"  # nothing was sent
+    assert await execute_refunds(acquirer.ctx) == 0  # leased meanwhile
+    async with pos.res.sessions() as s:
+        await s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.processed_at.is_(None))
+            .values(available_at=datetime.now(UTC))
+        )
+        await s.commit()
+    assert await execute_refunds(acquirer.ctx) == 1
+    refund = await _refund_of(pos, dup)
+    assert refund.status == "SUCCEEDED"
+    assert _given_back(await acquirer.state()) == [(str(refund.id), dup.channel_trade_no, 10_000)]
