@@ -8,13 +8,16 @@ re-run prints the same working credentials.
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+import msgspec
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import agencies, catalogue
 from billing import bills as svc
-from billing.models import Agency, ApiKey
+from billing.models import Agency, ApiKey, Bill
 from gateway.state import Resources
 from kernel.audit import Actor
 from kernel.clock import SHANGHAI
@@ -122,10 +125,39 @@ async def seed_billing(resources: Resources) -> list[str]:
             ),
         ]
         for agency_id, bill in demo_bills:
-            (result,) = await svc.issue_bills(
-                session, agency_id, [bill], config=cfg, actor=Actor("system", "demo")
-            )
-            if result.payment_code:
-                lines.append(f"demo bill {bill.agency_bill_no}: payment code {result.payment_code}")
+            number, code = await _payable(session, agency_id, bill, cfg)
+            lines.append(f"demo bill {number}: payment code {code}")
         await session.commit()
     return lines
+
+
+async def _payable(
+    session: AsyncSession, agency_id: uuid.UUID, bill: svc.NewBill, cfg: svc.BillingConfig
+) -> tuple[str, str]:
+    """The demo bill to pay now: the first of its kind while it is unpaid; once the demo
+    paid it (or it expired), a new one numbered after it (`DEMO-JJ-0001-2`), so every start
+    of the demo has a bill of each kind to pay."""
+    stmt = (
+        select(Bill.agency_bill_no, Bill.payment_code, Bill.status)
+        .where(
+            Bill.agency_id == agency_id,
+            or_(
+                Bill.agency_bill_no == bill.agency_bill_no,
+                Bill.agency_bill_no.startswith(f"{bill.agency_bill_no}-", autoescape=True),
+            ),
+        )
+        .order_by(Bill.issued_at)
+    )
+    made = (await session.execute(stmt)).all()
+    for number, code, status in made:
+        if status == "ISSUED":
+            return number, code
+    if made:
+        bill = msgspec.structs.replace(
+            bill, agency_bill_no=f"{bill.agency_bill_no}-{len(made) + 1}"
+        )
+    (result,) = await svc.issue_bills(
+        session, agency_id, [bill], config=cfg, actor=Actor("system", "demo")
+    )
+    assert result.payment_code is not None, result
+    return bill.agency_bill_no, result.payment_code

@@ -32,12 +32,13 @@ from tests.servers import ServerThread
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's Chromium (`apt-get install chromium`; .ci/run installs it): Playwright drives
 it as it is, nothing is downloaded."""
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+HAVE_CHROMIUM = CHROMIUM.exists()
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    if not HAVE_CHROMIUM:
+        pytest.skip("needs /usr/bin/chromium")
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield browser
@@ -63,10 +64,7 @@ async def demo(
     server = replace(kiosk_settings.server, public_url=kiosk_gateway.url)
     demo_res = replace(res, settings=replace(kiosk_settings, server=server))
     await seed(demo_res)
-    async with httpx.AsyncClient(timeout=30) as c:
-        for device in json.loads(KIOSK_DEVICES_FILE.read_text()):
-            r = await c.post(f"{kiosk_simulator.url}/control/devices", json=device)
-            r.raise_for_status()
+    await _load_kiosks(kiosk_simulator.url)
     port = free_port()
     terminals = [
         x | {"acquirer_url": f"http://127.0.0.1:{port}"}
@@ -75,6 +73,16 @@ async def demo(
     acquirer = simulator_acquirer.create_app(b"demo-page-test-acquirer")
     with ServerThread(create_terminal_page(terminals, acquirer), port) as page_server:
         yield demo_res, page_server.url
+
+
+async def _load_kiosks(simulator_url: str) -> list[dict[str, object]]:
+    """Load the seed's kiosks into the simulator, as `paygate simulator kiosk --devices`."""
+    devices: list[dict[str, object]] = json.loads(KIOSK_DEVICES_FILE.read_text())
+    async with httpx.AsyncClient(timeout=30) as c:
+        for device in devices:
+            r = await c.post(f"{simulator_url}/control/devices", json=device)
+            r.raise_for_status()
+    return devices
 
 
 async def _bill(res: Resources, agency_bill_no: str) -> Bill:
@@ -198,3 +206,48 @@ async def test_demo_bill_paid_at_the_card_terminal_page(
     status, _ = await _paid_with(res, bill)
     assert status == "PAID"
     await page.close()
+
+
+async def test_a_restarted_demo_has_a_working_kiosk_and_a_bill_of_each_kind_to_pay(
+    demo: tuple[Resources, str],
+    kiosk_simulator: ServerThread,
+) -> None:
+    """`make run` again: the kiosk gets a new key (the old one is refused) and goes on from
+    its last sequence number, and a paid demo bill is followed by a new one to pay."""
+    res, _ = demo
+    paid = await _bill(res, "DEMO-JJ-0001")
+    gateway = res.settings.server.public_url
+    async with httpx.AsyncClient(timeout=60) as c:
+        control = f"{kiosk_simulator.url}/control/{KIOSK_DEVICE}"
+        first = (
+            await c.post(
+                f"{control}/pay", json={"payment_code": paid.payment_code, "gateway_url": gateway}
+            )
+        ).json()
+        assert first["confirms"][-1]["data"]["disposition"] == "PAID"
+        assert first["seq"] == 1
+        old_key = json.loads(KIOSK_DEVICES_FILE.read_text())
+
+        lines = await seed(res)
+        devices = await _load_kiosks(kiosk_simulator.url)
+        assert devices[0]["next_seq"] == 2
+        assert devices[0]["secret"] != old_key[0]["secret"]
+        again = await _bill(res, "DEMO-JJ-0001-2")
+        assert f"demo bill DEMO-JJ-0001-2: payment code {again.payment_code}" in lines
+        assert not any(paid.payment_code in line for line in lines)
+        unpaid = await _bill(res, "DEMO-JJ-0002")  # not paid: the same bill again
+        assert f"demo bill DEMO-JJ-0002: payment code {unpaid.payment_code}" in lines
+
+        second = (
+            await c.post(
+                f"{control}/pay", json={"payment_code": again.payment_code, "gateway_url": gateway}
+            )
+        ).json()
+        assert second["seq"] == 2
+        assert second["confirms"][-1]["code"] == "0000"
+        assert second["confirms"][-1]["data"]["disposition"] == "PAID"
+        assert (await _paid_with(res, again))[0] == "PAID"
+
+        await c.post(f"{kiosk_simulator.url}/control/devices", json=old_key[0])
+        stale = (await c.post(f"{control}/heartbeat", json={"gateway_url": gateway})).json()
+        assert stale["code"] == "9001"  # the key of the previous start verifies nothing
