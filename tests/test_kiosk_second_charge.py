@@ -43,8 +43,11 @@ async def _counts(res: Resources) -> dict[str, int]:
         }
 
 
-async def _confirm(world: KioskWorld, device_id: str, secret: str, body: dict[str, Any]) -> Any:
+async def _confirm(
+    world: KioskWorld, device_id: str, secret: str | None, body: dict[str, Any]
+) -> Any:
     """A confirmation sent as the device would, freshly signed (a new nonce)."""
+    assert secret is not None  # an HMAC device
     raw = json.dumps(body).encode()
     headers = t.request_headers("confirm", device_id, raw, secret=secret.encode())
     async with httpx.AsyncClient(timeout=30) as c:
@@ -74,6 +77,8 @@ async def test_a_second_charge_under_a_paid_order_is_recorded_and_refunded(
     assert (second["code"], second["data"]["disposition"]) == (OK, "REFUND")
     assert repeat["code"] == OK
     assert repeat["data"] == second["data"]
+    # Answered under our id for this payment (its own attempt), not the order it reused.
+    assert second["data"]["order_id"] not in (None, out["order_id"])
 
     async with res.sessions() as s:
         assert (await s.get_one(Bill, bill.id)).status == "PAID"
@@ -90,6 +95,8 @@ async def test_a_second_charge_under_a_paid_order_is_recorded_and_refunded(
         # The order's own attempt still holds the first charge; the second has its own.
         order = await s.get_one(PaymentAttempt, out["order_id"])
         assert (order.status, order.channel_trade_no) == ("SUCCEEDED", out["acquirer_ref"])
+        own = await s.get_one(PaymentAttempt, second["data"]["order_id"])
+        assert (own.id, own.channel_trade_no) == (duplicate.attempt_id, again["acquirer_ref"])
 
     # Sent once more later, freshly signed: the same answer, nothing written.
     before = await _counts(res)
