@@ -7,14 +7,17 @@ Rules (the protocol is in docs/channels/pos.md):
   with other content is refused (94) and writes nothing.
 - A sale is money the acquirer already approved. It is taken when the bill is ISSUED, of
   the terminal's agency and the amount is today's amount due; otherwise refused (and the
-  terminal voids it at the acquirer), writing nothing. Taken: one statement records the
-  transaction and opens its attempt, then the confirmation's grouped one-statement path
-  (payments.confirm) pays the bill as any channel's confirmation does.
+  terminal voids it at the acquirer), writing nothing. Taken: the usual sale (the bill
+  simply payable) is recorded and paid by ONE statement, grouped with the sales that
+  arrive meanwhile — its transaction row, its attempt and the payment's writes as any
+  channel's confirmation makes them (payments.confirm). Any other: one statement records
+  the transaction and opens its attempt, then confirm_payment pays the bill.
 - A reversal (冲正) names the sale's batch and trace. Whatever the order, the bill, its
   receipts and the ledger end as if the sale never happened: arriving first it leaves a
   REVERSED row (a tombstone) under the sale's key, so the sale, when it comes, finds the
-  key taken and is refused (B3); arriving while the sale is in flight it moves the attempt
-  to REVERSED, which the confirmation's guards refuse; arriving after, it takes the payment
+  key taken and is refused (B3); arriving while a two-step sale is in flight it moves the
+  attempt to REVERSED, which the confirmation's guards refuse; arriving after (or while the
+  one statement runs: it waits on the new row), it takes the payment
   back (payments.reversal). The transaction row serialises the two (its row lock).
 - A void (撤销) has its own trace number and names a sale of the same batch; allowed while
   the batch is not settled; the payment is taken back the same way.
@@ -59,14 +62,19 @@ from channels.base import (
 from channels.pos import transforms as t
 from channels.pos.inbound import NAME as CHANNEL
 from kernel.audit import Actor
-from kernel.clock import shanghai_today
+from kernel.clock import business_date, shanghai_today
 from kernel.group_commit import GroupCommit
 from payments import refunds
 from payments.confirm import (
+    PAY_WRITES,
     ConfirmOutcome,
+    ConfirmResult,
     DriverStatement,
+    Paying,
+    after_commit,
     confirm_payment,
     core_transaction,
+    payment_item,
 )
 from payments.context import PaymentContext
 from payments.pos.terminals import credentials
@@ -284,6 +292,114 @@ async def _insert_sale(
     return await SALE_GROUPS.submit((engine, item))
 
 
+_SALE_AND_PAY = DriverStatement.of(
+    "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(id uuid,"  # noqa: S608 - constants only
+    " ref uuid, agency uuid, today date, batch_no varchar, trace_no varchar, amount bigint,"
+    " payment_code varchar, attempt_id uuid, rrn varchar, card varchar, card_type varchar,"
+    " acquirer varchar, issuer varchar, operator varchar, occurred_at timestamptz,"
+    " settle_date varchar, digest varchar, mode varchar, trade_no varchar,"
+    " expires_at timestamptz, next_check_at timestamptz, channel varchar, pay_mode varchar,"
+    " paid_at timestamptz, paid_at_text text, receipt_id uuid, business_date date,"
+    " actor varchar, request_id varchar, memo text, debit_code text, credit_code text)),"
+    # lk: each sale's bill, locked (bills in id order, as every path locks them), when the
+    # terminal is enabled and the bill can take the sale as it stands — `_SALES`' guards
+    # and the confirmation's (before the bill's expiry, the ledger's accounts there) —
+    # and the transaction row under the terminal's key is new (`t`).
+    " ok AS (SELECT i.*, b.id AS paid_bill, b.agency_id, b.agency_bill_no, b.principal_amount,"
+    " i.trade_no AS final_trade_no, CAST(0 AS bigint) AS late_fee"
+    " FROM i JOIN pos_terminals AS p ON p.id = i.ref AND p.enabled"
+    " JOIN bills AS b ON b.payment_code = i.payment_code AND b.agency_id = i.agency"
+    f" WHERE b.status = '{BillStatus.ISSUED}' AND b.principal_amount = i.amount"
+    " AND (b.late_fee_rule = 'NONE' OR i.today <= b.due_date)"
+    " AND i.occurred_at <= b.expires_at"
+    " AND (SELECT count(*) FROM ledger_accounts WHERE code IN (i.debit_code, i.credit_code)) = 2"
+    " ORDER BY b.id FOR UPDATE OF b),"
+    " t AS (INSERT INTO pos_transactions (id, terminal_ref, batch_no, trace_no, kind, status,"
+    " amount, payment_code, bill_id, attempt_id, rrn, card, card_type, acquirer, issuer,"
+    " operator, occurred_at, settle_date, digest)"
+    " SELECT id, ref, batch_no, trace_no, 'SALE', 'ACCEPTED', amount, payment_code, paid_bill,"
+    " attempt_id, rrn, card, card_type, acquirer, issuer, operator, occurred_at, settle_date,"
+    " digest FROM ok"
+    " ON CONFLICT (terminal_ref, batch_no, trace_no) DO NOTHING RETURNING id),"
+    " lk AS (SELECT ok.* FROM ok JOIN t ON t.id = ok.id),"
+    # The attempt opens already SUCCEEDED: recorded and paid in this one statement.
+    " att AS (INSERT INTO payment_attempts (id, bill_id, channel, mode, status, amount,"
+    " channel_trade_no, expires_at, next_check_at)"
+    f" SELECT attempt_id, paid_bill, channel, mode, '{AttemptStatus.SUCCEEDED}', amount,"
+    " trade_no, expires_at, next_check_at FROM lk RETURNING id)," + PAY_WRITES
+)
+"""The usual sale recorded and paid in ONE statement in its own implicit transaction,
+grouped with the sales that arrive meanwhile: `_SALES` and the confirmation's `_APPLY` in
+one, as `_OPEN_AND_APPLY` is for a bank (payments.confirm). One row (attempt, bill,
+payment code) per sale it took; a sale without one wrote nothing, and takes the two-step
+path (`_SALES`, then confirm_payment), which tells every other case apart."""
+
+
+async def _sale_pay_batch(
+    batch: list[tuple[AsyncEngine, dict[str, Any]]],
+) -> list[tuple[uuid.UUID, str] | None]:
+    """`_SALE_AND_PAY` per engine of the batch (one, outside tests), on the driver
+    connection: (bill, payment code) of each sale it took. A batch that fails as a whole
+    (two sales of one bill, a deadlock) wrote nothing: each sale takes the two-step path."""
+    out: dict[str, tuple[uuid.UUID, str]] = {}
+    for engine in {id(e): e for e, _ in batch}.values():
+        items = [item for e, item in batch if e is engine]
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:
+                rows = await _SALE_AND_PAY.fetch(driver, {"items": json.dumps(items)})
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+                continue
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+                await conn.invalidate(exc)
+                continue
+        out |= {str(r["attempt_id"]): (r["bill_id"], str(r["payment_code"])) for r in rows}
+    return [out.get(item["attempt_id"]) for _, item in batch]
+
+
+SALE_PAY_GROUPS: GroupCommit[tuple[AsyncEngine, dict[str, Any]], tuple[uuid.UUID, str] | None] = (
+    GroupCommit(_sale_pay_batch, lanes=4, max_batch=32, key=lambda item: item[1]["id"])
+)
+
+
+async def _sale_and_pay(
+    ctx: PaymentContext, terminal: Terminal, msg: t.Sale, params: dict[str, Any]
+) -> ConfirmResult | None:
+    """The usual sale by `_SALE_AND_PAY`: its result when it was taken (APPLIED), else
+    None — nothing was written."""
+    engine = ctx.sessions.kw.get("bind")
+    if not isinstance(engine, AsyncEngine):
+        return None
+    paying = Paying(
+        attempt_id=params["attempt_id"],
+        bill_id=None,
+        channel=CHANNEL,
+        channel_trade_no=params["trade_no"],
+        amount=msg.amount,
+        paid_at=msg.occurred_at,
+        business_date=business_date(msg.occurred_at, ctx.cutoff),
+        source=f"pos:{terminal.terminal_id}",
+        pay_mode=PayMode.POS,
+    )
+    sale = {k: v if isinstance(v, bool | int | None) else str(v) for k, v in params.items()}
+    try:
+        made = await SALE_PAY_GROUPS.submit((engine, sale | payment_item(paying)))
+    except RuntimeError:  # the process is stopping
+        return None
+    if made is None:
+        return None
+    bill_id, code = made
+    result = ConfirmResult(
+        ConfirmOutcome.APPLIED,
+        paying.attempt_id,
+        bill_id,
+        paying.receipt_id,
+        receipt_kind="PAYMENT",
+    )
+    await after_commit(ctx.redis, result, code, paying.source)
+    return result
+
+
 _BY_KEY = text(
     "SELECT x.id, x.kind, x.status, x.amount, x.digest, x.attempt_id, x.bill_id,"
     " a.status AS attempt_status, r.id AS receipt_id, r.kind AS receipt_kind,"
@@ -321,7 +437,9 @@ def _accepted(batch_no: str, trace_no: str, receipt_id: uuid.UUID | None = None)
     return InboundAnswer(R.APPROVED, receipt=receipt)
 
 
-async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> InboundAnswer:
+async def sale(  # noqa: PLR0911 - one answer per outcome of a sale
+    ctx: PaymentContext, terminal: Terminal, msg: t.Sale
+) -> InboundAnswer:
     now = datetime.now(UTC)
     attempt_id = uuid.uuid4()
     trade_no = t.trade_no(terminal.terminal_id, msg.batch_no, msg.trace_no)
@@ -351,6 +469,9 @@ async def sale(ctx: PaymentContext, terminal: Terminal, msg: t.Sale) -> InboundA
         "expires_at": expires_at.isoformat(),
         "next_check_at": min(now + timedelta(seconds=ctx.first_check_s), expires_at).isoformat(),
     }
+    taken = await _sale_and_pay(ctx, terminal, msg, params)
+    if taken is not None:
+        return _accepted(msg.batch_no, msg.trace_no, taken.receipt_id)
     enabled, bill_id = await _insert_sale(ctx, params)
     if not enabled:
         return _no(R.UNKNOWN_TERMINAL)
