@@ -49,9 +49,11 @@ def serve(host: str | None, port: int | None, workers: int | None, demo: bool) -
 
         if not settings.alipay.enabled:
             children.append(_start_alipay_simulator())
-        kiosk_port = None if settings.payments.kiosk.enabled else _point_at_kiosk_simulator()
+        # The kiosk simulator plays the kiosks' acquirer; the terminal page's process the
+        # card terminals' (so a duplicate card sale's refund goes back to the card).
+        kiosk_port = None if settings.payments.kiosk.enabled else _simulated_acquirer("KIOSK")
         pos_acquirer = not settings.payments.pos_acquirer.enabled
-        pos_port = _point_at_pos_acquirer() if pos_acquirer else free_port()
+        pos_port = _simulated_acquirer("POS") if pos_acquirer else free_port()
         settings = Settings.from_env()  # now pointing at the simulators
         for line in with_resources(settings, seed):
             click.echo(line)
@@ -116,28 +118,15 @@ def _start_alipay_simulator() -> subprocess.Popen[bytes]:
     return child
 
 
-def _point_at_kiosk_simulator() -> int:
-    """Demo mode without a kiosk acquirer: the kiosk simulator (started after the seed has
-    registered the demo kiosk) plays it, under a secret made for this run."""
+def _simulated_acquirer(name: str) -> int:
+    """Demo mode without this acquirer (PAYGATE_<NAME>_ACQUIRER_URL unset): a simulator
+    started after the seed plays it on a free port, under a secret made for this run."""
     import secrets
 
     port = free_port()
     os.environ |= {
-        "PAYGATE_KIOSK_ACQUIRER_URL": f"http://127.0.0.1:{port}/acquirer",
-        "PAYGATE_KIOSK_ACQUIRER_SECRET": secrets.token_hex(32),
-    }
-    return port
-
-
-def _point_at_pos_acquirer() -> int:
-    """Demo mode without a card acquirer: the terminal page's process plays it too (so a
-    duplicate card sale's refund goes back to the card)."""
-    import secrets
-
-    port = free_port()
-    os.environ |= {
-        "PAYGATE_POS_ACQUIRER_URL": f"http://127.0.0.1:{port}/acquirer",
-        "PAYGATE_POS_ACQUIRER_SECRET": secrets.token_hex(32),
+        f"PAYGATE_{name}_ACQUIRER_URL": f"http://127.0.0.1:{port}/acquirer",
+        f"PAYGATE_{name}_ACQUIRER_SECRET": secrets.token_hex(32),
     }
     return port
 
