@@ -68,7 +68,7 @@ def test_serve_embedded_ready_and_no_orphans(tmp_path: Path, how: signal.Signals
         proc.send_signal(how)
         proc.wait(timeout=60)
     assert f"serving on http://127.0.0.1:{port}" in log.read_text()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while _processes_using(tmp_path, proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_using(tmp_path, proc.pid) == []
