@@ -6,10 +6,12 @@ Flow per channel + business day, all set-based in SQL:
    re-sent file (same channel + day + content hash) is detected and not loaded again; a
    different file for the same day supersedes the previous one.
 2. `reconcile()` FULL JOINs the current file with the day's receipts and classifies every
-   difference. A line is matched by every key the channel gives: our attempt id (the
-   merchant order number the channel echoes) or the channel's own number (bank serial,
-   Alipay trade number) — a bank payment confirmed without a prior query carries the bank's
-   order id, not ours, and is known to us only by its serial:
+   difference. A line is matched by the channel's own number first (bank serial, Alipay
+   trade number, acquirer reference — one per charge), then by our attempt id (the merchant
+   order number the channel echoes). A bank payment confirmed without a prior query carries
+   the bank's order id, not ours, and is known to us only by its serial; a second charge
+   under an order already paid carries that order's id but is our DUPLICATE receipt, known
+   by its own number. A receipt is paired with one line at most:
 
    - PLATFORM_ONLY: we have a receipt (or a succeeded refund) the channel does not list.
      HELD for `hold_days` (the file may be late), then OPEN.
@@ -287,27 +289,43 @@ async def ingest(
 # ------------------------------------------------------------------ matching
 
 # Every receipt of the day against every payment line of the current file. A line is paired
-# with its receipt by any key the channel gives: our order id (the attempt id) or the
-# channel's own number (bank serial, Alipay trade number), which is the only key of a bank
-# payment confirmed without a prior query (its order id is the bank's). Pairing first and
-# FULL JOINing on the paired receipt id keeps the join hashable (an OR condition is not).
+# with its receipt by the channel's own number first (bank serial, Alipay trade number,
+# acquirer reference: one per charge), then by our order id (the attempt id): a second charge
+# under an order already paid carries that order's id but its own number, and is our
+# DUPLICATE receipt, not the order's. The channel's number is also the only key of a bank
+# payment confirmed without a prior query (its order id is the bank's). A receipt is paired
+# at most once: a number claim beats an order claim, then the first line wins; a line left
+# over is money the channel lists twice. Pairing first and FULL JOINing on the paired
+# receipt id keeps the join hashable (an OR condition is not).
 _MATCH = """
 CREATE TEMP TABLE recon_pay ON COMMIT DROP AS
 WITH s AS (
-    SELECT attempt_id, channel_trade_no, amount, fee, occurred_at, payment_code
+    SELECT line_no, attempt_id, channel_trade_no, amount, fee, occurred_at, payment_code,
+           count(*) OVER (PARTITION BY attempt_id) AS twins
     FROM statement_lines WHERE file_id = :file AND kind = 'PAYMENT'),
 r AS (
     SELECT id, attempt_id, attempt_id::text AS akey, channel_trade_no, amount, kind
     FROM receipts WHERE channel = :ch AND business_date = :day
       AND kind <> 'REVERSED'),
+by_trade AS (
+    SELECT DISTINCT ON (r.id) s.line_no, r.id AS rid
+    FROM s JOIN r ON r.channel_trade_no = s.channel_trade_no AND s.channel_trade_no <> ''
+    ORDER BY r.id, s.line_no),
+by_order AS (
+    SELECT DISTINCT ON (r.id) s.line_no, r.id AS rid
+    FROM s JOIN r ON r.akey = s.attempt_id
+    WHERE NOT EXISTS (SELECT 1 FROM by_trade b WHERE b.line_no = s.line_no OR b.rid = r.id)
+    ORDER BY r.id, s.line_no),
 paired AS (
-    SELECT s.*, coalesce(by_order.id, by_trade.id) AS rid
-    FROM s
-    LEFT JOIN r by_order ON by_order.akey = s.attempt_id
-    LEFT JOIN r by_trade ON by_trade.channel_trade_no = s.channel_trade_no
-                        AND s.channel_trade_no <> '')
+    SELECT s.*, p.rid
+    FROM s LEFT JOIN (SELECT * FROM by_trade UNION ALL SELECT * FROM by_order) p
+      ON p.line_no = s.line_no)
 SELECT p.attempt_id AS s_key, p.channel_trade_no AS s_trade, p.amount AS s_amount,
        p.fee AS s_fee, p.occurred_at AS s_at, p.payment_code AS s_code,
+       -- the key of a difference found on the channel's side: our order id, or the
+       -- channel's number when several lines name one order (a second charge, no order)
+       CASE WHEN p.twins > 1 AND p.channel_trade_no <> '' THEN p.channel_trade_no
+            ELSE p.attempt_id END AS s_diff_key,
        r.id AS receipt_id, r.attempt_id AS r_attempt, r.channel_trade_no AS r_trade,
        r.amount AS r_amount, r.kind AS r_kind
 FROM paired p FULL JOIN r ON r.id = p.rid
@@ -323,9 +341,10 @@ SELECT 'PLATFORM_ONLY'::text AS klass, r_attempt::text AS match_key, r_attempt A
        NULL::timestamptz AS occurred_at, NULL::varchar AS payment_code
 FROM recon_pay WHERE s_key IS NULL
 UNION ALL
--- the channel has money we never confirmed (a receipt on another business day is no news);
+-- the channel has money we never confirmed (a receipt on another business day is no news;
+-- one of this day's, already paired with another line, is not this line's money);
 -- its attempt, if we have one, found by our order id or by the channel's number
-SELECT 'CHANNEL_ONLY', p.s_key, coalesce(a.id, t.id), NULL, p.s_trade, NULL, p.s_amount,
+SELECT 'CHANNEL_ONLY', p.s_diff_key, coalesce(a.id, t.id), NULL, p.s_trade, NULL, p.s_amount,
        p.s_fee, NULL, p.s_at, p.s_code
 FROM recon_pay p
 LEFT JOIN payment_attempts a
@@ -335,13 +354,15 @@ LEFT JOIN payment_attempts t
   ON t.channel = :ch AND t.channel_trade_no = p.s_trade AND p.s_trade <> ''
 WHERE p.receipt_id IS NULL
   AND NOT EXISTS (SELECT 1 FROM receipts x
-                  WHERE x.attempt_id = coalesce(a.id, t.id)
-                     OR (x.channel = :ch AND x.channel_trade_no = p.s_trade))
+                  WHERE (x.attempt_id = coalesce(a.id, t.id)
+                         OR (x.channel = :ch AND x.channel_trade_no = p.s_trade))
+                    AND NOT (x.channel = :ch AND x.business_date = :day
+                             AND x.kind <> 'REVERSED'))
 UNION ALL
 -- the channel settled money we recorded as taken back (a reversal or a void: the receipt is
 -- REVERSED), found by our order id or the channel's number; not healed, a person decides.
 -- Looked up per unmatched line through the receipts' unique indexes (few lines; no scan).
-SELECT 'REVERSED_SETTLED', p.s_key, x.attempt_id, x.id, p.s_trade, x.amount, p.s_amount,
+SELECT 'REVERSED_SETTLED', p.s_diff_key, x.attempt_id, x.id, p.s_trade, x.amount, p.s_amount,
        p.s_fee, NULL, p.s_at, NULL
 FROM recon_pay p
 CROSS JOIN LATERAL (

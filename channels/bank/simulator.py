@@ -248,7 +248,8 @@ class BankSimulator:
     def _paid_on(bank: Bank, day: date) -> list[Order]:
         return [
             o
-            for o in bank.orders.values()
+            # Every debit, a second one under an order already paid included (by serial).
+            for o in bank.by_serial.values()
             if o.state == "SUCCESS" and o.paid_at and t.parse_time(o.paid_at).date() == day
         ]
 

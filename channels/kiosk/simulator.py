@@ -227,6 +227,22 @@ class KioskSimulator:
                 for c in self.charges.values()
                 if t.parse_time(c.paid_at).date() == day
             ]
+            # Refunds are listed too, negative, with the refund id they were asked under.
+            lines += [
+                _json(
+                    {
+                        "reference": r.reference or "",
+                        "order_id": r.order_id,
+                        "kind": "REFUND",
+                        "amount": fen_to_yuan(-r.amount),
+                        "fee": "0.00",
+                        "time": r.refunded_at,
+                        "refund_id": r.refund_id,
+                    }
+                ).decode()
+                for r in self.refunds.values()
+                if t.parse_time(r.refunded_at).date() == day
+            ]
             out = ("\n".join(lines) + "\n").encode()
             signed = acquirer_headers(self.acquirer_secret, f"RESPONSE:{operation}", out)
             signed.pop("Content-Type", None)
