@@ -88,6 +88,7 @@ __all__ = [
     "BILL_COLUMNS",
     "CONFIRM_GATE",
     "PAID_EVENT",
+    "PAY_CTES",
     "PAY_WRITES",
     "AttemptFacts",
     "BillFacts",
@@ -743,7 +744,7 @@ _PAID_EVENTS = bill_events.insert_sql(
         " 'receipt_id', CAST(receipt_id AS text))"
     ),
 )
-_PAY_WRITES = (
+PAY_CTES = (
     f" paid AS (UPDATE bills AS b SET status = '{_PAID}', paid_amount = lk.amount,"  # noqa: S608 - constants only
     " paid_at = lk.paid_at, updated_at = now() FROM lk WHERE b.id = lk.paid_bill RETURNING b.id),"
     " rc AS (INSERT INTO receipts (id, bill_id, attempt_id, channel, channel_trade_no, kind,"
@@ -773,14 +774,15 @@ _PAY_WRITES = (
     " business_date, memo, CAST(NULL AS bigint) AS reverses_id,"
     " ARRAY[debit_code, credit_code] AS codes, ARRAY[amount, -amount] AS amounts FROM lk),"
     f" {ledger.posting_ctes('src')}"
-    " SELECT attempt_id, paid_bill AS bill_id, payment_code FROM lk"
 )
-"""The writes of a payment, from `lk` (its locked rows, with the guards held): the bill to
-PAID, the receipt, the bill's event, the audit row, the outbox messages and the ledger
-entry; then one row (attempt, bill, payment code) per payment made."""
+"""The writes of a payment, from `lk` (its locked rows, with the guards held), as CTEs: the
+bill to PAID, the receipt, the bill's event, the audit row, the outbox messages and the
+ledger entry. A channel's own one-statement payment (payments.pos.service, kiosks.kiosk)
+builds its `lk` from `payment_item` records and ends with its own SELECT."""
+_PAY_WRITES = PAY_CTES + " SELECT attempt_id, paid_bill AS bill_id, payment_code FROM lk"  # noqa: S608 - constants only
+"""PAY_CTES, then one row (attempt, bill, payment code) per payment made."""
 PAY_WRITES = _PAY_WRITES
-"""For a channel's own one-statement payment (payments.pos.service: a card sale recorded
-and paid at once): `lk` as above, its payments' records from `payment_item`."""
+"""For a channel's own one-statement payment that answers as `_APPLY` does."""
 _APPLY = DriverStatement.of(
     "WITH i AS (SELECT * FROM jsonb_to_recordset(CAST(:items AS jsonb)) AS i(attempt_id uuid,"  # noqa: S608 - constants only
     " bill_id uuid, channel varchar, trade_no varchar, pay_mode varchar, amount bigint,"

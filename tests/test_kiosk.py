@@ -9,8 +9,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, text
 
+import ledger
 from billing.models import Bill
 from channels.base import Outcome
 from channels.kiosk import transforms as t
@@ -23,7 +25,7 @@ from gateway.state import Resources
 from kiosks import devices, kiosk
 from kiosks.models import KioskConfirmation, KioskDevice, KioskGap
 from payments import inbound
-from payments.confirm import confirm_payment
+from payments.confirm import APPLY_GROUPS, confirm_payment
 from payments.models import PaymentAttempt, Receipt, Refund
 from payments.refunds import execute_refunds
 from settlement import reports
@@ -101,16 +103,6 @@ async def test_a_bill_paid_at_a_kiosk(
     assert [(r["key"], r["count"], r["amount"]) for r in by_mode] == [("KIOSK", 1, 12_345)]
     assert [r["key"] for r in by_channel] == ["kiosk/KIOSK"]
 
-    # Made from the facts in hand, the live slip says what the receipt read afresh says
-    # (a reprint has no card number: only the live message carries it).
-    early = (await kiosk_world.reprint(dev, 1))["data"]["receipt"]
-    assert early["lines"][0] == slip["lines"][0] + "（补打）"
-    assert early["qr"] == slip["qr"]
-    paid_by = next(n for n, line in enumerate(slip["lines"]) if line.startswith("支付方式"))
-    assert slip["lines"][paid_by].startswith(early["lines"][paid_by] + " 622202")
-    del early["lines"][paid_by], slip["lines"][paid_by]
-    assert early["lines"][1:] == slip["lines"][1:]
-
     # The e-note is issued by the worker; the reprint (补打) then carries its QR.
     assert await run_issue_job(res.sessions, enote_context(settings)) == 1
     reprint = await kiosk_world.reprint(dev, 1)
@@ -124,6 +116,64 @@ async def test_a_bill_paid_at_a_kiosk(
     assert json.loads(note.content)["main"]["pay_mode"] == "自助终端"
     # A number the device never used has no receipt to print.
     assert (await kiosk_world.reprint(dev, 99))["code"] == t.ResultCode.UNKNOWN_SEQ
+
+
+async def test_the_usual_confirmation_is_recorded_and_paid_by_one_statement(
+    res: Resources, kiosk_world: KioskWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our open order, its reference new, the bill simply payable, the ledger's accounts
+    there (a channel's first receipt makes them): the statement that records the sequence
+    number pays the bill too, and the slip is made from the facts in hand."""
+    async with res.sessions() as s:
+        await ledger.account_ids(s, [c for c, _ in ledger.receipt_lines("PAYMENT", "kiosk", 1)])
+        await s.commit()
+        _, _, bill = await bill_for_test(s, amount=12_345)
+    separate: list[int] = []
+    run = APPLY_GROUPS._run
+
+    async def counting(batch: list[Any]) -> list[Any]:
+        separate.append(len(batch))
+        return await run(batch)
+
+    monkeypatch.setattr(APPLY_GROUPS, "_run", counting)
+    dev = _device_id()
+    await kiosk_world.register(dev)
+    out = await kiosk_world.pay(dev, bill.payment_code)
+    [confirm] = out["confirms"]
+    assert (confirm["code"], confirm["signature_ok"]) == (OK, True)
+    assert (confirm["data"]["disposition"], confirm["data"]["order_id"]) == (
+        "PAID",
+        out["order_id"],
+    )
+    assert separate == []  # no payment statement of its own
+    async with res.sessions() as s:
+        receipt = await s.scalar(select(Receipt))
+        assert receipt is not None
+        assert str(receipt.id) == confirm["data"]["receipt_id"]
+        assert (receipt.channel_trade_no, receipt.kind, receipt.amount, receipt.pay_mode) == (
+            out["acquirer_ref"],
+            "PAYMENT",
+            12_345,
+            "KIOSK",
+        )
+        assert (await s.get_one(Bill, bill.id)).status == "PAID"
+        attempt = await s.get_one(PaymentAttempt, uuid.UUID(out["order_id"]))
+        assert (attempt.status, attempt.channel_trade_no) == ("SUCCEEDED", out["acquirer_ref"])
+        recorded = (await s.scalars(select(KioskConfirmation))).one()
+        assert (recorded.device_id, recorded.seq) == (dev, 1)
+    counts = await _counts(res)
+    assert (counts["receipts"], counts["journal_entries"]) == (1, 1)
+
+    # Made from the facts in hand, the live slip says what the receipt read afresh says
+    # (a reprint has no card number: only the live message carries it).
+    slip = confirm["data"]["receipt"]
+    early = (await kiosk_world.reprint(dev, 1))["data"]["receipt"]
+    assert early["lines"][0] == slip["lines"][0] + "（补打）"
+    assert early["qr"] == slip["qr"]
+    paid_by = next(n for n, line in enumerate(slip["lines"]) if line.startswith("支付方式"))
+    assert slip["lines"][paid_by].startswith(early["lines"][paid_by] + " 622202")
+    del early["lines"][paid_by], slip["lines"][paid_by]
+    assert early["lines"][1:] == slip["lines"][1:]
 
 
 async def test_fifty_stored_confirmations_uploaded_out_of_order_and_twice(
