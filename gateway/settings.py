@@ -170,6 +170,16 @@ class SettlementSettings:
     fee_rates_bp: dict[str, int] = field(hash=False)  # settings are hashed as cache keys
     """`PAYGATE_FEE_RATES` (e.g. `alipay:60`): expected fee per channel in basis points;
     a channel not listed is not fee-checked."""
+    reconcile_at: time = time(9, 30)
+    """`PAYGATE_RECONCILE_AT` (HH:MM, Asia/Shanghai): from this time on, the worker
+    reconciles every channel with a statement for the previous business day (channels
+    publish their files in the early morning)."""
+    reconcile_retry_s: int = 900
+    """`PAYGATE_RECONCILE_RETRY_S`: wait after a failed daily run (the channel down, no file
+    yet); doubled after each further failure, at most 4 hours."""
+    reconcile_tries: int = 8
+    """`PAYGATE_RECONCILE_TRIES`: daily runs of a channel at most, failed ones counted,
+    before it is left to a person (`paygate reconcile`)."""
 
     @classmethod
     def from_env(cls) -> SettlementSettings:
@@ -177,6 +187,9 @@ class SettlementSettings:
             cutoff=time.fromisoformat(_env("PAYGATE_DAY_CUTOFF", "00:00")),
             hold_days=_env_int("PAYGATE_RECON_HOLD_DAYS", 3),
             fee_rates_bp=_fee_rates(_env("PAYGATE_FEE_RATES")),
+            reconcile_at=time.fromisoformat(_env("PAYGATE_RECONCILE_AT", "09:30")),
+            reconcile_retry_s=_env_int("PAYGATE_RECONCILE_RETRY_S", 900),
+            reconcile_tries=_env_int("PAYGATE_RECONCILE_TRIES", 8),
         )
 
 

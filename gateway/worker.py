@@ -12,12 +12,15 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import text
 
 from gateway.procs import freeze_startup_heap
 from gateway.state import Resources
+from kernel.clock import SHANGHAI, business_date
 from kernel.db import database_unavailable
 
 log = structlog.get_logger(__name__)
@@ -122,6 +125,51 @@ async def _expire_recon_holds(resources: Resources) -> int:
     return opened
 
 
+def reconcile_daily_job(clock: Callable[[], datetime] | None = None) -> Job:
+    """Each morning from PAYGATE_RECONCILE_AT (Asia/Shanghai), every channel with a
+    statement reconciled for the previous business day, once across all workers
+    (settlement.daily holds the guard and the retries). `clock` is for tests."""
+
+    async def run(resources: Resources) -> int:
+        from settlement import daily
+        from settlement import reconcile as recon
+
+        cfg = resources.settings.settlement
+        now = (clock() if clock is not None else datetime.now(UTC)).astimezone(SHANGHAI)
+        if now.time() < cfg.reconcile_at:
+            return 0
+        day = business_date(now, cfg.cutoff) - timedelta(days=1)
+        registry = resources.channels
+        # A channel that publishes no statement (card terminals without their acquirer
+        # configured) has nothing to reconcile: skipped, not failed every morning.
+        sources = [
+            registry.get(name)
+            for name in registry.names()
+            if getattr(registry.get(name), "has_statement", True)
+        ]
+        ctx = resources.payment_context()
+
+        def options(channel: str) -> dict[str, Any]:
+            return {
+                "hold_days": cfg.hold_days,
+                "fee_rate_bp": cfg.fee_rates_bp.get(channel),
+                "cutoff": cfg.cutoff,
+                "confirm": recon.exactly_once_confirm(ctx),
+                "confirm_by_code": recon.channel_confirm(ctx),
+            }
+
+        outcomes = await daily.reconcile_day(
+            resources.sessions,
+            sources,
+            day=day,
+            retry=daily.Retry(first_s=cfg.reconcile_retry_s, tries=cfg.reconcile_tries),
+            options=options,
+        )
+        return sum(outcome is daily.Outcome.DONE for outcome in outcomes.values())
+
+    return Job("settlement.reconcile_daily", 60.0, run)
+
+
 async def _refresh_banks(resources: Resources) -> int:
     """Banks registered, rotated or disabled meanwhile reach this process's adapters."""
     await resources.banks.refresh()
@@ -142,6 +190,7 @@ def default_jobs() -> list[Job]:
         Job("bills.expire", 30.0, expire_bills),
         Job("auth.purge_nonces", 300.0, purge_auth_nonces),
         Job("recon_hold_expiry", 3600.0, _expire_recon_holds),
+        reconcile_daily_job(),
         Job("ledger.rollup", 5.0, _ledger_rollup),
         Job("banks.refresh", 5.0, _refresh_banks),
     ]

@@ -79,6 +79,7 @@ __all__ = [
     "channel_confirm",
     "exactly_once_confirm",
     "expire_holds",
+    "fetch_and_reconcile",
     "load_statement",
     "reconcile",
 ]
@@ -499,6 +500,51 @@ async def _start_run(sessions: async_sessionmaker[AsyncSession], channel: str, d
         return run.id
 
 
+async def _fail_run(
+    sessions: async_sessionmaker[AsyncSession], run_id: int, exc: BaseException
+) -> None:
+    async with sessions() as session:
+        await session.execute(
+            update(ReconRun)
+            .where(ReconRun.id == run_id)
+            .values(
+                status="FAILED",
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+                finished_at=func.now(),
+            )
+        )
+        await session.commit()
+
+
+async def fetch_and_reconcile(
+    sessions: async_sessionmaker[AsyncSession],
+    source: StatementSource,
+    *,
+    day: date,
+    **options: Any,
+) -> ReconResult:
+    """The channel's statement fetched and reconciled (`options`: those of `reconcile`).
+
+    A fetch that fails (the channel down, no file yet) is recorded as a FAILED run as well,
+    so finance sees it and the daily job knows to retry it."""
+    try:
+        lines, digest = await load_statement(source, day)
+    except Exception as exc:
+        run_id = await _start_run(sessions, source.name, day)
+        await _fail_run(sessions, run_id, exc)
+        log.warning(
+            "statement not fetched",
+            channel=source.name,
+            day=day.isoformat(),
+            run_id=run_id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    return await reconcile(
+        sessions, channel=source.name, day=day, lines=lines, content_hash=digest, **options
+    )
+
+
 async def reconcile(
     sessions: async_sessionmaker[AsyncSession],
     *,
@@ -597,17 +643,7 @@ async def reconcile(
             await session.commit()
             clock.lap("commit")
     except Exception as exc:
-        async with sessions() as session:
-            await session.execute(
-                update(ReconRun)
-                .where(ReconRun.id == run_id)
-                .values(
-                    status="FAILED",
-                    error=f"{type(exc).__name__}: {exc}"[:2000],
-                    finished_at=func.now(),
-                )
-            )
-            await session.commit()
+        await _fail_run(sessions, run_id, exc)
         log_.warning("reconciliation failed", run_id=run_id, error=str(exc))
         raise
     if confirm is not None:

@@ -298,6 +298,12 @@ class PosAdapter:
     def ack(self) -> Ack:
         return Ack(body=b'{"code":"00","msg":"approved"}', media_type="application/json")
 
+    @property
+    def has_statement(self) -> bool:
+        """Only with its acquirer configured is there a settlement file to reconcile (the
+        daily reconciliation skips the channel otherwise)."""
+        return self._acquirer is not None
+
     async def fetch_statement(self, day: date) -> bytes:
         resp = await self._client("statement").send("statement", {"date": day.isoformat()})
         if resp.headers.get("content-type", "").startswith("application/json"):
