@@ -86,6 +86,7 @@ from payments.states import ATTEMPT, AttemptStatus
 __all__ = [
     "APPLY_GROUPS",
     "BILL_COLUMNS",
+    "CAN_SUCCEED",
     "CONFIRM_GATE",
     "PAID_EVENT",
     "PAY_CTES",
