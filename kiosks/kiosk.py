@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
@@ -68,7 +67,6 @@ __all__ = [
     "install",
     "missing_ranges",
     "open_gaps",
-    "record",
     "reprint",
     "upload",
 ]
@@ -292,18 +290,6 @@ RECORD_GROUPS: GroupCommit[tuple[AsyncEngine, dict[str, Any]], Recorded] = Group
 )
 """Live confirmations recorded (and the usual ones paid) together: one statement and one
 commit for the devices that confirm meanwhile, as kernel.group_commit groups payments."""
-
-
-async def record(
-    engine: AsyncEngine, device_id: str, items: Sequence[KioskConfirm], *, uploaded: bool
-) -> dict[int, bool] | None:
-    """Record the confirmations: sequence → whether it agrees with what is recorded for it
-    (new, or the same facts again). None when the device is disabled or the numbers jump
-    too far past its highest (nothing recorded)."""
-    found = await _record_items(engine, [_item(device_id, c, uploaded=uploaded) for c in items])
-    if not found or not found[0].accepted:
-        return None
-    return {c.sequence or 0: r.agrees for c, r in zip(items, found, strict=True)}
 
 
 _JUMP = InboundAnswer(Outcome.BAD_REQUEST, "sequence number jumps too far")
