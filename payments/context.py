@@ -13,6 +13,7 @@ from kernel.kv import KV
 
 __all__ = [
     "PaymentContext",
+    "Sent",
 ]
 
 
@@ -30,3 +31,13 @@ class PaymentContext:
     summary_cache_ttl_s: int = 300
     day_count: DayCount = field(default_factory=DayCount)
     """How late-fee days are counted (the same rule the agency API shows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Who sent a request: the channel its money is recorded under, and the device or
+    terminal within it (None for a channel that is one sender, like a bank). Here, not in
+    payments.inbound, so that the handlers inbound dispatches to need not import it back."""
+
+    channel: str
+    sender: str | None = None

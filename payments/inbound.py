@@ -98,7 +98,7 @@ from payments.confirm import (
     core_transaction,
     open_and_confirm,
 )
-from payments.context import PaymentContext
+from payments.context import PaymentContext, Sent
 from payments.models import PaymentAttempt
 from payments.pos import service as pos
 from payments.states import AttemptStatus
@@ -204,15 +204,6 @@ _FORGED = InboundAnswer(Outcome.FORGED, "signature check failed")
 _TRY_LATER = InboundAnswer(
     Outcome.TRY_LATER, "temporarily unavailable; send the same message again"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """Who sent a request: the channel its money is recorded under, and the device or
-    terminal within it (None for a channel that is one sender, like a bank)."""
-
-    channel: str
-    sender: str | None = None
 
 
 async def handle(

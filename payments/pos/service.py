@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import structlog
@@ -76,13 +76,10 @@ from payments.confirm import (
     core_transaction,
     payment_item,
 )
-from payments.context import PaymentContext
+from payments.context import PaymentContext, Sent
 from payments.pos.terminals import credentials
 from payments.reversal import Undone, undo_payment
 from payments.states import AttemptStatus
-
-if TYPE_CHECKING:
-    from payments.inbound import Sent
 
 __all__ = [
     "Terminal",
