@@ -301,32 +301,31 @@ async def ingest(
 _MATCH = """
 CREATE TEMP TABLE recon_pay ON COMMIT DROP AS
 WITH s AS (
-    SELECT line_no, attempt_id, channel_trade_no, amount, fee, occurred_at, payment_code,
-           count(*) OVER (PARTITION BY attempt_id) AS twins
+    SELECT line_no, attempt_id, channel_trade_no, amount, fee, occurred_at, payment_code
     FROM statement_lines WHERE file_id = :file AND kind = 'PAYMENT'),
 r AS (
     SELECT id, attempt_id, attempt_id::text AS akey, channel_trade_no, amount, kind
     FROM receipts WHERE channel = :ch AND business_date = :day
       AND kind <> 'REVERSED'),
+-- per receipt its first claiming line (GROUP BY hashes; a line claims one receipt per key,
+-- both keys being unique among receipts)
 by_trade AS (
-    SELECT DISTINCT ON (r.id) s.line_no, r.id AS rid
+    SELECT min(s.line_no) AS line_no, r.id AS rid
     FROM s JOIN r ON r.channel_trade_no = s.channel_trade_no AND s.channel_trade_no <> ''
-    ORDER BY r.id, s.line_no),
+    GROUP BY r.id),
 by_order AS (
-    SELECT DISTINCT ON (r.id) s.line_no, r.id AS rid
+    SELECT min(s.line_no) AS line_no, r.id AS rid
     FROM s JOIN r ON r.akey = s.attempt_id
-    WHERE NOT EXISTS (SELECT 1 FROM by_trade b WHERE b.line_no = s.line_no OR b.rid = r.id)
-    ORDER BY r.id, s.line_no),
+    -- two anti-joins, not one with OR: each hashes, an OR would compare every pair
+    WHERE NOT EXISTS (SELECT 1 FROM by_trade b WHERE b.line_no = s.line_no)
+      AND NOT EXISTS (SELECT 1 FROM by_trade b WHERE b.rid = r.id)
+    GROUP BY r.id),
 paired AS (
     SELECT s.*, p.rid
     FROM s LEFT JOIN (SELECT * FROM by_trade UNION ALL SELECT * FROM by_order) p
       ON p.line_no = s.line_no)
 SELECT p.attempt_id AS s_key, p.channel_trade_no AS s_trade, p.amount AS s_amount,
        p.fee AS s_fee, p.occurred_at AS s_at, p.payment_code AS s_code,
-       -- the key of a difference found on the channel's side: our order id, or the
-       -- channel's number when several lines name one order (a second charge, no order)
-       CASE WHEN p.twins > 1 AND p.channel_trade_no <> '' THEN p.channel_trade_no
-            ELSE p.attempt_id END AS s_diff_key,
        r.id AS receipt_id, r.attempt_id AS r_attempt, r.channel_trade_no AS r_trade,
        r.amount AS r_amount, r.kind AS r_kind
 FROM paired p FULL JOIN r ON r.id = p.rid
@@ -335,6 +334,10 @@ FROM paired p FULL JOIN r ON r.id = p.rid
 # Differences, one row per (class, key); everything else in recon_pay matched.
 _FOUND = """
 CREATE TEMP TABLE recon_found ON COMMIT DROP AS
+-- The key of a difference found on the channel's side is our order id, or the channel's
+-- number when several lines name one order (a second charge under it; charges with none).
+WITH twins AS (
+    SELECT s_key FROM recon_pay WHERE s_key IS NOT NULL GROUP BY s_key HAVING count(*) > 1)
 -- we have it, the channel does not (yet)
 SELECT 'PLATFORM_ONLY'::text AS klass, r_attempt::text AS match_key, r_attempt AS attempt_id,
        receipt_id, r_trade AS channel_trade_no, r_amount AS our_amount,
@@ -345,9 +348,11 @@ UNION ALL
 -- the channel has money we never confirmed (a receipt on another business day is no news;
 -- one of this day's, already paired with another line, is not this line's money);
 -- its attempt, if we have one, found by our order id or by the channel's number
-SELECT 'CHANNEL_ONLY', p.s_diff_key, coalesce(a.id, t.id), NULL, p.s_trade, NULL, p.s_amount,
-       p.s_fee, NULL, p.s_at, p.s_code
+SELECT 'CHANNEL_ONLY',
+       CASE WHEN tw.s_key IS NOT NULL AND p.s_trade <> '' THEN p.s_trade ELSE p.s_key END,
+       coalesce(a.id, t.id), NULL, p.s_trade, NULL, p.s_amount, p.s_fee, NULL, p.s_at, p.s_code
 FROM recon_pay p
+LEFT JOIN twins tw ON tw.s_key = p.s_key
 LEFT JOIN payment_attempts a
   ON a.id = CASE WHEN p.s_key ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
                  THEN p.s_key::uuid END
@@ -363,9 +368,11 @@ UNION ALL
 -- the channel settled money we recorded as taken back (a reversal or a void: the receipt is
 -- REVERSED), found by our order id or the channel's number; not healed, a person decides.
 -- Looked up per unmatched line through the receipts' unique indexes (few lines; no scan).
-SELECT 'REVERSED_SETTLED', p.s_diff_key, x.attempt_id, x.id, p.s_trade, x.amount, p.s_amount,
-       p.s_fee, NULL, p.s_at, NULL
+SELECT 'REVERSED_SETTLED',
+       CASE WHEN tw.s_key IS NOT NULL AND p.s_trade <> '' THEN p.s_trade ELSE p.s_key END,
+       x.attempt_id, x.id, p.s_trade, x.amount, p.s_amount, p.s_fee, NULL, p.s_at, NULL
 FROM recon_pay p
+LEFT JOIN twins tw ON tw.s_key = p.s_key
 CROSS JOIN LATERAL (
     SELECT y.attempt_id, y.id, y.amount FROM receipts y
     WHERE y.kind = 'REVERSED' AND y.channel = :ch
