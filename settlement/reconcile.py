@@ -340,8 +340,11 @@ _FOUND = """
 CREATE TEMP TABLE recon_found ON COMMIT DROP AS
 -- The key of a difference found on the channel's side is our order id, or the channel's
 -- number when several lines name one order (a second charge under it; charges with none).
+-- (Only unpaired lines' keys are looked at: a hashed probe of a few keys, not a count of all.)
 WITH twins AS (
-    SELECT s_key FROM recon_pay WHERE s_key IS NOT NULL GROUP BY s_key HAVING count(*) > 1)
+    SELECT s_key FROM recon_pay
+    WHERE s_key IN (SELECT s_key FROM recon_pay WHERE receipt_id IS NULL AND s_key IS NOT NULL)
+    GROUP BY s_key HAVING count(*) > 1)
 -- we have it, the channel does not (yet)
 SELECT 'PLATFORM_ONLY'::text AS klass, r_attempt::text AS match_key, r_attempt AS attempt_id,
        receipt_id, r_trade AS channel_trade_no, r_amount AS our_amount,
