@@ -32,6 +32,7 @@ class TcpProxy:
 
     def __exit__(self, *_: object) -> None:
         self.cut()
+        self._run(self._drain())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -55,6 +56,14 @@ class TcpProxy:
             self._writers.clear()
 
         self._run(close())
+
+    async def _drain(self) -> None:
+        """End the connections' tasks before the loop stops (a pending task left behind is
+        reported as destroyed when the loop goes)."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
