@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -53,11 +53,8 @@ from channels.bank import transforms as t
 from channels.bank.signing import HmacSigning, Signing, Sm2Signing, as_signing
 from channels.base import InvalidNotification
 from channels.money import fen_to_yuan, yuan_to_fen
+from channels.sim_asgi import Receive, Scope, Send, lifespan, read_request, respond
 from kernel.sm2 import PrivateKey, PublicKey
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -106,33 +103,19 @@ class BankSimulator:
             self._client = httpx.AsyncClient(timeout=10.0)
         return self._client
 
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
     # ------------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    if self._client is not None:
-                        await self._client.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            await lifespan(receive, send, on_shutdown=self._close_client)
+            return
+        headers, body = await read_request(scope, receive)
         status, out, extra = await self.handle(scope["method"], scope["path"], headers, body)
-        hdrs = [(b"content-length", str(len(out)).encode())]
-        hdrs += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        if not any(k == b"content-type" for k, _ in hdrs):
-            hdrs.append((b"content-type", b"application/json"))
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": out})
+        await respond(send, status, out, extra)
 
     async def handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes

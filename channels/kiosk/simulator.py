@@ -45,7 +45,6 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -57,12 +56,9 @@ from channels.kiosk import screen
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import acquirer_headers, acquirer_verify
 from channels.money import fen_to_yuan, yuan_to_fen
+from channels.sim_asgi import Receive, Scope, Send, lifespan, read_request, respond
 
 __all__ = ["Charge", "Device", "KioskSimulator", "SimRefund", "create_app"]
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -118,33 +114,19 @@ class KioskSimulator:
             self._client = httpx.AsyncClient(timeout=30.0)
         return self._client
 
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
     # ------------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    if self._client is not None:
-                        await self._client.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            await lifespan(receive, send, on_shutdown=self._close_client)
+            return
+        headers, body = await read_request(scope, receive)
         status, out, extra = await self.handle(scope["method"], scope["path"], headers, body)
-        extra = dict(extra)
-        ctype = extra.pop("content-type", "application/json")
-        hdrs = [(b"content-length", str(len(out)).encode()), (b"content-type", ctype.encode())]
-        hdrs += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": out})
+        await respond(send, status, out, extra)
 
     async def handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -45,12 +44,10 @@ from typing import Any
 from channels.money import fen_to_yuan, yuan_to_fen
 from channels.pos import transforms as t
 from channels.pos.adapter import SettlementRow, acquirer_scheme, render_settlement_file
+from channels.sim_asgi import Receive, Scope, Send, lifespan, read_request, respond
 
 __all__ = ["CardTxn", "SimAcquirer", "SimRefund", "create_app"]
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Answer = tuple[int, bytes, dict[str, str]]
 
 
@@ -125,26 +122,11 @@ class SimAcquirer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            await lifespan(receive, send)
+            return
+        headers, body = await read_request(scope, receive)
         status, out, extra = self.handle(scope["method"], scope["path"], headers, body)
-        kind = extra.pop("content-type", "application/json")
-        hdrs = [(b"content-length", str(len(out)).encode()), (b"content-type", kind.encode())]
-        hdrs += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": out})
+        await respond(send, status, out, extra)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
         parts = path.strip("/").split("/")

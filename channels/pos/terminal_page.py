@@ -24,7 +24,7 @@ every card transaction with it first, as `paygate simulator pos --acquirer` does
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,11 @@ import httpx
 
 from channels.money import fen_to_yuan, yuan_to_fen
 from channels.pos.simulator import JournalLine, SimTerminal
+from channels.sim_asgi import Receive, Scope, Send, lifespan, read_request, respond
 from channels.sim_page import HTML, esc, page, parse_form, payment_code_from, redirect
 
 __all__ = ["LoadedTerminal", "TerminalPage", "create_app"]
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Answer = tuple[int, bytes, dict[str, str]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -85,24 +83,11 @@ class TerminalPage:
             await self.acquirer(scope, receive, send)
             return
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        _, body = await read_request(scope, receive)
         status, out, headers = await self.handle(scope["method"], scope["path"], body)
-        hdrs = [(b"content-length", str(len(out)).encode())]
-        hdrs += [(k.encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": out})
+        await respond(send, status, out, headers, default_type=None)
 
     async def handle(  # noqa: PLR0911 - one answer per route and failure
         self, method: str, path: str, body: bytes
