@@ -633,27 +633,7 @@ async def _apply_on(
     statement fails as a whole."""
     params = _apply_params(payings, statuses=CAN_SUCCEED, deadline_checked=False)
     statement = _OPEN_AND_APPLY if opening else _APPLY
-    async with engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        try:
-            rows = await statement.fetch(driver, params)
-        except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
-            # Two payments of one bill in the batch, a trade number seen before, or a
-            # deadlock with another path: rolled back whole; each payment's general path
-            # answers it.
-            return {}
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-            # A connection the server dropped: out of the pool; the general paths retry on
-            # others (a commit whose answer was lost shows there as ALREADY_CONFIRMED).
-            await conn.invalidate(exc)
-            return {}
-        except (asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError) as exc:
-            # The server ended the backend (terminated, shutting down), its goodbye read
-            # while the connection idled in the pool: the same, once the connection is shut.
-            if driver is None or not driver.is_closed():
-                raise
-            await conn.invalidate(exc)
-            return {}
+    rows = await statement.fetch_grouped(engine, params) or []
     return {r["attempt_id"]: (r["bill_id"], str(r["payment_code"])) for r in rows}
 
 
@@ -719,6 +699,34 @@ class DriverStatement:
 
     async def fetch(self, driver: Any, params: dict[str, Any]) -> list[Any]:
         return list(await driver.fetch(self.sql, *(params[n] for n in self.names)))
+
+    async def fetch_grouped(self, engine: AsyncEngine, params: dict[str, Any]) -> list[Any] | None:
+        """Run a grouped statement (the writes of several callers) on a driver connection of
+        `engine`. None when it wrote nothing, so each caller's own path decides for itself."""
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:
+                return await self.fetch(driver, params)
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+                # Two payments of one bill in the batch, a trade number seen before, or a
+                # deadlock with another path: rolled back whole.
+                return None
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+                # A connection the server dropped: out of the pool; the general paths retry
+                # on others (a commit whose answer was lost shows there).
+                await conn.invalidate(exc)
+                return None
+            except (
+                asyncpg.exceptions.OperatorInterventionError,
+                asyncpg.InternalClientError,
+            ) as exc:
+                # The server ended the backend (terminated, shutting down), its goodbye read
+                # while the connection idled in the pool: the same, once the connection is
+                # shut.
+                if driver is None or not driver.is_closed():
+                    raise
+                await conn.invalidate(exc)
+                return None
 
 
 PAID_EVENT = "bill.paid:"

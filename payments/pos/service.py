@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -258,17 +257,7 @@ async def _insert_batch(
     out: dict[str, tuple[bool, uuid.UUID | None]] = {}
     for engine in {id(e): e for e, _ in batch}.values():
         items = [item for e, item in batch if e is engine]
-        async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            try:
-                rows = await _SALES.fetch(driver, {"items": json.dumps(items)})
-            except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
-                continue
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-                # Dropped by the server: out of the pool. Each sale's general path looks
-                # its key up again (a commit whose answer was lost shows there).
-                await conn.invalidate(exc)
-                continue
+        rows = await _SALES.fetch_grouped(engine, {"items": json.dumps(items)}) or []
         out |= {str(r["id"]): (bool(r["enabled"]), r["bill_id"]) for r in rows}
     return [out.get(item["id"], (True, None)) for _, item in batch]
 
@@ -341,15 +330,7 @@ async def _sale_pay_batch(
     out: dict[str, tuple[uuid.UUID, str]] = {}
     for engine in {id(e): e for e, _ in batch}.values():
         items = [item for e, item in batch if e is engine]
-        async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            try:
-                rows = await _SALE_AND_PAY.fetch(driver, {"items": json.dumps(items)})
-            except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
-                continue
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-                await conn.invalidate(exc)
-                continue
+        rows = await _SALE_AND_PAY.fetch_grouped(engine, {"items": json.dumps(items)}) or []
         out |= {str(r["attempt_id"]): (r["bill_id"], str(r["payment_code"])) for r in rows}
     return [out.get(item["attempt_id"]) for _, item in batch]
 
