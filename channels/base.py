@@ -7,11 +7,13 @@ know what is safe (see ChannelError).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
+
+from channels.money import fen_to_yuan
 
 __all__ = [
     "BATCH_KINDS",
@@ -636,6 +638,22 @@ class BillDue:
     pay_before: datetime
     """When the order lapses."""
     lines: tuple[DueLine, ...] = ()
+
+    def doc(self, format_time: Callable[[datetime], str]) -> dict[str, Any]:
+        """The bill in the words of the protocols that show it whole (the bank's and the
+        kiosk's): yuan strings, and times as the channel writes them."""
+        return {
+            "order_id": self.order_id,
+            "payment_code": self.payment_code,
+            "agency_name": self.agency_name,
+            "payer_name": self.payer_name,
+            "amount": fen_to_yuan(self.amount),
+            "principal": fen_to_yuan(self.principal),
+            "late_fee": fen_to_yuan(self.late_fee),
+            "due_date": self.due_date.isoformat(),
+            "pay_before": format_time(self.pay_before),
+            "items": [{"name": li.name, "amount": fen_to_yuan(li.amount)} for li in self.lines],
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from channels.bank.registry import BankEntry
 from channels.base import (
     BadMessage,
     BadParameter,
-    BillDue,
     BillQuery,
     CheckedPayment,
     ConfirmationReceipt,
@@ -165,25 +164,10 @@ def encode(answer: InboundAnswer) -> t.BankAnswer:
         return t.BankAnswer(code, answer.detail or answer.outcome.lower())
     data: dict[str, Any] | None = None
     if answer.bill is not None:
-        data = _bill_doc(answer.bill)
+        data = answer.bill.doc(t.format_time)
     elif answer.receipt is not None:
         data = _receipt_doc(answer.receipt)
     return t.BankAnswer(code, "ok", data)
-
-
-def _bill_doc(bill: BillDue) -> dict[str, Any]:
-    return {
-        "order_id": bill.order_id,
-        "payment_code": bill.payment_code,
-        "agency_name": bill.agency_name,
-        "payer_name": bill.payer_name,
-        "amount": fen_to_yuan(bill.amount),
-        "principal": fen_to_yuan(bill.principal),
-        "late_fee": fen_to_yuan(bill.late_fee),
-        "due_date": bill.due_date.isoformat(),
-        "pay_before": t.format_time(bill.pay_before),
-        "items": [{"name": li.name, "amount": fen_to_yuan(li.amount)} for li in bill.lines],
-    }
 
 
 def _finding_doc(finding: Finding) -> dict[str, Any]:

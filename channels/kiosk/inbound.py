@@ -36,7 +36,6 @@ from channels.base import (
 )
 from channels.kiosk import transforms as t
 from channels.kiosk.adapter import NAME
-from channels.money import fen_to_yuan
 
 __all__ = [
     "NAME",
@@ -269,19 +268,7 @@ def _doc(answer: InboundAnswer, request: InboundRequest | None) -> dict[str, Any
     elif answer.outcome != Outcome.OK:
         data = None
     elif answer.bill is not None:
-        bill = answer.bill
-        data = {
-            "order_id": bill.order_id,
-            "payment_code": bill.payment_code,
-            "agency_name": bill.agency_name,
-            "payer_name": bill.payer_name,
-            "amount": fen_to_yuan(bill.amount),
-            "principal": fen_to_yuan(bill.principal),
-            "late_fee": fen_to_yuan(bill.late_fee),
-            "due_date": bill.due_date.isoformat(),
-            "pay_before": t.format_time(bill.pay_before),
-            "items": [{"name": li.name, "amount": fen_to_yuan(li.amount)} for li in bill.lines],
-        }
+        data = answer.bill.doc(t.format_time)
     elif isinstance(request, KioskUpload):
         data = {
             "results": [
