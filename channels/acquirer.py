@@ -16,16 +16,18 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 import structlog
 
-from channels.base import OutcomeUnknown, Rejected, Unavailable
+from channels.base import OutcomeUnknown, RefundResult, RefundState, Rejected, Unavailable
+from channels.money import yuan_to_fen
 
-__all__ = ["OK", "AcquirerClient", "HmacScheme"]
+__all__ = ["OK", "AcquirerClient", "HmacScheme", "refund_result"]
 
 log = structlog.get_logger(__name__)
 
@@ -150,3 +152,21 @@ class AcquirerClient:
             log.info("acquirer refused", acquirer=self.label, operation=operation, code=code)
             raise Rejected(str(doc.get("msg", "refused")), code=code)
         return dict(doc.get("data") or {})
+
+
+def refund_result(
+    refund_id: str,
+    data: Mapping[str, Any],
+    *,
+    states: Mapping[str, RefundState],
+    parse_time: Callable[[str], datetime],
+) -> RefundResult:
+    """An acquirer's refund answer `{state, amount, refunded_at}`: `states` are the words of
+    its protocol; any other state is still PROCESSING."""
+    at, amount = data.get("refunded_at"), data.get("amount")
+    return RefundResult(
+        refund_id=refund_id,
+        state=states.get(str(data.get("state", "")), RefundState.PROCESSING),
+        amount=yuan_to_fen(amount) if amount else None,
+        refunded_at=parse_time(at) if at else None,
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from channels.acquirer import AcquirerClient, HmacScheme
+from channels.acquirer import AcquirerClient, HmacScheme, refund_result
 from channels.base import (
     Ack,
     CreatedPayment,
@@ -277,7 +277,7 @@ class PosAdapter:
                 "reason": req.reason[:64],
             },
         )
-        return self._refund_result(req.refund_id, data)
+        return refund_result(req.refund_id, data, states=_REFUND_STATES, parse_time=t.parse_time)
 
     async def query_refund(self, refund_id: str, attempt_id: str) -> RefundResult:
         del attempt_id  # the acquirer finds a refund by its idempotency key
@@ -287,7 +287,7 @@ class PosAdapter:
             if exc.code == NOT_FOUND:
                 return RefundResult(refund_id=refund_id, state=RefundState.NOT_FOUND)
             raise
-        return self._refund_result(refund_id, data)
+        return refund_result(refund_id, data, states=_REFUND_STATES, parse_time=t.parse_time)
 
     def parse_notification(self, body: bytes, content_type: str) -> Notification:
         del body, content_type
@@ -316,13 +316,3 @@ class PosAdapter:
             line = statement_line(row)
             if line is not None:
                 yield line
-
-    @staticmethod
-    def _refund_result(refund_id: str, data: Mapping[str, Any]) -> RefundResult:
-        at, amount = data.get("refunded_at"), data.get("amount")
-        return RefundResult(
-            refund_id=refund_id,
-            state=_REFUND_STATES.get(str(data.get("state", "")), RefundState.PROCESSING),
-            amount=yuan_to_fen(amount) if amount else None,
-            refunded_at=t.parse_time(at) if at else None,
-        )
