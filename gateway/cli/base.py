@@ -80,3 +80,19 @@ def in_session(fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
             return result
 
     return service(body)
+
+
+def serve_simulator(app: object, host: str, port: int) -> None:
+    """Serve a simulator (an ASGI app, or the "module:factory" that makes one) the way every
+    simulator command does: one process, no access log, logging left to the app."""
+    import uvicorn
+
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        factory=isinstance(app, str),
+        host=host,
+        port=port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+    )

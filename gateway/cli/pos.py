@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gateway.cli.base import in_session, main
+from gateway.cli.base import in_session, main, serve_simulator
 from gateway.cli.service import simulator
 
 if TYPE_CHECKING:
@@ -292,16 +292,7 @@ def simulator_pos_acquirer(host: str, port: int) -> None:
     http://HOST:PORT/acquirer, and `paygate simulator pos --acquirer http://HOST:PORT`).
     Switches through POST /control/faults and /control/statement (channels/pos/
     simulator_acquirer.py)."""
-    import uvicorn
 
     click.secho(f"POS acquirer simulator on http://{host}:{port}", fg="green", bold=True)
     click.echo(f"  export PAYGATE_POS_ACQUIRER_URL=http://{host}:{port}/acquirer")
-    uvicorn.run(
-        "channels.pos.simulator_acquirer:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        http="httptools",
-        log_config=None,
-        access_log=False,
-    )
+    serve_simulator("channels.pos.simulator_acquirer:create_app", host, port)

@@ -11,7 +11,7 @@ import click
 
 from gateway import __version__
 from gateway import logging as app_logging
-from gateway.cli.base import main, prepare, with_resources
+from gateway.cli.base import main, prepare, serve_simulator, with_resources
 from gateway.procs import exit_with_parent, free_port, spawn_child, stop_children
 from gateway.settings import Settings
 
@@ -221,7 +221,6 @@ def simulator_alipay(
 ) -> None:
     """Serve the Alipay gateway simulator (uvicorn + httptools, which routes the SDK's
     absolute-form request target correctly)."""
-    import uvicorn
 
     from channels.alipay.keys import ensure_keys
     from channels.alipay.simulator import create_simulator
@@ -245,7 +244,7 @@ def simulator_alipay(
     click.echo(f"  export PAYGATE_ALIPAY_APP_PRIVATE_KEY_PATH={keys.app_private.resolve()}")
     click.echo(f"  export PAYGATE_ALIPAY_PUBLIC_KEY_PATH={keys.alipay_public.resolve()}")
     click.echo(f"Cashier for a trade: http://{host}:{port}/sim/cashier/<out_trade_no>")
-    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
+    serve_simulator(app, host, port)
 
 
 @main.command("enote-keys")
@@ -271,17 +270,8 @@ def enote_keys() -> None:
 def simulator_bank(host: str, port: int) -> None:
     """Run the bank simulator (banks from PAYGATE_BANK_SIM="102=<secret>,105=sm2:<bank
     private key hex>:<our public key hex>"; see channels/bank/simulator.py)."""
-    import uvicorn
 
-    uvicorn.run(
-        "channels.bank.simulator:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        http="httptools",
-        log_config=None,
-        access_log=False,
-    )
+    serve_simulator("channels.bank.simulator:create_app", host, port)
 
 
 @simulator.command("kiosk")
@@ -302,8 +292,6 @@ def simulator_kiosk(host: str, port: int, devices_file: Path | None, parent: int
     --devices; each device's screen is at http://HOST:PORT/kiosk/<device id>."""
     import json
 
-    import uvicorn
-
     from channels.kiosk.simulator import create_app
 
     if parent is not None:
@@ -314,7 +302,7 @@ def simulator_kiosk(host: str, port: int, devices_file: Path | None, parent: int
     click.echo(f"  export PAYGATE_KIOSK_ACQUIRER_URL=http://{host}:{port}/acquirer")
     for d in devices:
         click.echo(f"  kiosk screen: http://{host}:{port}/kiosk/{d['device_id']}")
-    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
+    serve_simulator(app, host, port)
 
 
 @simulator.command("pos-terminal")
@@ -345,8 +333,6 @@ def simulator_pos_terminal(
     client and journal as `paygate simulator pos`."""
     import json
 
-    import uvicorn
-
     from channels.pos import simulator_acquirer
     from channels.pos.terminal_page import create_app
 
@@ -362,7 +348,7 @@ def simulator_pos_terminal(
         click.echo(
             f"  and their acquirer: export PAYGATE_POS_ACQUIRER_URL=http://{host}:{port}/acquirer"
         )
-    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False)
+    serve_simulator(app, host, port)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
