@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["Receive", "Scope", "Send", "lifespan", "read_request", "respond"]
+__all__ = ["Receive", "Scope", "Send", "lifespan", "read_body", "read_request", "respond"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -30,14 +30,19 @@ async def lifespan(
             return
 
 
-async def read_request(scope: Scope, receive: Receive) -> tuple[dict[str, str], bytes]:
-    """The request's headers (names in lower case) and its whole body."""
+async def read_body(receive: Receive) -> bytes:
+    """The request's whole body."""
     body = b""
     while True:
         msg = await receive()
-        body += msg.get("body", b"")
+        body += bytes(msg.get("body", b""))
         if not msg.get("more_body"):
-            break
+            return body
+
+
+async def read_request(scope: Scope, receive: Receive) -> tuple[dict[str, str], bytes]:
+    """The request's headers (names in lower case) and its whole body."""
+    body = await read_body(receive)
     return {k.decode().lower(): v.decode() for k, v in scope["headers"]}, body
 
 

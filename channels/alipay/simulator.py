@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from channels.alipay.transforms import BEIJING, TIME_FORMAT, sign_content
 from channels.money import fen_to_yuan, yuan_to_fen
+from channels.sim_asgi import Receive, Scope, Send, lifespan, read_body
 
 __all__ = [
     "RETRY_SCHEDULE_S",
@@ -65,9 +66,6 @@ RETRY_SCHEDULE_S = (240, 600, 600, 3600, 7200, 21600, 54000)
 BILL_URL_TTL_S = 30.0
 NOTIFY_TIMEOUT_S = 5.0
 
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 _Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 BILL_HEADER = (
@@ -249,17 +247,11 @@ class AlipaySimulator:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, on_shutdown=self._cancel_tasks)
             return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        req = _Request(scope, body)
+        req = _Request(scope, await read_body(receive))
         try:
             status, headers, payload = await self._route(req)
         except Exception:
@@ -268,16 +260,9 @@ class AlipaySimulator:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                for task in list(self._tasks):
-                    task.cancel()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _route(self, req: _Request) -> _Response:
         path, method = req.path, req.method
